@@ -1,0 +1,230 @@
+"""``fluid <command>``: the command line. The only module that sees every part."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Nothing we run may reach a model hub unless the user opts in (FLUID_ONLINE=1).
+if os.environ.get("FLUID_ONLINE") != "1":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, apply_overrides, get_preset  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="shapes-small", help=f"named configuration ({', '.join(PRESETS)})")
+    p.add_argument("--variant", choices=VARIANTS, default=None, help="token type and order (default: the preset's)")
+    p.add_argument("--config", default=None, help="a YAML/JSON config file (full, or {preset, overrides})")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config fields")
+
+
+def build_config(args) -> FluidConfig:
+    cfg = FluidConfig.load(args.config) if args.config else get_preset(args.preset)
+    if args.variant:
+        cfg = apply_overrides(cfg, {"model.token_type": args.variant.split("-")[0], "model.order": args.variant.split("-")[1]})
+    return apply_overrides(cfg, args.set)
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _text_encoder(cfg: FluidConfig, device: str, embeddings: str | None = None):
+    from fluid.text.encoders import CachedTextEncoder, PrecomputedTextEncoder, build_text_encoder
+
+    if embeddings:
+        return PrecomputedTextEncoder(embeddings)
+    return CachedTextEncoder(build_text_encoder(cfg.text, device=device))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from fluid.sample.pipeline import resolve_tokenizer
+    from fluid.tokenizers.base import load_tokenizer
+    from fluid.train import checkpoint as ckpt
+    from fluid.train.distributed import setup, teardown
+    from fluid.train.trainer import Trainer
+
+    out = Path(args.out)
+    if args.resume:
+        cfg = ckpt.read_config(out)
+        cfg = apply_overrides(cfg, args.set)
+    else:
+        cfg = build_config(args)
+    if args.steps is not None:
+        cfg.train.steps = args.steps
+    if args.batch_size is not None:
+        cfg.train.batch_size = args.batch_size
+    if args.tokenizer:
+        cfg.tokenizer.path = str(Path(args.tokenizer).resolve())
+    dist = setup(args.device)
+    tokenizer = load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size)
+    text_encoder = _text_encoder(cfg, dist.device, args.text_embeddings)
+    trainer = Trainer(cfg, out, tokenizer, text_encoder, resume=args.resume, dist=dist)
+    if dist.is_main:
+        n = sum(p.numel() for p in trainer.model.parameters())
+        print(f"training {cfg.model.variant} ({cfg.preset}, {n / 1e6:.2f}M parameters) on {dist.device} "
+              f"x{dist.world} -> {out}", file=sys.stderr)
+    t0 = time.perf_counter()
+    last = trainer.fit()
+    if dist.is_main:
+        summary = {"run": str(out), "variant": cfg.model.variant, "steps": trainer.step,
+                   "seconds": round(time.perf_counter() - t0, 1), **last}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary))
+    teardown()
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from fluid.sample.grid import image_grid
+    from fluid.sample.pipeline import FluidPipeline
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += [line.rstrip("\n") for line in open(args.prompts_file, encoding="utf-8") if line.strip()]
+    if not prompts:
+        raise SystemExit("fluid sample: give at least one --prompt (an empty string '' samples unconditionally)")
+    pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device=_device(args.device),
+                                         use_ema=not args.raw_weights)
+    overrides = dict(cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature, steps=args.steps,
+                     confidence=args.confidence or None, head_steps=args.head_steps)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, files = [None] * (len(prompts) * len(args.seeds)), []
+    for j, seed in enumerate(args.seeds):
+        for i, img in enumerate(pipe(prompts, seed=seed, **overrides)):
+            images[i * len(args.seeds) + j] = img
+            name = f"{i:03d}-seed{seed}.png"
+            img.save(out / name)
+            files.append({"prompt": prompts[i], "seed": seed, "file": name})
+    image_grid(images, len(prompts), len(args.seeds), prompts, [f"seed {s}" for s in args.seeds]).save(out / "grid.png")
+    sample_cfg = {k: getattr(v, "value", v) for k, v in vars(pipe.sample_config(**{k: v for k, v in overrides.items() if k != "head_steps"})).items()}
+    record = {"checkpoint": str(args.checkpoint or f"shipped:{args.variant}"), "variant": pipe.cfg.model.variant,
+              "sample": sample_cfg, "head_steps": args.head_steps or pipe.cfg.model.head_sample_steps, "images": files}
+    (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {len(files)} images and grid.png to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from fluid.sample.demo import run_demo
+
+    t0 = time.perf_counter()
+    record = run_demo(args.out, args.variants, device=_device(args.device))
+    print(f"demo written to {Path(args.out) / 'index.html'} in {time.perf_counter() - t0:.1f} s")
+    for v, e in record["variants"].items():
+        print(f"  {v}: {e['grid']}, {e.get('progress', '')} ({e['seconds']} s)")
+    return 0
+
+
+def cmd_train_tokenizer(args) -> int:
+    from fluid.tokenizers.presets import get_tokenizer_preset
+    from fluid.tokenizers.train import train_tokenizer
+
+    overrides = {}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        overrides[k] = json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false") else v
+    cfg = get_tokenizer_preset(args.preset, **overrides)
+    result = train_tokenizer(cfg, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, device=_device(args.device))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from fluid.config import count_params
+
+    for name in PRESETS:
+        cfg = get_preset(name)
+        n = count_params(cfg.model, cfg.text)["total"]
+        m = cfg.model
+        print(f"{name:14s} {n / 1e6:9.2f}M  width {m.width:5d} depth {m.depth:3d} heads {m.heads:3d} "
+              f"tokens {m.num_tokens:4d}  text {cfg.text.encoder}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluid", description="Autoregressive text-to-image generation with continuous tokens")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate the demo page from the shipped models")
+    p.add_argument("--out", default="demo")
+    p.add_argument("--variants", nargs="+", default=["continuous-random"], choices=VARIANTS)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a generator")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shipped one)")
+    p.add_argument("--text-embeddings", default=None, help="precomputed caption embeddings (safetensors)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate images from prompts")
+    p.add_argument("--checkpoint", default=None, help="checkpoint or run folder (default: the shipped model)")
+    p.add_argument("--variant", default="continuous-random", choices=VARIANTS, help="shipped model to use")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None, help="random-order generation steps")
+    p.add_argument("--head-steps", type=int, default=None, help="diffusion head sampling steps")
+    p.add_argument("--confidence", action="store_true", help="discrete random order: MaskGIT confidence selection")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--out", default="samples")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train-tokenizer", help="train a KL or VQ autoencoder")
+    p.add_argument("--preset", default="shapes-kl-f8")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("presets", help="list the named configurations")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"fluid {args.command}: configuration error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Per-token Gaussian diffusion, as Improved DDPM (Nichol & Dhariwal 2021) defines it.
+
+Plain math, no ``nn.Module`` state: a :class:`GaussianDiffusion` holds a noise schedule
+(float64 numpy arrays) and takes the network as a callable ``model_fn(x_t, t) -> output``.
+The output is epsilon, or ``[epsilon, v]`` when the variance is learned: ``v`` in [-1, 1]
+interpolates the log-variance between the posterior's (beta-tilde) and beta. The training
+loss is the hybrid ``L_simple + lambda * L_vlb`` where the VLB term sees the mean through a
+stop-gradient, so it only trains the variance.
+
+Tokens are flat vectors ``(B, C)``: this is the diffusion *head* of an autoregressive model,
+one small denoising problem per image token, not an image diffusion model.
+
+Nothing here creates a device tensor or draws random numbers on its own: noise comes in as
+an argument or from the ``generator`` passed down.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cosine_alpha_bar(num_steps: int, s: float = 0.008) -> np.ndarray:
+    """alpha-bar(t) = f(t) / f(0), f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), t = 0..T."""
+    t = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+    f = np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return f / f[0]
+
+
+def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
+    """beta_t = 1 - alpha-bar(t+1) / alpha-bar(t), clipped at ``max_beta`` (IDDPM eq. 17)."""
+    ab = cosine_alpha_bar(num_steps)
+    return np.minimum(1.0 - ab[1:] / ab[:-1], max_beta)
+
+
+def space_timesteps(num_steps: int, num_sample_steps: int) -> list[int]:
+    """Evenly spaced subset of ``range(num_steps)`` with ``num_sample_steps`` elements,
+    always containing 0 and ``num_steps - 1``."""
+    if not 1 <= num_sample_steps <= num_steps:
+        raise ValueError(f"cannot respace {num_steps} steps to {num_sample_steps}")
+    if num_sample_steps == 1:
+        return [num_steps - 1]
+    return sorted({round(i * (num_steps - 1) / (num_sample_steps - 1)) for i in range(num_sample_steps)})
+
+
+def _gather(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a[t] broadcast to x's shape, as x's dtype."""
+    out = a.to(x.device)[t].to(x.dtype)
+    return out.view(-1, *([1] * (x.dim() - 1)))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def gaussian_nll(x, mean, logvar) -> torch.Tensor:
+    """-log N(x; mean, e^logvar), elementwise, in nats (continuous data: no discretisation)."""
+    return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
+class GaussianDiffusion:
+    """A discrete-time diffusion process over ``betas`` (optionally a respaced subset).
+
+    ``timestep_map[i]`` is the original training timestep of respaced step ``i``; the model
+    is always called with original timesteps so one network serves every spacing.
+    """
+
+    def __init__(self, betas: np.ndarray, learn_sigma: bool = True, timestep_map: list[int] | None = None):
+        betas = np.asarray(betas, dtype=np.float64)
+        self.num_steps = len(betas)
+        self.learn_sigma = learn_sigma
+        ab = np.cumprod(1.0 - betas)
+        ab_prev = np.append(1.0, ab[:-1])
+        post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
+        t64 = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
+        self.betas = t64(betas)
+        self.alphas_cumprod = t64(ab)
+        self.sqrt_ab = t64(np.sqrt(ab))
+        self.sqrt_1m_ab = t64(np.sqrt(1.0 - ab))
+        self.sqrt_recip_ab = t64(np.sqrt(1.0 / ab))
+        self.sqrt_recipm1_ab = t64(np.sqrt(1.0 / ab - 1.0))
+        self.posterior_variance = t64(post_var)
+        # beta-tilde_0 is 0: clip the log at t=0 to beta-tilde_1 (IDDPM does the same).
+        self.posterior_log_variance = t64(np.log(np.append(post_var[1], post_var[1:])))
+        self.posterior_coef_x0 = t64(betas * np.sqrt(ab_prev) / (1.0 - ab))
+        self.posterior_coef_xt = t64((1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab))
+        self.log_betas = t64(np.log(betas))
+        self.timestep_map = torch.tensor(timestep_map if timestep_map is not None else range(self.num_steps))
+
+    def to(self, device) -> "GaussianDiffusion":
+        """Move the schedule tensors to ``device`` (in place; returns self)."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def cosine(cls, num_steps: int = 1000, learn_sigma: bool = True) -> "GaussianDiffusion":
+        return cls(cosine_betas(num_steps), learn_sigma=learn_sigma)
+
+    def respace(self, num_sample_steps: int) -> "GaussianDiffusion":
+        """The same process observed at fewer timesteps: new betas from the kept alpha-bars."""
+        keep = space_timesteps(self.num_steps, num_sample_steps)
+        ab = self.alphas_cumprod.cpu().numpy()
+        betas, last = [], 1.0
+        for i in keep:
+            betas.append(1.0 - ab[i] / last)
+            last = ab[i]
+        orig = self.timestep_map.tolist()
+        return GaussianDiffusion(np.array(betas), self.learn_sigma, [orig[i] for i in keep]).to(self.betas.device)
+
+    # -- forward process ---------------------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps."""
+        return _gather(self.sqrt_ab, t, x0) * x0 + _gather(self.sqrt_1m_ab, t, x0) * noise
+
+    def q_posterior(self, x0, xt, t):
+        """Mean and log-variance of q(x_{t-1} | x_t, x_0)."""
+        mean = _gather(self.posterior_coef_x0, t, xt) * x0 + _gather(self.posterior_coef_xt, t, xt) * xt
+        return mean, _gather(self.posterior_log_variance, t, xt).expand_as(xt)
+
+    # -- reverse process ---------------------------------------------------------------
+
+    def p_mean_variance(self, out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
+        """From the network output at (x_t, t): (mean, log-variance, predicted x_0)."""
+        c = xt.shape[-1]
+        if self.learn_sigma:
+            eps, v = out[..., :c], out[..., c:]
+            frac = (v + 1) / 2  # (B, C) in [0, 1]
+            logvar = frac * _gather(self.log_betas, t, xt) + (1 - frac) * _gather(self.posterior_log_variance, t, xt)
+        else:
+            eps = out
+            # Without a learned variance, beta (the upper bound) is the IDDPM "fixed large" choice.
+            logvar = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log()
+            logvar = _gather(logvar, t, xt).expand_as(xt)
+        x0 = _gather(self.sqrt_recip_ab, t, xt) * xt - _gather(self.sqrt_recipm1_ab, t, xt) * eps
+        mean, _ = self.q_posterior(x0, xt, t)
+        return mean, logvar, x0
+
+    def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                        vlb_weight: float = 0.001) -> torch.Tensor:
+        """Per-sample hybrid loss ``mse(eps) + vlb_weight * L_vlb`` (L_vlb in bits per dim)."""
+        xt = self.q_sample(x0, t, noise)
+        out = model_fn(xt, self.timestep_map.to(t.device)[t])
+        c = x0.shape[-1]
+        eps = out[..., :c]
+        loss = ((eps.float() - noise.float()) ** 2).mean(dim=-1)  # (B,)
+        if self.learn_sigma:
+            # Stop-gradient on the mean: the VLB term trains the variance only (IDDPM sec. 3.1).
+            frozen = torch.cat([eps.detach(), out[..., c:]], dim=-1).float()
+            loss = loss + vlb_weight * self.vlb_terms(frozen, x0.float(), xt.float(), t)
+        return loss
+
+    def vlb_terms(self, out, x0, xt, t) -> torch.Tensor:
+        """L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0, -log p(x_0|x_1) at t = 0;
+        per sample, averaged over channels, in bits."""
+        true_mean, true_logvar = self.q_posterior(x0, xt, t)
+        mean, logvar, _ = self.p_mean_variance(out, xt, t)
+        kl = normal_kl(true_mean, true_logvar, mean, logvar).mean(dim=-1) / math.log(2.0)
+        nll = gaussian_nll(x0, mean, logvar).mean(dim=-1) / math.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    @torch.no_grad()
+    def sample(self, model_fn: ModelFn, noise: torch.Tensor, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Ancestral sampling from x_T = ``noise`` down to x_0.
+
+        ``temperature`` scales the noise added at every step (MAR's "temperature"), which
+        sharpens (< 1) or flattens (> 1) each token's distribution.
+        """
+        x = noise
+        for i in reversed(range(self.num_steps)):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            out = model_fn(x, self.timestep_map.to(x.device)[t]).to(x.dtype)
+            mean, logvar, _ = self.p_mean_variance(out, x, t)
+            if i > 0:
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = mean + torch.exp(0.5 * logvar) * z * temperature
+            else:
+                x = mean
+        return x

@@ -1,0 +1,175 @@
+"""Token generation for the four variants, with classifier-free guidance.
+
+* random order: ``steps`` rounds; each round runs the bidirectional backbone on the tokens
+  known so far and fills in the next positions of a random order, as many as MaskGIT's
+  cosine schedule says (or, for discrete tokens, optionally the most confident ones);
+* raster order: one token per backbone call, keys and values of earlier positions kept in
+  a KV cache (``use_cache=False`` recomputes the prefix instead, as a reference).
+
+Guidance batches the conditional and unconditional (null-text) branches together and mixes
+them where the head is applied: on the diffusion head's epsilon for continuous tokens, on
+the logits for discrete tokens. With the linear schedule the scale ramps from 1 to ``cfg``
+with the fraction of tokens generated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fluid.config import CFGSchedule, SampleConfig
+from fluid.model.generator import Generator
+from fluid.model.masking import random_orders, tokens_per_step
+
+
+@dataclass
+class Conditioning:
+    """Aligned text for both CFG branches: (2B, L, W) when guided, else (B, L, W)."""
+
+    text: torch.Tensor
+    mask: torch.Tensor
+    guided: bool
+
+
+def guidance_scale(cfg: SampleConfig, generated: int, total: int) -> float:
+    if cfg.cfg_schedule == CFGSchedule.CONSTANT:
+        return cfg.cfg
+    return 1.0 + (cfg.cfg - 1.0) * generated / total
+
+
+def condition(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor, guided: bool) -> Conditioning:
+    b = text_emb.shape[0]
+    if guided:
+        drop = torch.arange(2 * b, device=text_emb.device) >= b  # second half: null text
+        text, mask = model.aligner(torch.cat([text_emb, text_emb]), torch.cat([text_mask, text_mask]), drop)
+    else:
+        text, mask = model.aligner(text_emb, text_mask)
+    return Conditioning(text, mask, guided)
+
+
+def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: SampleConfig, guided: bool,
+                     generator: torch.Generator | None, head_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Draw one token per row of z: (M, W) or, guided, (2M, W) with the null branch second.
+
+    Returns the tokens (M, C) or (M,), and for discrete tokens the log-probabilities (M, V).
+    """
+    if not model.continuous:
+        logits = model.logits(z).float()  # (M or 2M, V)
+        if guided:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + scale * (cond - uncond)
+        logp = F.log_softmax(logits / max(cfg.temperature, 1e-6), dim=-1)
+        ids = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (M,)
+        return ids, logp
+    c = model.cfg.token_dim
+    m = z.shape[0] // 2 if guided else z.shape[0]
+    diffusion = model.diffusion.respace(head_steps or model.cfg.head_sample_steps)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not guided:
+            return model.head(x, t, z)
+        out = model.head(torch.cat([x, x]), torch.cat([t, t]), z).to(x.dtype)  # (2M, 2C)
+        cond, uncond = out.chunk(2)
+        eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
+        return torch.cat([eps, cond[:, c:]], dim=-1)  # the variance comes from the conditional branch
+
+    noise = torch.randn(m, c, generator=generator, device=z.device)
+    return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, generator=generator), None
+
+
+def _pair(x: torch.Tensor, guided: bool) -> torch.Tensor:
+    return torch.cat([x, x]) if guided else x
+
+
+@torch.no_grad()
+def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, generator: torch.Generator | None,
+                    head_steps: int | None = None, record: list | None = None) -> torch.Tensor:
+    """Random-order generation. ``record``, if given, receives (step, tokens, known) after each step."""
+    b = cond.text.shape[0] // (2 if cond.guided else 1)
+    n, device = model.cfg.num_tokens, cond.text.device
+    shape = (b, n, model.cfg.token_dim) if model.continuous else (b, n)
+    tokens = torch.zeros(shape, device=device, dtype=model.pos.dtype if model.continuous else torch.long)
+    known = torch.zeros(b, n, dtype=torch.bool, device=device)
+    orders = random_orders(b, n, generator, device)  # (B, N)
+    text_kvs = model.text_kv(cond.text)
+    rows = torch.arange(b, device=device)[:, None]
+    done = 0
+    for step, count in enumerate(tokens_per_step(n, cfg.steps)):
+        x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
+        h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (B', N, W)
+        scale = guidance_scale(cfg, done + count, n)
+        if cfg.confidence and not model.continuous:
+            # MaskGIT: sample every masked position, keep the `count` most confident ones
+            # (annealed Gumbel noise on the log-probabilities keeps some diversity).
+            ids, logp = sample_from_head(model, h.reshape(-1, h.shape[-1]), scale, cfg, cond.guided, generator)
+            ids = ids.view(b, n)
+            conf = logp.gather(1, ids.view(-1, 1)).view(b, n)
+            u = torch.rand(b, n, generator=generator, device=device).clamp_(1e-20, 1.0)
+            conf = conf + 4.5 * (1 - (done + count) / n) * -torch.log(-torch.log(u))
+            conf = conf.masked_fill(known, -math.inf)
+            pos = conf.topk(count, dim=1).indices  # (B, count)
+            new = ids.gather(1, pos)
+        else:
+            pos = orders[:, done:done + count]  # (B, count)
+            z = _gather_rows(h, pos, cond.guided)  # (B'*count, W)
+            new, _ = sample_from_head(model, z, scale, cfg, cond.guided, generator, head_steps)
+            new = new.view(b, count, *shape[2:])
+        tokens[rows, pos] = new.to(tokens.dtype)
+        known[rows, pos] = True
+        done += count
+        if record is not None:
+            record.append((step, tokens.clone(), known.clone()))
+    return tokens
+
+
+def _gather_rows(h: torch.Tensor, pos: torch.Tensor, guided: bool) -> torch.Tensor:
+    """h: (B', N, W), pos: (B, K) -> (B'*K, W), the same positions for both CFG halves."""
+    pos = _pair(pos, guided)  # (B', K)
+    return h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1])).reshape(-1, h.shape[-1])
+
+
+@torch.no_grad()
+def generate_raster(model: Generator, cond: Conditioning, cfg: SampleConfig, generator: torch.Generator | None,
+                    head_steps: int | None = None, use_cache: bool = True, record: list | None = None) -> torch.Tensor:
+    """Raster-order generation, one token per step, with a KV cache (or recomputing the prefix)."""
+    b = cond.text.shape[0] // (2 if cond.guided else 1)
+    n, device = model.cfg.num_tokens, cond.text.device
+    bb = cond.text.shape[0]
+    shape = (b, n, model.cfg.token_dim) if model.continuous else (b, n)
+    tokens = torch.zeros(shape, device=device, dtype=model.pos.dtype if model.continuous else torch.long)
+    text_kvs = model.text_kv(cond.text)
+    caches = model.new_caches() if use_cache else None
+    prev = None
+    for i in range(n):
+        if use_cache:
+            x = model.embed_step(prev, i, bb)  # (B', 1, W)
+            h = model.backbone(x, cond.text, cond.mask, caches=caches, text_kvs=text_kvs)[:, 0]  # (B', W)
+        else:
+            x = model.embed_shifted(_pair(tokens, cond.guided))[:, :i + 1]  # (B', i+1, W)
+            h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)[:, -1]  # (B', W)
+        new, _ = sample_from_head(model, h, guidance_scale(cfg, i + 1, n), cfg, cond.guided, generator, head_steps)
+        tokens[:, i] = new.to(tokens.dtype)
+        prev = _pair(tokens[:, i], cond.guided)
+        if record is not None:
+            known = torch.zeros(b, n, dtype=torch.bool, device=device)
+            known[:, :i + 1] = True
+            record.append((i, tokens.clone(), known))
+    return tokens
+
+
+def generate(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor, cfg: SampleConfig,
+             generator: torch.Generator | None = None, head_steps: int | None = None, force_guidance: bool = False,
+             record: list | None = None, use_cache: bool = True) -> torch.Tensor:
+    """Tokens for a batch of encoded prompts, by the model's order.
+
+    Guidance is skipped when it cannot change anything (scale 1 throughout) unless
+    ``force_guidance`` (used by tests to check exactly that).
+    """
+    guided = force_guidance or cfg.cfg != 1.0
+    cond = condition(model, text_emb, text_mask, guided)
+    if model.causal:
+        return generate_raster(model, cond, cfg, generator, head_steps, use_cache=use_cache, record=record)
+    return generate_random(model, cond, cfg, generator, head_steps, record=record)

@@ -1,0 +1,142 @@
+"""Checkpoint folders.
+
+A checkpoint is a folder holding
+
+* ``config.json``         the full :class:`FluidConfig` (enough to rebuild the model),
+* ``model.safetensors``   raw weights (unwrapped: no DDP/compile prefixes),
+* ``ema.safetensors``     EMA weights (used for sampling and evaluation),
+* ``meta.json``           step, identities of the tokenizer and text encoder, counts,
+* ``training_state.pt``   optimizer, scheduler, RNG and data position, for ``--resume``
+                          (tensors and plain data only: read with ``weights_only=True``).
+
+A run folder holds ``step-XXXXXXX`` checkpoints, a ``latest`` link to the newest, and
+``metrics.jsonl``. Loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fluid.config import ConfigError, FluidConfig
+
+REQUIRED = ("config.json", "model.safetensors", "ema.safetensors")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be used: missing files, or weights that do not fit the config."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / FSDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+def save_checkpoint(folder: str | Path, cfg: FluidConfig, model: nn.Module, ema: nn.Module | None = None,
+                    training_state: dict | None = None, meta: dict | None = None) -> Path:
+    """Write a checkpoint atomically: into ``folder.tmp`` first, then renamed."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cfg.save(tmp / "config.json")
+    save_file(_state(model), str(tmp / "model.safetensors"))
+    save_file(_state(ema if ema is not None else model), str(tmp / "ema.safetensors"))
+    (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2) + "\n")
+    if training_state is not None:
+        torch.save(training_state, tmp / "training_state.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def update_latest(run_dir: Path, ckpt: Path, keep: int) -> None:
+    """Point ``run_dir/latest`` at ``ckpt`` and delete all but the newest ``keep`` step folders."""
+    link = run_dir / "latest"
+    tmp = run_dir / "latest.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(ckpt.name)
+    os.replace(tmp, link)
+    steps = sorted(p for p in run_dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in steps[:-keep] if keep > 0 else []:
+        if old.resolve() != ckpt.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder (its ``latest``)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if (path / "config.json").exists() and not (path / "latest").exists():
+        return path
+    if (path / "latest").exists():
+        return (path / "latest").resolve()
+    steps = sorted(path.glob("step-*"))
+    if steps:
+        return steps[-1]
+    raise CheckpointError(f"{path} is neither a checkpoint folder (config.json, model.safetensors, "
+                          f"ema.safetensors) nor a run folder with a 'latest' checkpoint")
+
+
+def read_config(folder: str | Path) -> FluidConfig:
+    folder = resolve(folder)
+    try:
+        return FluidConfig.load(folder / "config.json")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder} has no config.json") from None
+    except (ConfigError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {folder}: config.json is not a valid Fluid config: {e}") from None
+
+
+def read_meta(folder: str | Path) -> dict:
+    path = resolve(folder) / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_weights(model: nn.Module, folder: str | Path, ema: bool = True) -> None:
+    """Load ``ema.safetensors`` (or ``model.safetensors``) into ``model``, with a clear error
+    when a file is missing or the weights do not fit the model built from the config."""
+    folder = resolve(folder)
+    missing = [f for f in REQUIRED if not (folder / f).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
+    name = "ema.safetensors" if ema else "model.safetensors"
+    try:
+        state = load_file(str(folder / name))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {folder}: cannot read {name}: {e}") from None
+    own = unwrap(model).state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise CheckpointError(f"checkpoint {folder}: {name} does not match config.json ({shown})")
+    unwrap(model).load_state_dict(state)
+
+
+def load_training_state(folder: str | Path) -> dict:
+    path = resolve(folder) / "training_state.pt"
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path.parent} has no training_state.pt: it cannot be resumed")
+    return torch.load(path, map_location="cpu", weights_only=True)

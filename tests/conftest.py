@@ -1,0 +1,39 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real offline text encoder, cached per caption (loaded once per session)."""
+    from fluid.text.encoders import CachedTextEncoder, MiniLMEncoder
+
+    return CachedTextEncoder(MiniLMEncoder(max_length=32))
+
+
+def make_tokenizer(kind: str = "kl", seed: int = 0):
+    """A tiny, randomly initialised tokenizer for 32x32 images (16 tokens)."""
+    from fluid.tokenizers.autoencoder import build_autoencoder
+    from fluid.tokenizers.presets import get_tokenizer_preset
+
+    torch.manual_seed(seed)
+    return build_autoencoder(get_tokenizer_preset(f"debug-{kind}")).eval()
+
+
+def tiny_config(variant: str = "continuous-random", **train):
+    """The debug generator on 32x32 shapes, no periodic validation unless asked."""
+    from fluid.config import get_preset
+
+    cfg = get_preset("debug", variant=variant, overrides={"data.resolution": 32})
+    cfg.train.val_every = 0
+    cfg.train.log_every = 1
+    cfg.train.warmup_steps = 5
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg

@@ -1,0 +1,129 @@
+"""The diffusion math against closed forms, and a head that learns a known 2-D mixture."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fluid.diffusion import GaussianDiffusion, cosine_alpha_bar, cosine_betas, space_timesteps
+from fluid.diffusion.gaussian import gaussian_nll, normal_kl
+from fluid.model.heads import DiffusionHead
+
+
+def test_cosine_schedule_matches_closed_form():
+    T, s = 1000, 0.008
+    ab = cosine_alpha_bar(T)
+    t = np.array([0, 1, 250, 500, 999, 1000])
+    expected = np.cos((t / T + s) / (1 + s) * np.pi / 2) ** 2 / np.cos(s / (1 + s) * np.pi / 2) ** 2
+    np.testing.assert_allclose(ab[t], expected, rtol=1e-12)
+    betas = cosine_betas(T)
+    assert betas.shape == (T,) and betas.max() <= 0.999 and betas.min() > 0
+    d = GaussianDiffusion(betas)
+    # alpha-bar is the running product of (1 - beta), up to the clip at the very end.
+    np.testing.assert_allclose(d.alphas_cumprod.numpy()[:-1], ab[1:-1], rtol=1e-9)
+
+
+def test_q_sample_is_the_closed_form_marginal():
+    d = GaussianDiffusion.cosine(1000)
+    x0, noise = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    ab = d.alphas_cumprod[t][:, None]
+    torch.testing.assert_close(d.q_sample(x0, t, noise), ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
+
+
+def test_posterior_matches_bayes_rule():
+    """q(x_{t-1}|x_t,x_0) from the two Gaussians q(x_{t-1}|x_0) and q(x_t|x_{t-1}), numerically."""
+    d = GaussianDiffusion.cosine(100)
+    t = torch.tensor([37])
+    x0, xt = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.8]], dtype=torch.float64)
+    ab_prev, beta = d.alphas_cumprod[36], d.betas[37]
+    grid = torch.linspace(-6, 6, 200_001, dtype=torch.float64)
+    logp = (-(grid - ab_prev.sqrt() * 0.3) ** 2 / (2 * (1 - ab_prev))
+            - (-0.8 - (1 - beta).sqrt() * grid) ** 2 / (2 * beta))
+    p = torch.softmax(logp, 0)
+    mean = (p * grid).sum()
+    var = (p * (grid - mean) ** 2).sum()
+    m, logvar = d.q_posterior(x0, xt, t)
+    assert abs(m.item() - mean.item()) < 1e-6
+    assert abs(logvar.exp().item() - var.item()) / var.item() < 1e-4
+
+
+def test_kl_and_nll_closed_forms():
+    m1, lv1, m2, lv2 = map(torch.tensor, (0.5, -1.0, -0.2, 0.3))
+    kl = normal_kl(m1, lv1, m2, lv2)
+    expected = math.log(math.exp(0.3) ** 0.5 / math.exp(-1.0) ** 0.5) + (math.exp(-1.0) + 0.7 ** 2) / (2 * math.exp(0.3)) - 0.5
+    assert abs(kl.item() - expected) < 1e-6
+    x = torch.tensor(1.2)
+    nll = gaussian_nll(x, m2, lv2)
+    ref = -torch.distributions.Normal(m2, (lv2 / 2).exp()).log_prob(x)
+    assert abs(nll.item() - ref.item()) < 1e-6
+
+
+def test_loss_is_mse_plus_weighted_vlb():
+    d = GaussianDiffusion.cosine(1000)
+    x0, noise = torch.randn(6, 3), torch.randn(6, 3)
+    t = torch.tensor([0, 1, 2, 400, 998, 999])
+    out = torch.randn(6, 6)
+    loss = d.training_losses(lambda xt, tt: out, x0, t, noise, vlb_weight=0.5)
+    mse = ((out[:, :3] - noise) ** 2).mean(1)
+    vlb = d.vlb_terms(out, x0, d.q_sample(x0, t, noise), t)
+    torch.testing.assert_close(loss, mse + 0.5 * vlb)
+    # A perfect model of the posterior has zero KL terms.
+    xt = d.q_sample(x0, t, noise)
+    true_mean, true_logvar = d.q_posterior(x0, xt, t)
+    assert torch.all(normal_kl(true_mean, true_logvar, true_mean, true_logvar) == 0)
+
+
+def test_respacing_keeps_alpha_bar_and_maps_timesteps():
+    d = GaussianDiffusion.cosine(1000)
+    keep = space_timesteps(1000, 100)
+    assert len(keep) == 100 and keep[0] == 0 and keep[-1] == 999
+    r = d.respace(100)
+    np.testing.assert_allclose(r.alphas_cumprod.numpy(), d.alphas_cumprod.numpy()[keep], rtol=1e-10)
+    assert r.timestep_map.tolist() == keep
+    with pytest.raises(ValueError):
+        space_timesteps(10, 11)
+
+
+def test_learned_variance_interpolates_between_bounds():
+    d = GaussianDiffusion.cosine(1000)
+    xt, t = torch.zeros(2, 2), torch.tensor([100, 100])
+    lo = d.p_mean_variance(torch.cat([torch.zeros(2, 2), -torch.ones(2, 2)], 1), xt, t)[1]
+    hi = d.p_mean_variance(torch.cat([torch.zeros(2, 2), torch.ones(2, 2)], 1), xt, t)[1]
+    torch.testing.assert_close(lo, d.posterior_log_variance[100].float().expand(2, 2))
+    torch.testing.assert_close(hi, d.log_betas[100].float().expand(2, 2))
+
+
+def _mixture(n, gen):
+    """A known 2-D mixture: two anisotropic Gaussians, weights 0.3 / 0.7."""
+    comp = torch.rand(n, generator=gen) < 0.3
+    a = torch.randn(n, 2, generator=gen) * torch.tensor([0.3, 0.6]) + torch.tensor([-1.5, 0.5])
+    b = torch.randn(n, 2, generator=gen) * torch.tensor([0.5, 0.2]) + torch.tensor([1.0, -0.5])
+    return torch.where(comp[:, None], a, b)
+
+
+def test_head_learns_a_2d_mixture():
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    head = DiffusionHead(token_dim=2, cond_dim=8, width=128, depth=3)
+    d = GaussianDiffusion.cosine(1000)
+    opt = torch.optim.AdamW(head.parameters(), lr=2e-3)
+    z = torch.zeros(512, 8)
+    for _ in range(1500):
+        x0 = _mixture(512, gen)
+        t = torch.randint(0, 1000, (512,), generator=gen)
+        loss = d.training_losses(lambda xt, tt: head(xt, tt, z), x0, t, torch.randn(512, 2, generator=gen)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    n = 4000
+    zs = torch.zeros(n, 8)
+    samples = d.respace(100).sample(lambda x, tt: head(x, tt, zs), torch.randn(n, 2, generator=gen), generator=gen)
+    ref = _mixture(200_000, gen)
+    assert torch.allclose(samples.mean(0), ref.mean(0), atol=0.08), (samples.mean(0), ref.mean(0))
+    torch.testing.assert_close(torch.cov(samples.T), torch.cov(ref.T), atol=0.1, rtol=0.1)
+    # Bimodality: both modes receive their share of samples.
+    left = (samples[:, 0] < -0.25).float().mean().item()
+    assert 0.22 < left < 0.38

@@ -1,0 +1,198 @@
+"""The generator: parameter accounting, masks, attention structure, guidance, KV cache."""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from fluid.config import PRESETS, VARIANTS, SampleConfig, count_params, flops_per_image, get_preset
+from fluid.model import Generator
+from fluid.model.masking import cosine_mask_ratio, random_orders, tokens_per_step, training_mask
+from fluid.sample.generate import condition, generate
+
+
+@pytest.fixture
+def float64():
+    """Sampling from an untrained head amplifies rounding by up to 1/sqrt(alpha-bar_T) ~ 1e4:
+    exact-comparison tests run in float64 so that only real differences show."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def tiny(variant: str, **model) -> Generator:
+    cfg = get_preset("debug", variant=variant)
+    # Without zero-init the untrained head is not the constant 0, so guidance has an effect.
+    cfg.model = dataclasses.replace(cfg.model, **{"zero_init": False, **model})
+    torch.manual_seed(0)
+    return Generator(cfg.model, cfg.text).eval()
+
+
+def text_batch(b=3, length=5, dim=384, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(b, length, dim, generator=g)
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[1, 3:] = False
+    return emb, mask
+
+
+def tokens_for(model: Generator, b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if model.continuous:
+        return torch.randn(b, model.cfg.num_tokens, model.cfg.token_dim, generator=g)
+    return torch.randint(0, model.cfg.vocab_size, (b, model.cfg.num_tokens), generator=g)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_config_param_count_matches_the_model(preset, variant):
+    cfg = get_preset(preset, variant=variant)
+    with torch.device("meta"):  # no memory, even for 10B parameters
+        model = Generator(cfg.model, cfg.text)
+    assert count_params(cfg.model, cfg.text)["total"] == sum(p.numel() for p in model.parameters())
+    assert flops_per_image(cfg.model, cfg.text) > 0 and flops_per_image(cfg.model, cfg.text, train=False) > 0
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n.startswith("fluid-")])
+def test_paper_presets_land_within_5_percent_of_their_names(name):
+    value, unit = re.fullmatch(r"fluid-([\d.]+)([mb])", name).groups()
+    target = float(value) * (1e6 if unit == "m" else 1e9)
+    cfg = get_preset(name)
+    assert abs(count_params(cfg.model, cfg.text)["total"] / target - 1) < 0.05
+
+
+def test_training_mask_follows_the_order_and_the_cosine_schedule():
+    g = torch.Generator().manual_seed(0)
+    orders = random_orders(20_000, 16, g)
+    assert torch.equal(orders.sort(1).values, torch.arange(16).expand(20_000, 16))
+    mask = training_mask(orders, g)
+    counts = mask.sum(1)
+    assert counts.min() >= 1 and counts.max() <= 16
+    # The masked positions are exactly the first `count` of each order.
+    first = torch.arange(16)[None] < counts[:, None]
+    assert torch.equal(mask.gather(1, orders), first)
+    # E[ceil(16 cos(pi u / 2))] / 16, by quadrature: the empirical mean ratio must match it.
+    u = torch.linspace(0, 1, 200_001)[:-1] + 0.5 / 200_000
+    expected = torch.ceil(16 * cosine_mask_ratio(u)).clamp(1, 16).mean() / 16
+    assert abs(counts.float().mean() / 16 - expected) < 0.01
+
+
+@pytest.mark.parametrize("n,steps", [(16, 16), (16, 64), (64, 64), (256, 64), (16, 5), (7, 3)])
+def test_tokens_per_step(n, steps):
+    counts = tokens_per_step(n, steps)
+    assert sum(counts) == n and min(counts) >= 1 and len(counts) == min(n, steps)
+    # Fewer tokens early, more late: the cosine schedule's shape.
+    assert counts[0] <= counts[-1]
+
+
+@pytest.mark.parametrize("token_type", ["continuous", "discrete"])
+def test_causal_attention_hides_later_tokens(token_type):
+    model = tiny(f"{token_type}-raster")
+    emb, mask = text_batch()
+    text, tmask = model.aligner(emb, mask)
+    tokens = tokens_for(model)
+    changed = tokens.clone()
+    j = 9
+    changed[:, j] = tokens_for(model, seed=1)[:, j]
+    with torch.no_grad():
+        a = model.backbone(model.embed_shifted(tokens), text, tmask)
+        b = model.backbone(model.embed_shifted(changed), text, tmask)
+    # Position i sees tokens < i: outputs up to and including position j are untouched.
+    assert torch.equal(a[:, :j + 1], b[:, :j + 1])
+    assert not torch.allclose(a[:, j + 1:], b[:, j + 1:])
+
+
+def test_random_order_attention_is_bidirectional():
+    model = tiny("continuous-random")
+    emb, mask = text_batch()
+    text, tmask = model.aligner(emb, mask)
+    tokens, known = tokens_for(model), torch.ones(3, 16, dtype=torch.bool)
+    changed = tokens.clone()
+    changed[:, 15] += 1.0
+    with torch.no_grad():
+        a = model.backbone(model.embed_masked(tokens, known), text, tmask)
+        b = model.backbone(model.embed_masked(changed, known), text, tmask)
+    assert not torch.allclose(a[:, 0], b[:, 0])
+
+
+def test_empty_prompt_and_dropped_prompt_are_the_null_condition():
+    model = tiny("continuous-random")
+    emb, mask = text_batch()
+    empty_mask = mask.clone()
+    empty_mask[2] = False  # row 2: an empty prompt
+    text_a, mask_a = model.aligner(emb, empty_mask)
+    text_b, mask_b = model.aligner(emb, mask, drop=torch.tensor([False, False, True]))
+    torch.testing.assert_close(text_a[2, 0], text_b[2, 0])
+    assert mask_a[2].tolist() == [True] + [False] * 4 and torch.equal(mask_a[2], mask_b[2])
+    torch.testing.assert_close(text_a[0], text_b[0])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_guidance_at_scale_one_equals_the_conditional_model(variant, float64):
+    model = tiny(variant)
+    emb, mask = text_batch()
+    cfg = SampleConfig(steps=4, cfg=1.0, cfg_schedule="constant")
+    plain = generate(model, emb, mask, cfg, torch.Generator().manual_seed(3), head_steps=5)
+    guided = generate(model, emb, mask, cfg, torch.Generator().manual_seed(3), head_steps=5, force_guidance=True)
+    if model.continuous:
+        torch.testing.assert_close(plain, guided, atol=1e-8, rtol=1e-8)
+    else:
+        assert torch.equal(plain, guided)
+    # ... and guidance does change the result at scale 4.
+    strong = generate(model, emb, mask, dataclasses.replace(cfg, cfg=4.0), torch.Generator().manual_seed(3), head_steps=5)
+    assert not torch.equal(plain, strong)
+
+
+@pytest.mark.parametrize("token_type", ["continuous", "discrete"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_kv_cache_gives_the_tokens_of_prefix_recomputation(token_type, cfg_scale, float64):
+    model = tiny(f"{token_type}-raster")
+    emb, mask = text_batch()
+    cfg = SampleConfig(cfg=cfg_scale)
+    cached = generate(model, emb, mask, cfg, torch.Generator().manual_seed(5), head_steps=8)
+    recomputed = generate(model, emb, mask, cfg, torch.Generator().manual_seed(5), head_steps=8, use_cache=False)
+    if model.continuous:
+        torch.testing.assert_close(cached, recomputed, atol=1e-8, rtol=1e-8)
+    else:
+        assert torch.equal(cached, recomputed)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_seeds_make_sampling_reproducible(variant):
+    model = tiny(variant)
+    emb, mask = text_batch()
+    cfg = SampleConfig(steps=4, cfg=2.0)
+    a = generate(model, emb, mask, cfg, torch.Generator().manual_seed(11), head_steps=5)
+    b = generate(model, emb, mask, cfg, torch.Generator().manual_seed(11), head_steps=5)
+    c = generate(model, emb, mask, cfg, torch.Generator().manual_seed(12), head_steps=5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_discrete_head_is_tied_to_the_input_embedding():
+    model = tiny("discrete-random")
+    h = torch.randn(4, model.cfg.width)
+    before = model.logits(h)
+    with torch.no_grad():
+        model.token_in.weight[7] += 1.0
+    after = model.logits(h)
+    assert not torch.allclose(before[:, 7], after[:, 7]) and torch.allclose(before[:, 8], after[:, 8])
+    assert not any("head" in k and "embed" in k for k in model.state_dict())
+    assert model.state_dict()["token_in.weight"].shape == (model.cfg.vocab_size, model.cfg.width)
+
+
+def test_confidence_sampling_runs_and_fills_every_token():
+    model = tiny("discrete-random")
+    emb, mask = text_batch()
+    out = generate(model, emb, mask, SampleConfig(steps=6, confidence=True), torch.Generator().manual_seed(0))
+    assert out.shape == (3, 16) and out.min() >= 0 and out.max() < model.cfg.vocab_size
+
+
+def test_record_shows_tokens_filling_in():
+    model = tiny("continuous-random")
+    emb, mask = text_batch()
+    record = []
+    generate(model, emb, mask, SampleConfig(steps=16, cfg=1.0), torch.Generator().manual_seed(0), head_steps=3, record=record)
+    known = [int(k[0].sum()) for _, _, k in record]
+    assert known == sorted(known) and known[-1] == 16 and len(record) == 16

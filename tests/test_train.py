@@ -1,0 +1,99 @@
+"""Training: the loss falls, checkpoints round-trip, resume is exact, bad folders fail clearly."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_tokenizer, tiny_config
+from fluid.config import VARIANTS, LRSchedule, SampleConfig
+from fluid.sample.generate import generate
+from fluid.sample.pipeline import FluidPipeline
+from fluid.train import checkpoint as ckpt
+from fluid.train.ema import EMA
+from fluid.train.trainer import Trainer
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in open(run / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiny_model_loss_falls(tmp_path, minilm, variant):
+    kind = "kl" if variant.startswith("continuous") else "vq"
+    # Constant LR for every variant: the discrete default (cosine) decays to 0 within the run.
+    cfg = tiny_config(variant, steps=120, batch_size=16, lr=2e-3, ckpt_every=1000, lr_schedule=LRSchedule.CONSTANT)
+    Trainer(cfg, tmp_path, make_tokenizer(kind), minilm, show_progress=False).fit()
+    losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, minilm):
+    tok = make_tokenizer("kl")
+    cfg = tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8)
+    Trainer(cfg, tmp_path / "a", tok, minilm, show_progress=False).fit()
+    Trainer(tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8), tmp_path / "b", tok, minilm,
+            show_progress=False).fit(steps=4)
+    resumed = Trainer(tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8), tmp_path / "b", tok,
+                      minilm, resume=True, show_progress=False)
+    assert resumed.step == 4
+    resumed.fit()
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(str(tmp_path / "a/latest" / name)), load_file(str(tmp_path / "b/latest" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    val = lambda run: [r["val_loss"] for r in read_metrics(run) if "val_loss" in r]  # noqa: E731
+    assert val(tmp_path / "a") == val(tmp_path / "b")
+
+
+def test_checkpoint_round_trip_gives_identical_samples(tmp_path, minilm):
+    tok = make_tokenizer("kl")
+    trainer = Trainer(tiny_config(steps=3, batch_size=4, ckpt_every=3), tmp_path, tok, minilm, show_progress=False)
+    trainer.fit()
+    pipe = FluidPipeline.from_pretrained(tmp_path, tokenizer=tok, text_encoder=minilm, device="cpu")
+    emb, mask = minilm(["a red circle", ""])
+    scfg = SampleConfig(steps=4, cfg=2.0)
+    a = generate(trainer.ema.model.eval(), emb, mask, scfg, torch.Generator().manual_seed(0), head_steps=4)
+    b = generate(pipe.model, emb, mask, scfg, torch.Generator().manual_seed(0), head_steps=4)
+    assert torch.equal(a, b)
+    images = pipe(["a red circle"], seed=0, steps=4, head_steps=4)
+    assert images[0].size == (32, 32)
+
+
+def test_broken_checkpoints_fail_with_clear_errors(tmp_path, minilm):
+    tok = make_tokenizer("kl")
+    Trainer(tiny_config(steps=2, batch_size=2, ckpt_every=2), tmp_path / "run", tok, minilm, show_progress=False).fit()
+    good = ckpt.resolve(tmp_path / "run")
+    missing = tmp_path / "missing"
+    shutil.copytree(good, missing)
+    (missing / "ema.safetensors").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="missing ema.safetensors"):
+        FluidPipeline.from_pretrained(missing, tokenizer=tok, text_encoder=minilm, device="cpu")
+    wrong = tmp_path / "wrong"
+    shutil.copytree(good, wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["model"]["width"] = 96
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ckpt.CheckpointError, match="does not match config.json"):
+        FluidPipeline.from_pretrained(wrong, tokenizer=tok, text_encoder=minilm, device="cpu")
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.resolve(tmp_path / "nowhere")
+    # A run folder is refused as a fresh output (nothing gets overwritten) ...
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(tiny_config(steps=2, batch_size=2), tmp_path / "run", tok, minilm, show_progress=False)
+
+
+def test_ema_warmup_follows_the_weights_early():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.9999, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**7) == 0.9999
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(200):
+        ema.update(model, step)
+    # With warm-up the average has all but forgotten the initial weights after 200 steps.
+    assert torch.allclose(ema.model.weight, torch.ones(2, 2), atol=0.06)
