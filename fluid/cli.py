@@ -15,6 +15,7 @@ if os.environ.get("FLUID_ONLINE") != "1":
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, apply_overrides, get_preset  # noqa: E402
+from fluid.train.checkpoint import CheckpointError  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -143,8 +144,34 @@ def cmd_train_tokenizer(args) -> int:
         overrides[k] = json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false") else v
     cfg = get_tokenizer_preset(args.preset, **overrides)
     result = train_tokenizer(cfg, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, device=_device(args.device))
+                             seed=args.seed, device=_device(args.device),
+                             time_limit_s=None if args.minutes is None else 60 * args.minutes)
     print(json.dumps(result))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from fluid.train.checkpoint import export
+
+    dst = export(args.checkpoint, args.out, dtype=args.dtype)
+    size = sum(f.stat().st_size for f in dst.iterdir())
+    print(f"exported {args.checkpoint} -> {dst} ({size / 2**20:.1f} MiB, {args.dtype})")
+    return 0
+
+
+def cmd_embed_captions(args) -> int:
+    from fluid.config import TextConfig
+    from fluid.data.shapes import all_captions
+    from fluid.text.encoders import build_text_encoder, save_embeddings
+
+    if args.captions == "shapes":
+        captions = all_captions()
+    else:
+        captions = [line.rstrip("\n") for line in open(args.captions, encoding="utf-8") if line.strip()]
+    encoder = build_text_encoder(TextConfig(encoder=args.encoder, max_length=args.max_length, dim=args.dim),
+                                 device=_device(args.device))
+    path = save_embeddings(encoder, captions, args.out)
+    print(f"wrote {len(captions)} caption embeddings ({encoder.identity()}) to {path}")
     return 0
 
 
@@ -207,10 +234,26 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (the LR schedule anneals within it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("export", help="write an inference-only copy of a checkpoint (EMA weights, fp16)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("embed-captions", help="precompute text embeddings of captions (for machines without the encoder)")
+    p.add_argument("--captions", default="shapes", help="'shapes' (every built-in caption) or a text file, one per line")
+    p.add_argument("--out", required=True)
+    p.add_argument("--encoder", default="minilm")
+    p.add_argument("--max-length", type=int, default=32)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_embed_captions)
 
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)
@@ -223,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         print(f"fluid {args.command}: configuration error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"fluid {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

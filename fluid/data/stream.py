@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Iterator, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
 from fluid.data.shapes import ShapesDataset, flip_caption, item_seed
@@ -37,14 +38,34 @@ class ShapesStream:
         self.cfg, self.batch_size, self.rank, self.world = cfg, batch_size, rank, world
         self.step, self.device = start, device
 
-    def indices(self, step: int) -> range:
+        self.pool_images, self.pool_captions = self._render_pool(cfg.pool) if cfg.pool else (None, None)
+
+    def _render_pool(self, size: int, chunk: int = 4096):
+        images, captions = [], []
+        for start in tqdm(range(0, size, chunk), desc="render pool", unit="chunk", leave=False):
+            img, cap = self.dataset.batch(range(start, min(size, start + chunk)), self.device)
+            images.append(((img + 1) * 127.5).round().to(torch.uint8))  # (n, 3, H, W)
+            captions += cap
+        return torch.cat(images), captions
+
+    def indices(self, step: int) -> list[int]:
+        if self.pool_images is not None:
+            # Draws with replacement, seeded by (step, rank): the same after a resume.
+            g = torch.Generator().manual_seed(item_seed(f"pool-{self.rank}", step))
+            return torch.randint(len(self.pool_captions), (self.batch_size,), generator=g).tolist()
         first = (step * self.world + self.rank) * self.batch_size
-        return range(first, first + self.batch_size)
+        return list(range(first, first + self.batch_size))
+
+    def _batch(self, idx: list[int]):
+        if self.pool_images is None:
+            return self.dataset.batch(idx, self.device)
+        sel = torch.tensor(idx, device=self.pool_images.device)
+        return self.pool_images[sel].float() / 127.5 - 1.0, [self.pool_captions[i] for i in idx]
 
     def __iter__(self) -> Iterator[RawBatch]:
         while True:
             idx = self.indices(self.step)
-            images, captions = self.dataset.batch(idx, self.device)
+            images, captions = self._batch(idx)
             if self.cfg.flip:
                 # Flip about half of the items, chosen by a stable hash of the index; the
                 # caption's left/right words swap with the image.

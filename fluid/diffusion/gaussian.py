@@ -130,8 +130,12 @@ class GaussianDiffusion:
 
     # -- reverse process ---------------------------------------------------------------
 
-    def p_mean_variance(self, out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
-        """From the network output at (x_t, t): (mean, log-variance, predicted x_0)."""
+    def p_mean_variance(self, out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, x0_clip: float = 0.0):
+        """From the network output at (x_t, t): (mean, log-variance, predicted x_0).
+
+        ``x0_clip`` > 0 clips the x_0 estimate to [-x0_clip, x0_clip] (IDDPM's clip_denoised
+        with the data's range) before it enters the posterior mean.
+        """
         c = xt.shape[-1]
         if self.learn_sigma:
             eps, v = out[..., :c], out[..., c:]
@@ -143,6 +147,8 @@ class GaussianDiffusion:
             logvar = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log()
             logvar = _gather(logvar, t, xt).expand_as(xt)
         x0 = _gather(self.sqrt_recip_ab, t, xt) * xt - _gather(self.sqrt_recipm1_ab, t, xt) * eps
+        if x0_clip > 0:
+            x0 = x0.clamp(-x0_clip, x0_clip)
         mean, _ = self.q_posterior(x0, xt, t)
         return mean, logvar, x0
 
@@ -171,17 +177,18 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model_fn: ModelFn, noise: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, x0_clip: float = 0.0) -> torch.Tensor:
         """Ancestral sampling from x_T = ``noise`` down to x_0.
 
         ``temperature`` scales the noise added at every step (MAR's "temperature"), which
-        sharpens (< 1) or flattens (> 1) each token's distribution.
+        sharpens (< 1) or flattens (> 1) each token's distribution. ``x0_clip``: see
+        :meth:`p_mean_variance`.
         """
         x = noise
         for i in reversed(range(self.num_steps)):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             out = model_fn(x, self.timestep_map.to(x.device)[t]).to(x.dtype)
-            mean, logvar, _ = self.p_mean_variance(out, x, t)
+            mean, logvar, _ = self.p_mean_variance(out, x, t, x0_clip)
             if i > 0:
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 x = mean + torch.exp(0.5 * logvar) * z * temperature

@@ -65,8 +65,15 @@ class DiffusionHead(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def time_condition(self, t: torch.Tensor) -> torch.Tensor:
+        """(M,) timesteps -> (M, W); a sampler computes it once per respaced step."""
+        return self.time_mlp(timestep_embedding(t).to(self.input_proj.weight.dtype))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        c = self.time_mlp(timestep_embedding(t).to(x.dtype)) + self.cond_proj(z)  # (M, W)
+        return self.denoise(x, self.time_condition(t) + self.cond_proj(z))
+
+    def denoise(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The network given its full condition c = time + token condition, (M, W)."""
         h = self.input_proj(x)  # (M, W)
         for block in self.blocks:
             h = block(h, c)

@@ -66,18 +66,32 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
         return ids, logp
     c = model.cfg.token_dim
     m = z.shape[0] // 2 if guided else z.shape[0]
-    diffusion = model.diffusion.respace(head_steps or model.cfg.head_sample_steps)
+    diffusion = respaced(model, head_steps or model.cfg.head_sample_steps)
+    # The token condition is the same at every diffusion step, and the time condition the
+    # same for every token: compute each once, not once per step and token.
+    cz = model.head.cond_proj(z)  # (M or 2M, W)
+    ct = model.head.time_condition(diffusion.timestep_map.to(z.device))  # (S, W)
+    step_of = {int(orig): i for i, orig in enumerate(diffusion.timestep_map.tolist())}
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cond = cz + ct[step_of[int(t[0])]]  # every row is at the same step
         if not guided:
-            return model.head(x, t, z)
-        out = model.head(torch.cat([x, x]), torch.cat([t, t]), z).to(x.dtype)  # (2M, 2C)
+            return model.head.denoise(x, cond)
+        out = model.head.denoise(torch.cat([x, x]), cond).to(x.dtype)  # (2M, 2C)
         cond, uncond = out.chunk(2)
         eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
         return torch.cat([eps, cond[:, c:]], dim=-1)  # the variance comes from the conditional branch
 
     noise = torch.randn(m, c, generator=generator, device=z.device)
-    return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, generator=generator), None
+    return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, generator=generator, x0_clip=cfg.x0_clip), None
+
+
+def respaced(model: Generator, steps: int):
+    """The head's sampling process with ``steps`` respaced steps, built once per model."""
+    cache = model.__dict__.setdefault("_respaced", {})
+    if steps not in cache:
+        cache[steps] = model.diffusion.respace(steps)
+    return cache[steps]
 
 
 def _pair(x: torch.Tensor, guided: bool) -> torch.Tensor:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from fluid.config import ConfigError, FluidConfig
 
 REQUIRED = ("config.json", "model.safetensors", "ema.safetensors")
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CheckpointError(RuntimeError):
@@ -116,10 +117,10 @@ def load_weights(model: nn.Module, folder: str | Path, ema: bool = True) -> None
     """Load ``ema.safetensors`` (or ``model.safetensors``) into ``model``, with a clear error
     when a file is missing or the weights do not fit the model built from the config."""
     folder = resolve(folder)
-    missing = [f for f in REQUIRED if not (folder / f).exists()]
+    name = "ema.safetensors" if ema else "model.safetensors"
+    missing = [f for f in ("config.json", name) if not (folder / f).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
-    name = "ema.safetensors" if ema else "model.safetensors"
     try:
         state = load_file(str(folder / name))
     except (SafetensorError, OSError) as e:
@@ -133,6 +134,28 @@ def load_weights(model: nn.Module, folder: str | Path, ema: bool = True) -> None
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise CheckpointError(f"checkpoint {folder}: {name} does not match config.json ({shown})")
     unwrap(model).load_state_dict(state)
+
+
+def export(src: str | Path, dst: str | Path, dtype: str = "fp16") -> Path:
+    """An inference-only copy of a checkpoint: config, EMA weights in ``dtype``, meta.
+
+    This is the shipped form: a fraction of the size of a training checkpoint.
+    """
+    src, dst = resolve(src), Path(dst)
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, not {dtype!r}")
+    cfg = read_config(src)
+    try:
+        state = load_file(str(src / "ema.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {src}: cannot read ema.safetensors: {e}") from None
+    dst.mkdir(parents=True, exist_ok=True)
+    cfg.save(dst / "config.json")
+    save_file({k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
+              str(dst / "ema.safetensors"))
+    meta = {**read_meta(src), "inference_only": True, "dtype": dtype}
+    (dst / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return dst
 
 
 def load_training_state(folder: str | Path) -> dict:

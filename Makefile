@@ -1,0 +1,30 @@
+# Fluid: the two commands a new user needs, plus a few for developers.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install test-fast clean
+
+# Create the virtual environment and install Fluid with its test tools (once).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Generate the demo page from the shipped models (offline, CPU, a few minutes at most).
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/fluid demo --out demo --variants continuous-random continuous-raster discrete-random discrete-raster
+
+# The whole test suite.
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 --dist loadfile
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 --dist loadfile -m "not slow"
+
+clean:
+	rm -rf $(VENV) demo *.egg-info .pytest_cache
