@@ -71,10 +71,10 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
     # same for every token: compute each once, not once per step and token.
     cz = model.head.cond_proj(z)  # (M or 2M, W)
     ct = model.head.time_condition(diffusion.timestep_map.to(z.device))  # (S, W)
-    step_of = {int(orig): i for i, orig in enumerate(diffusion.timestep_map.tolist())}
+    steps = iter(range(diffusion.num_steps - 1, -1, -1))  # the sampler walks the steps in this order
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        cond = cz + ct[step_of[int(t[0])]]  # every row is at the same step
+        cond = cz + ct[next(steps)]  # every row is at the same step
         if not guided:
             return model.head.denoise(x, cond)
         out = model.head.denoise(torch.cat([x, x]), cond).to(x.dtype)  # (2M, 2C)

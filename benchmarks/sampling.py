@@ -1,0 +1,84 @@
+"""Sampling speed of the four variants at the same model size, and the KV cache's speedup
+over recomputing the prefix, measured side by side in one run.
+
+    python benchmarks/sampling.py --preset shapes-small --batch-size 16 \
+        --out benchmarks/results/sampling.json
+
+Per variant: images/s and per-image latency (random-order steps = min(64, tokens); CFG on;
+100 diffusion-head steps for continuous tokens). Raster variants also at ``--long-tokens``
+(default 256) with the cache and with prefix recomputation. Weights are random: speed does
+not depend on them (the same number of steps and tokens is always generated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from fluid.config import VARIANTS, SampleConfig, get_preset
+from fluid.model import Generator
+from fluid.sample.generate import generate
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def bench(variant: str, preset: str, num_tokens: int, batch: int, repeats: int, head_steps: int,
+          use_cache: bool = True) -> dict:
+    cfg = get_preset(preset, variant=variant)
+    cfg.model = dataclasses.replace(cfg.model, num_tokens=num_tokens)
+    torch.manual_seed(0)
+    model = Generator(cfg.model, cfg.text).eval()
+    emb, mask = torch.randn(batch, 12, cfg.text.dim), torch.ones(batch, 12, dtype=torch.bool)
+    scfg = SampleConfig(cfg=3.0, batch_size=batch)
+    seconds = timed(lambda: generate(model, emb, mask, scfg, torch.Generator().manual_seed(0),
+                                     head_steps=head_steps, use_cache=use_cache), repeats)
+    return {"variant": variant, "tokens": num_tokens, "kv_cache": use_cache if cfg.model.order.value == "raster" else None,
+            "batch": batch, "seconds_per_batch": round(seconds, 4), "images_per_s": round(batch / seconds, 3),
+            "latency_per_image_s": round(seconds / batch, 5)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="shapes-small")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--long-tokens", type=int, default=256)
+    p.add_argument("--long-batch-size", type=int, default=4)
+    p.add_argument("--head-steps", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [bench(v, args.preset, args.tokens, args.batch_size, args.repeats, args.head_steps) for v in VARIANTS]
+    cache = []
+    for v in ("discrete-raster", "continuous-raster"):
+        with_cache = bench(v, args.preset, args.long_tokens, args.long_batch_size, 1, args.head_steps, True)
+        without = bench(v, args.preset, args.long_tokens, args.long_batch_size, 1, args.head_steps, False)
+        cache.append({"variant": v, "tokens": args.long_tokens, "with_cache_s": with_cache["seconds_per_batch"],
+                      "recompute_s": without["seconds_per_batch"],
+                      "speedup": round(without["seconds_per_batch"] / with_cache["seconds_per_batch"], 2)})
+    result = {"benchmark": "sampling", "preset": args.preset, "threads": args.threads, "torch": torch.__version__,
+              "cpu": platform.processor() or platform.machine(), "head_steps": args.head_steps,
+              "variants": rows, "kv_cache": cache}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
