@@ -43,6 +43,16 @@ def _device(name: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _threads(n: int | None) -> None:
+    """CPU threads for PyTorch. Sampling the small shipped models runs thousands of tiny
+    matmuls, for which one thread is as fast as two and does not collapse when other
+    programs share the cores."""
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
 def _text_encoder(cfg: FluidConfig, device: str, embeddings: str | None = None):
     from fluid.text.encoders import CachedTextEncoder, PrecomputedTextEncoder, build_text_encoder
 
@@ -96,6 +106,7 @@ def cmd_sample(args) -> int:
     from fluid.sample.grid import image_grid
     from fluid.sample.pipeline import FluidPipeline
 
+    _threads(args.threads)
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += [line.rstrip("\n") for line in open(args.prompts_file, encoding="utf-8") if line.strip()]
@@ -126,6 +137,7 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     from fluid.sample.demo import run_demo
 
+    _threads(args.threads)
     t0 = time.perf_counter()
     record = run_demo(args.out, args.variants, device=_device(args.device))
     print(f"demo written to {Path(args.out) / 'index.html'} in {time.perf_counter() - t0:.1f} s")
@@ -175,6 +187,51 @@ def cmd_embed_captions(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from fluid.eval.run import eval_from_args
+
+    t0 = time.perf_counter()
+    records = eval_from_args(args)
+    print(f"evaluated {len(records)} model(s) in {time.perf_counter() - t0:.1f} s -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from fluid.data.images import ImagePolicy
+    from fluid.data.prepare import PrepareOptions, prepare
+    from fluid.data.sources import open_source
+    from fluid.sample.pipeline import resolve_tokenizer
+    from fluid.text.encoders import build_text_encoder
+    from fluid.tokenizers.base import load_tokenizer
+
+    cfg = build_config(args)
+    if args.resolution is not None:
+        cfg = apply_overrides(cfg, {"data.resolution": args.resolution})
+    if args.tokenizer:
+        cfg.tokenizer.path = str(Path(args.tokenizer).resolve())
+    kind = args.source or cfg.data.source
+    if kind == "cache":
+        raise ValueError("fluid prepare reads raw data: pass --source folder, coco, wds or shapes")
+    device = _device(args.device)
+    source = open_source(kind, args.path or cfg.data.path, images=args.images or cfg.data.images,
+                         shard_size=args.shard_size, count=args.count, resolution=cfg.data.resolution,
+                         holdout=cfg.data.holdout)
+    policy = ImagePolicy.from_data_config(cfg.data, small=args.small_images, max_aspect=args.max_aspect,
+                                          max_pixels=args.max_pixels, background=args.background)
+    tokenizer = load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size)
+    tokenizer = tokenizer.to(device).eval()
+    text_encoder = build_text_encoder(cfg.text, device=device)
+    options = PrepareOptions(batch_size=args.batch_size, workers=args.workers, dtype=args.dtype, flip=not args.no_flip,
+                             val_fraction=args.val_fraction, strict=args.strict, precision=args.precision,
+                             overwrite=args.overwrite)
+    result = prepare(source, args.out, tokenizer, text_encoder, policy, options)
+    m = result.manifest
+    print(json.dumps({"cache": str(args.out), **m["counts"], "skipped_by_reason": m["skipped"], "fixed_by_kind": m["fixed"],
+                      "tokenizer": m["tokenizer"]["identity"], "text_encoder": m["text_encoder"]["identity"],
+                      "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_s, 1)}))
+    return 0
+
+
 def cmd_presets(args) -> int:
     from fluid.config import count_params
 
@@ -196,8 +253,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate the demo page from the shipped models")
     p.add_argument("--out", default="demo")
-    p.add_argument("--variants", nargs="+", default=["continuous-random"], choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (0: PyTorch's default)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a generator")
@@ -226,6 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (0: PyTorch's default)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train-tokenizer", help="train a KL or VQ autoencoder")
@@ -254,6 +313,37 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_embed_captions)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: ShapesEval, shapes_fd, validation loss, FID, GenEval export")
+    from fluid.eval.run import add_eval_args
+
+    add_eval_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("prepare", help="encode image-caption pairs into a training cache (tokens + text embeddings)")
+    _config_args(p)
+    p.add_argument("--source", choices=["folder", "coco", "wds", "shapes"], default=None, help="default: data.source")
+    p.add_argument("--path", default=None, help="JSONL file or folder, COCO captions JSON, or tar shards (brace patterns, globs)")
+    p.add_argument("--images", default=None, help="folder/coco: where the images are (default: next to the index)")
+    p.add_argument("--out", required=True, help="cache folder (rerun the same command to resume)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shipped one for the variant)")
+    p.add_argument("--resolution", type=int, default=None, help="default: data.resolution")
+    p.add_argument("--count", type=int, default=None, help="shapes: how many items")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (0: none)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call")
+    p.add_argument("--shard-size", type=int, default=1000, help="folder/coco/shapes: records per shard (wds: one shard per tar)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="storage of moments and embeddings")
+    p.add_argument("--no-flip", action="store_true", help="do not also encode the mirrored images")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction for validation")
+    p.add_argument("--small-images", choices=["upsample", "skip"], default=None, help="default: data.small_images")
+    p.add_argument("--max-aspect", type=float, default=None, help="default: data.max_aspect (0: no limit)")
+    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (default: Pillow's)")
+    p.add_argument("--background", type=int, nargs=3, default=None, metavar=("R", "G", "B"), help="colour under transparency")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="encoding precision")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    p.add_argument("--overwrite", action="store_true", help="replace another preparation found in --out")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)

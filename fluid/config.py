@@ -106,10 +106,28 @@ class DataConfig:
     """DataLoader worker processes for real data (``shapes`` renders in the main process)."""
     shuffle_buffer: int = 1000
     """Streaming sources: size of the shuffle buffer."""
+    images: str | None = None
+    """``folder`` / ``coco``: the folder the index names images relative to (default: the
+    JSONL file's folder; for COCO, ``train2014``-style folders found next to the annotations)."""
+    val_path: str | None = None
+    """Validation pairs: a prepared cache, or a source of the same kind as ``source``. ``None``:
+    the held-out split of a cache (``fluid prepare --val-fraction``)."""
+    seed: int = 0
+    """Seed of the epoch order, the shuffle buffer, flips and cached posterior samples."""
+    small_images: str = "upsample"
+    """Real images whose short side is below ``resolution``: ``upsample`` (bicubic) or ``skip``."""
+    max_aspect: float = 4.0
+    """Skip real images whose long side exceeds this many times the short side (0: no limit)."""
 
     def __post_init__(self):
         if self.source not in ("shapes", "folder", "coco", "wds", "cache"):
             raise ConfigError(f"data.source must be shapes, folder, coco, wds or cache, not {self.source!r}")
+        if self.small_images not in ("upsample", "skip"):
+            raise ConfigError(f"data.small_images must be upsample or skip, not {self.small_images!r}")
+        if self.max_aspect and self.max_aspect < 1:
+            raise ConfigError(f"data.max_aspect must be >= 1 (or 0 for no limit), not {self.max_aspect}")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"data.shuffle_buffer must be >= 1, not {self.shuffle_buffer}")
         if self.resolution < 16 or self.resolution % 16:
             raise ConfigError(f"data.resolution must be a multiple of 16 and >= 16, not {self.resolution}")
 

@@ -37,3 +37,28 @@ def tiny_config(variant: str = "continuous-random", **train):
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
+
+
+class WordHashEncoder:
+    """A stand-in text encoder for tests that need no language model: each word maps to a
+    fixed pseudo-random 384-d vector (seeded by a stable hash of the word)."""
+
+    name, dim, max_length = "wordhash", 384, 32
+
+    def identity(self) -> str:
+        return "wordhash-1"
+
+    def __call__(self, prompts):
+        import zlib
+
+        rows = []
+        for p in prompts:
+            words = p.split()[: self.max_length]
+            rows.append(torch.stack([torch.randn(self.dim, generator=torch.Generator().manual_seed(zlib.crc32(w.encode())))
+                                     for w in words]) if words else torch.zeros(0, self.dim))
+        length = max(1, max(r.shape[0] for r in rows))
+        emb = torch.zeros(len(rows), length, self.dim)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            emb[i, :len(r)], mask[i, :len(r)] = r, True
+        return emb, mask

@@ -50,9 +50,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, minilm):
     assert val(tmp_path / "a") == val(tmp_path / "b")
 
 
-def test_checkpoint_round_trip_gives_identical_samples(tmp_path, minilm):
-    tok = make_tokenizer("kl")
-    trainer = Trainer(tiny_config(steps=3, batch_size=4, ckpt_every=3), tmp_path, tok, minilm, show_progress=False)
+@pytest.mark.parametrize("variant", ["continuous-random", "discrete-raster"])
+def test_checkpoint_round_trip_gives_identical_samples(tmp_path, minilm, variant):
+    tok = make_tokenizer("kl" if variant.startswith("continuous") else "vq")
+    trainer = Trainer(tiny_config(variant, steps=3, batch_size=4, ckpt_every=3), tmp_path, tok, minilm,
+                      show_progress=False)
     trainer.fit()
     pipe = FluidPipeline.from_pretrained(tmp_path, tokenizer=tok, text_encoder=minilm, device="cpu")
     emb, mask = minilm(["a red circle", ""])
@@ -62,6 +64,13 @@ def test_checkpoint_round_trip_gives_identical_samples(tmp_path, minilm):
     assert torch.equal(a, b)
     images = pipe(["a red circle"], seed=0, steps=4, head_steps=4)
     assert images[0].size == (32, 32)
+    if not pipe.model.continuous:
+        # The output layer is still the loaded input embedding, not a copy of it.
+        h = torch.randn(2, pipe.model.cfg.width)
+        before = pipe.model.logits(h)
+        with torch.no_grad():
+            pipe.model.token_in.weight[3] += 1.0
+        assert not torch.allclose(before[:, 3], pipe.model.logits(h)[:, 3])
 
 
 def test_broken_checkpoints_fail_with_clear_errors(tmp_path, minilm):

@@ -77,8 +77,15 @@ class ShapesStream:
 
 
 def TrainStream(cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
-                device: str | torch.device = "cpu"):
-    """The training stream for ``cfg.source``, positioned at step ``start``."""
+                device: str | torch.device = "cpu", tokenizer=None, text_encoder=None):
+    """The training stream for ``cfg.source``, positioned at step ``start``.
+
+    ``shapes`` renders in this process; ``cache`` (EncodedBatch), ``folder``, ``coco`` and
+    ``wds`` (RawBatch) stream through :mod:`fluid.data.streaming`, in an order that is a pure
+    function of the step. A cache is checked against ``tokenizer`` / ``text_encoder`` when given.
+    """
     if cfg.source == "shapes":
         return ShapesStream(cfg, batch_size, rank, world, start, device)
-    raise NotImplementedError(f"data.source={cfg.source!r} is not available yet")
+    from fluid.data.streaming import open_stream
+
+    return open_stream(cfg, batch_size, rank, world, start, device, tokenizer=tokenizer, text_encoder=text_encoder)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fluid.config import FluidConfig, Precision, resolve_precision
+from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
 from fluid.data.shapes import ShapesDataset
 
 VAL_SEED = 20_241_017
@@ -30,12 +30,19 @@ class ValidationSet:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, cfg: FluidConfig, tokenizer, text_encoder, device="cpu", batch_size: int = 64) -> "ValidationSet":
-        """Encode the first ``cfg.train.val_size`` pairs of the validation split once."""
-        if cfg.data.source != "shapes":
-            raise NotImplementedError("validation on prepared caches arrives with the data pipeline")
+    def build(cls, cfg: FluidConfig, tokenizer, text_encoder, device="cpu", batch_size: int = 64,
+              size: int | None = None) -> "ValidationSet":
+        """Encode the first ``size`` (default ``cfg.train.val_size``) pairs of the validation split once."""
+        size = cfg.train.val_size if size is None else int(size)
+        if size < 1:
+            raise ValueError(f"the validation set needs at least one pair, not {size}")
+        if cfg.data.source != "shapes":  # real data: a cache's held-out split or data.val_path
+            from fluid.data.heldout import heldout_pairs
+
+            pairs = heldout_pairs(cfg.data, size, tokenizer, text_encoder, device, seed=VAL_SEED, batch_size=batch_size)
+            return cls(*pairs, batch_size)
         data = ShapesDataset("val", cfg.data.resolution)
-        n = min(cfg.train.val_size, len(data))
+        n = min(size, len(data))
         gen = torch.Generator(device).manual_seed(VAL_SEED)
         tokens, embs, masks = [], [], []
         for start in range(0, n, batch_size):
@@ -51,6 +58,13 @@ class ValidationSet:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+
+def loss_name(token_type: TokenType | str) -> str:
+    """What ``validation_loss`` measures for a token type (the two are not on one scale)."""
+    if TokenType(token_type) is TokenType.CONTINUOUS:
+        return "diffusion hybrid loss: eps MSE per channel + 0.001 x VLB"
+    return "cross-entropy, nats per predicted token"
 
 
 @torch.no_grad()

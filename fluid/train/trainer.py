@@ -76,8 +76,10 @@ class Trainer:
             if any(self.run_dir.glob("step-*")):
                 raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue "
                                       f"that run, or choose another output folder")
+        # The stream refuses a prepared cache made by another tokenizer or text encoder.
         self.stream = TrainStream(cfg.data, t.batch_size, rank=self.dist.rank, world=self.dist.world,
-                                  start=self.step, device=self.device)
+                                  start=self.step, device=self.device, tokenizer=self.tokenizer,
+                                  text_encoder=self.text_encoder)
         self.train_model = wrap_ddp(self.model, self.dist)
         if t.compile:
             self.train_model = torch.compile(self.train_model, dynamic=True)

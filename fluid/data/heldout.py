@@ -1,0 +1,85 @@
+"""Held-out pairs for the validation loss on real data.
+
+Where they come from, in order:
+
+1. ``data.val_path`` naming a prepared cache: its first records (all splits);
+2. ``data.val_path`` naming a raw source of the same kind as ``data.source``: its first good
+   records, encoded here with the run's tokenizer and text encoder;
+3. no ``val_path`` and ``data.source=cache``: the cache's held-out split
+   (``fluid prepare --val-fraction``).
+
+Posterior samples are drawn with a fixed generator, so every call gives the same set.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+import torch
+
+from fluid.data.cache import Cache, is_cache
+from fluid.data.encode import sample_tokens
+from fluid.data.images import ImagePolicy, decode_record, to_tensor
+from fluid.data.records import Decoded
+from fluid.data.sources import open_source
+from fluid.text.encoders import pad_rows
+
+
+def heldout_pairs(data_cfg, n: int, tokenizer, text_encoder, device="cpu", seed: int = 0,
+                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens (V, N, C) or (V, N), text_emb (V, L, Dt), text_mask (V, L)) for up to ``n`` pairs, on ``device``."""
+    if data_cfg.val_path:
+        if is_cache(data_cfg.val_path):
+            return _from_cache(Cache(data_cfg.val_path), "all", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
+        if data_cfg.source == "cache":
+            raise ValueError(f"data.val_path={data_cfg.val_path} is not a prepared cache (data.source=cache needs one)")
+        return _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size)
+    if data_cfg.source == "cache":
+        cache = Cache(data_cfg.path)
+        if sum(cache.sizes("val")) == 0:
+            raise ValueError(f"cache {data_cfg.path} has no held-out records: prepare it with --val-fraction, set "
+                             f"data.val_path to a validation cache, or train without validation (train.val_every=0)")
+        return _from_cache(cache, "val", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
+    raise ValueError(f"validation on data.source={data_cfg.source} needs held-out pairs: set data.val_path to a "
+                     f"prepared cache or a {data_cfg.source} source, or train.val_every=0")
+
+
+def _from_cache(cache: Cache, split: str, n: int, tokenizer, text_encoder, resolution, device, seed):
+    cache.check(tokenizer, text_encoder, resolution)
+    refs = list(islice(((s, i) for s, size in enumerate(cache.sizes(split)) for i in range(size)), n))
+    data, text = cache.gather(refs, split=split)
+    if "codes" in data:
+        tokens = data["codes"].long()  # (V, N)
+    else:
+        tokens = sample_tokens(data["mean"], data["logvar"], torch.Generator().manual_seed(seed))  # (V, N, D)
+    emb, mask = pad_rows([t.float() for t in text], cache.text_dim, "cpu")
+    return tokens.to(device), emb.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size):
+    source = open_source(data_cfg.source, data_cfg.val_path, images=data_cfg.images)
+    policy = ImagePolicy.from_data_config(data_cfg)
+    good: list[Decoded] = []
+    for unit in range(len(source.sizes())):
+        for rec in source.read(unit):
+            d = decode_record(rec, policy)
+            if isinstance(d, Decoded):
+                good.append(d)
+            if len(good) == n:
+                break
+        if len(good) == n:
+            break
+    if not good:
+        raise ValueError(f"data.val_path={data_cfg.val_path}: no usable pairs (run `fluid prepare` on it to see why)")
+    gen = torch.Generator(device).manual_seed(seed)
+    tokens, rows = [], []
+    for s in range(0, len(good), batch_size):
+        part = good[s : s + batch_size]
+        images = to_tensor(np.stack([d.image for d in part])).to(device)  # (b, 3, R, R)
+        t = tokenizer.encode(images, generator=gen)
+        tokens.append((t.float() if t.is_floating_point() else t).cpu())
+        rows += [r.float().cpu() for r in text_encoder.rows([d.caption for d in part])]
+    emb, mask = pad_rows(rows, text_encoder.dim, "cpu")
+    return torch.cat(tokens).to(device), emb.to(device), mask.to(device)

@@ -1,0 +1,398 @@
+"""Where image-caption pairs come from, for preparing caches and for streaming raw training.
+
+- :class:`FolderSource`  a folder of images + a JSONL index of ``{"image": relative path, "caption": text}``
+- :class:`CocoSource`    COCO captions: an images folder + ``captions_*.json`` (one record per caption)
+- :class:`WdsSource`     WebDataset tar shards (local paths, brace patterns, globs): ``jpg``/``png``/... + ``txt``/``json``
+- :class:`ShapesSource`  the built-in shapes, rendered at the target resolution
+
+A source is split into *units* in a fixed order: chunks of ``shard_size`` records for the
+indexed sources, one unit per tar file for WebDataset. Preparation writes one cache shard per
+unit (so a restart redoes at most the units in flight); streaming shuffles units per epoch.
+Sources are plain picklable objects: worker processes get a copy.
+"""
+
+from __future__ import annotations
+
+import enum
+import glob
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from fluid.data.records import RawRecord, Skip
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
+
+
+class SourceKind(str, enum.Enum):
+    SHAPES = "shapes"
+    FOLDER = "folder"
+    COCO = "coco"
+    WDS = "wds"
+
+
+def _file_digest(path: Path, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
+class Source:
+    """Records grouped into units. Subclasses fill ``kind``, ``random_access`` and the methods."""
+
+    kind: SourceKind
+    random_access: bool = True
+
+    def units(self) -> list[str]:
+        """Unit names, in their fixed order."""
+        raise NotImplementedError
+
+    def sizes(self) -> list[int]:
+        """Records per unit (WebDataset: a scan of the tar headers, done once)."""
+        raise NotImplementedError
+
+    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
+        """The records of one unit in order, from ``start`` on."""
+        raise NotImplementedError
+
+    def get(self, unit: int, index: int) -> RawRecord:
+        """One record (random-access sources only)."""
+        raise NotImplementedError(f"{self.kind.value} sources are read sequentially")
+
+    def describe(self) -> dict:
+        """What identifies this source's content (compared when a preparation resumes)."""
+        raise NotImplementedError
+
+
+class _Indexed(Source):
+    """A list of records known up front, split into units of ``shard_size``."""
+
+    def __init__(self, records: list[RawRecord], shard_size: int):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, not {shard_size}")
+        self.records, self.shard_size = records, shard_size
+
+    def units(self) -> list[str]:
+        n = len(self.records)
+        return [f"{s}-{min(n, s + self.shard_size)}" for s in range(0, n, self.shard_size)]
+
+    def sizes(self) -> list[int]:
+        n = len(self.records)
+        return [min(n, s + self.shard_size) - s for s in range(0, n, self.shard_size)]
+
+    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
+        first = unit * self.shard_size
+        yield from self.records[first + start : min(len(self.records), first + self.shard_size)]
+
+    def get(self, unit: int, index: int) -> RawRecord:
+        return self.records[unit * self.shard_size + index]
+
+
+class FolderSource(_Indexed):
+    """``path``: a JSONL file, or a folder holding one (``metadata.jsonl``, ``captions.jsonl``
+    or the only ``*.jsonl``). Image paths are relative to ``images`` (default: the JSONL's folder).
+
+    Each non-blank line is a record; a line that is not a JSON object with an ``image`` string
+    becomes a :attr:`Skip.BAD_METADATA` record. The caption is ``caption`` (or ``text``).
+    Lines are decoded with ``surrogateescape`` so that one bad byte sequence rejects only its
+    own caption (:attr:`Skip.NON_UTF8_CAPTION`), not the whole index.
+    """
+
+    kind = SourceKind.FOLDER
+
+    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000):
+        path = Path(path)
+        if path.is_dir():
+            path = self._find_index(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"folder source: index file {path} does not exist")
+        self.index = path.resolve()
+        self.root = Path(images).resolve() if images else self.index.parent
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"folder source: images folder {self.root} does not exist")
+        super().__init__(self._parse(), shard_size)
+
+    @staticmethod
+    def _find_index(folder: Path) -> Path:
+        for name in ("metadata.jsonl", "captions.jsonl"):
+            if (folder / name).is_file():
+                return folder / name
+        found = sorted(folder.glob("*.jsonl"))
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"folder source: {folder} must hold metadata.jsonl, captions.jsonl or exactly one *.jsonl "
+                f"(found {len(found)}); or pass the JSONL file itself as the path"
+            )
+        return found[0]
+
+    def _parse(self) -> list[RawRecord]:
+        records = []
+        with open(self.index, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = raw.decode("utf-8", errors="surrogateescape").strip()
+                if not line:
+                    continue
+                key = f"line{lineno}"
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as e:
+                    records.append(RawRecord(key, error=(Skip.BAD_METADATA, f"line {lineno}: not JSON ({e.msg})")))
+                    continue
+                image = item.get("image") if isinstance(item, dict) else None
+                if not isinstance(image, str) or not image:
+                    records.append(RawRecord(key, error=(Skip.BAD_METADATA, f"line {lineno}: no 'image' path")))
+                    continue
+                caption = item.get("caption", item.get("text"))
+                path = os.path.join(self.root, image)
+                records.append(RawRecord(f"{key}:{image}", caption, path=path, image_id=image))
+        return records
+
+    def describe(self) -> dict:
+        return {"kind": self.kind.value, "index": str(self.index), "images": str(self.root),
+                "index_sha256": _file_digest(self.index), "records": len(self.records), "shard_size": self.shard_size}
+
+
+class CocoSource(_Indexed):
+    """COCO captions: ``path`` is ``captions_<split>.json``; images live in ``images`` (default:
+    a ``<split>`` or ``images/<split>`` folder next to the annotations folder or inside it).
+
+    One record per caption annotation, ordered by (image id, annotation id) so that an image's
+    captions are neighbours (decoded and encoded once per batch). An annotation naming an
+    unknown image is :attr:`Skip.BAD_METADATA`; images without captions are not records.
+    """
+
+    kind = SourceKind.COCO
+
+    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000):
+        self.annotations = Path(path).resolve()
+        if not self.annotations.is_file():
+            raise FileNotFoundError(f"coco source: annotation file {self.annotations} does not exist")
+        try:
+            data = json.loads(self.annotations.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"coco source: {self.annotations} is not a UTF-8 JSON file ({e})") from None
+        if not (isinstance(data, dict) and isinstance(data.get("annotations"), list) and isinstance(data.get("images"), list)):
+            raise ValueError(f"coco source: {self.annotations} has no 'images' and 'annotations' lists")
+        self.root = Path(images).resolve() if images else self._find_images()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"coco source: images folder {self.root} does not exist")
+        super().__init__(self._records(data), shard_size)
+
+    def _find_images(self) -> Path:
+        stem = self.annotations.stem
+        split = stem.split("_", 1)[1] if "_" in stem else stem  # captions_train2014 -> train2014
+        here, up = self.annotations.parent, self.annotations.parent.parent
+        tried = [up / split, here / split, up / "images" / split, here / "images" / split]
+        for folder in tried:
+            if folder.is_dir():
+                return folder.resolve()
+        raise FileNotFoundError(f"coco source: no images folder found for {self.annotations.name} (tried "
+                                f"{', '.join(str(t) for t in tried)}); pass it with --images / data.images")
+
+    def _records(self, data: dict) -> list[RawRecord]:
+        files = {im.get("id"): im.get("file_name") for im in data["images"] if isinstance(im, dict)}
+        anns = [a for a in data["annotations"] if isinstance(a, dict)]
+        order = lambda v: (0, v, "") if isinstance(v, int) else (1, 0, str(v))  # noqa: E731  numeric ids numerically
+        anns.sort(key=lambda a: (order(a.get("image_id")), order(a.get("id"))))
+        records = []
+        for a in anns:
+            key = f"ann{a.get('id')}"
+            name = files.get(a.get("image_id"))
+            if not isinstance(name, str) or not name:
+                why = f"annotation {a.get('id')}: unknown image_id {a.get('image_id')!r}"
+                records.append(RawRecord(key, error=(Skip.BAD_METADATA, why)))
+                continue
+            records.append(RawRecord(f"{key}:{name}", a.get("caption"), path=os.path.join(self.root, name), image_id=name))
+        return records
+
+    def describe(self) -> dict:
+        return {"kind": self.kind.value, "annotations": str(self.annotations), "images": str(self.root),
+                "annotations_sha256": _file_digest(self.annotations), "records": len(self.records),
+                "shard_size": self.shard_size}
+
+
+def expand_shards(pattern: str | os.PathLike | list) -> list[Path]:
+    """Shard paths from a folder (its ``*.tar``), brace patterns (``data-{000..099}.tar``),
+    globs, or several of these separated by commas / given as a list."""
+    import braceexpand
+
+    items = pattern if isinstance(pattern, (list, tuple)) else [p for p in str(pattern).split(",") if p.strip()]
+    paths: list[Path] = []
+    for item in items:
+        item = os.path.expanduser(str(item).strip())
+        if os.path.isdir(item):
+            paths += sorted(Path(item).glob("*.tar"))
+            continue
+        for name in braceexpand.braceexpand(item):
+            if glob.has_magic(name):
+                paths += [Path(p) for p in sorted(glob.glob(name))]
+            else:
+                paths.append(Path(name))
+    paths = list(dict.fromkeys(p.resolve() for p in paths))
+    if not paths:
+        raise FileNotFoundError(f"wds source: no tar shards match {pattern!r}")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"wds source: {len(missing)} shard(s) do not exist, e.g. {missing[0]}")
+    return paths
+
+
+def _split_name(name: str) -> tuple[str | None, str]:
+    """``dir/abc.001.jpg`` -> (``dir/abc``, ``001.jpg``): WebDataset's key/extension rule."""
+    folder, _, base = name.rpartition("/")
+    if "." not in base:
+        return None, ""
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+class WdsSource(Source):
+    """WebDataset tar shards, read sequentially. A sample's image is its first member with an
+    image extension; its caption is the ``txt`` member, else ``caption``/``text`` in ``json``.
+    A tar that breaks mid-way yields the samples before the break, then one
+    :attr:`Skip.BROKEN_SHARD` record."""
+
+    kind = SourceKind.WDS
+    random_access = False
+
+    def __init__(self, pattern: str | os.PathLike | list):
+        self.pattern = pattern
+        self.shards = expand_shards(pattern)
+        self._sizes: list[int] | None = None
+
+    def units(self) -> list[str]:
+        return [p.name for p in self.shards]
+
+    def sizes(self) -> list[int]:
+        if self._sizes is None:
+            self._sizes = [self._count(p) for p in self.shards]
+        return self._sizes
+
+    @staticmethod
+    def _count(path: Path) -> int:
+        """Samples in a tar from its headers alone (seeks over the data)."""
+        n, last = 0, None
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for info in tar:
+                    key, _ = _split_name(info.name)
+                    if info.isreg() and key is not None and not key.startswith("__") and key != last:
+                        n, last = n + 1, key
+        except (tarfile.TarError, OSError, EOFError):
+            pass  # a broken tar: the samples before the break
+        return n
+
+    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
+        from webdataset.tariterators import tar_file_iterator
+
+        path = self.shards[unit]
+        i, sample = 0, None
+        try:
+            with open(path, "rb") as f:
+                for member in tar_file_iterator(f):
+                    key, ext = _split_name(member["fname"])
+                    if key is None:
+                        continue
+                    if sample is not None and key != sample["__key__"]:
+                        if i >= start:
+                            yield self._record(path, sample)
+                        i, sample = i + 1, None
+                    sample = sample or {"__key__": key}
+                    sample.setdefault(ext, member["data"])
+        except Exception as e:  # a truncated or corrupt tar: keep what came before the break
+            if sample is not None:
+                if i >= start:
+                    yield self._record(path, sample)
+                i += 1
+            yield RawRecord(f"{path.name}/#{i}", error=(Skip.BROKEN_SHARD, f"{path.name}: unreadable after {i} samples ({e})"))
+            return
+        if sample is not None and i >= start:
+            yield self._record(path, sample)
+
+    @staticmethod
+    def _record(path: Path, sample: dict) -> RawRecord:
+        key = f"{path.name}/{sample['__key__']}"
+        image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+        caption = sample.get("txt")
+        if caption is None and "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+                caption = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                caption = None
+        if image is None:
+            members = ", ".join(k for k in sample if not k.startswith("__"))
+            return RawRecord(key, error=(Skip.BAD_METADATA, f"sample has no image member ({members})"))
+        return RawRecord(key, caption, data=image, image_id=key)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind.value, "shards": [str(p) for p in self.shards],
+                "bytes": [p.stat().st_size for p in self.shards]}
+
+
+class ShapesSource(_Indexed):
+    """The built-in shapes (``count`` items of ``split``), rendered at the target resolution."""
+
+    kind = SourceKind.SHAPES
+
+    def __init__(self, count: int, resolution: int, split: str = "train", holdout: bool = False, shard_size: int = 1000):
+        from fluid.data.shapes import ShapesDataset
+
+        if count < 1:
+            raise ValueError(f"shapes source: count must be >= 1, not {count}")
+        self.dataset = ShapesDataset(split, resolution, holdout=holdout, size=count)
+        self.count, self.resolution, self.split = count, resolution, split
+        super().__init__([], shard_size)
+
+    def units(self) -> list[str]:
+        return [f"{s}-{min(self.count, s + self.shard_size)}" for s in range(0, self.count, self.shard_size)]
+
+    def sizes(self) -> list[int]:
+        return [min(self.count, s + self.shard_size) - s for s in range(0, self.count, self.shard_size)]
+
+    def _render(self, indices: list[int]) -> list[RawRecord]:
+        images, captions = self.dataset.batch(indices)  # (n, 3, R, R) in [-1, 1]
+        arr = ((images + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (n, R, R, 3)
+        return [RawRecord(f"shapes/{self.split}/{i}", c, array=np.ascontiguousarray(a))
+                for i, c, a in zip(indices, captions, arr)]
+
+    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
+        first = unit * self.shard_size + start
+        last = min(self.count, (unit + 1) * self.shard_size)
+        for s in range(first, last, 256):
+            yield from self._render(list(range(s, min(last, s + 256))))
+
+    def get(self, unit: int, index: int) -> RawRecord:
+        return self._render([unit * self.shard_size + index])[0]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind.value, "split": self.split, "count": self.count, "holdout": self.dataset.holdout,
+                "shard_size": self.shard_size}
+
+
+def open_source(kind: str | SourceKind, path: str | os.PathLike | None, *, images: str | None = None,
+                shard_size: int = 1000, count: int | None = None, resolution: int = 64, split: str = "train",
+                holdout: bool = False) -> Source:
+    """A source by kind. ``count`` is required for ``shapes``."""
+    try:
+        kind = SourceKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown source {kind!r}; choose one of {', '.join(k.value for k in SourceKind)}") from None
+    if kind == SourceKind.SHAPES:
+        if count is None:
+            raise ValueError("the shapes source needs a count (how many items to prepare)")
+        return ShapesSource(count, resolution, split, holdout, shard_size)
+    if path is None:
+        raise ValueError(f"the {kind.value} source needs a path (data.path / --path)")
+    if kind == SourceKind.FOLDER:
+        return FolderSource(path, images, shard_size)
+    if kind == SourceKind.COCO:
+        return CocoSource(path, images, shard_size)
+    return WdsSource(path)

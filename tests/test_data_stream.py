@@ -1,0 +1,175 @@
+"""Streaming training data: per-rank and per-worker sharding, resumption, flips, validation,
+and a model training from every source kind."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_config
+from tiny_data import (
+    BOMB_PIXELS,
+    build_items,
+    single_thread,  # noqa: F401  (autouse fixture)
+    write_coco,
+    write_folder,
+    write_wds,
+)
+
+from fluid.config import DataConfig, apply_overrides
+from fluid.data.cache import Cache
+from fluid.data.images import ImagePolicy
+from fluid.data.prepare import PrepareOptions, prepare
+from fluid.data.sources import FolderSource, WdsSource
+from fluid.data.stream import EncodedBatch, RawBatch, TrainStream
+from fluid.data.streaming import BatchMaker, DataStream, Plan
+from fluid.eval.validation import ValidationSet
+from fluid.train.trainer import Trainer
+
+FAST = dict(workers=0, batch_size=8, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, minilm):
+    root = tmp_path_factory.mktemp("stream")
+    items = build_items(12)
+    d = SimpleNamespace(root=root, folder=write_folder(root / "folder", items), coco=write_coco(root / "coco", items),
+                        wds=write_wds(root / "wds", items), kl=make_tokenizer("kl"), vq=make_tokenizer("vq"))
+    policy = ImagePolicy(resolution=32, max_pixels=BOMB_PIXELS)
+    prepare(FolderSource(d.folder, shard_size=5), root / "cache-kl", d.kl, minilm, policy,
+            PrepareOptions(val_fraction=0.25, **FAST))
+    prepare(WdsSource(d.wds), root / "cache-vq", d.vq, minilm, policy, PrepareOptions(**FAST))
+    return d
+
+
+class IdBatches(BatchMaker):
+    """Batches of (epoch, record id) pairs plus the worker that made them: what the sharding decides."""
+
+    def __call__(self, k):
+        info = torch.utils.data.get_worker_info()
+        located = [self.plan.locate(p) for p in self.positions(k)]
+        return (torch.tensor([[e, gid] for e, _, _, gid in located]), torch.tensor(k),
+                torch.tensor(-1 if info is None else info.id))
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_two_ranks_of_two_workers_see_every_record_once_per_epoch(start):
+    sizes, B, W = [5, 7, 3, 0, 9, 4], 3, 2
+    total = sum(sizes)
+    per_epoch: dict[int, list[int]] = {}
+    for rank in range(2):
+        plan = Plan(sizes, rank, 2, window=4, seed=11)
+        stream = DataStream(IdBatches(plan, B, flip=False, seed=11), start=start, num_workers=W)
+        steps = start + math.ceil(3 * plan.length / B)
+        for step, (pairs, k, worker) in zip(range(start, steps), stream):
+            assert int(k) == step and int(worker) == (step - start) % W  # step order, round-robin workers
+            for e, gid in pairs.tolist():
+                per_epoch.setdefault(e, []).append(gid)
+        assert stream.step == steps
+    assert sorted(per_epoch[1]) == list(range(total))  # epoch 1: every record exactly once over both ranks
+    if start == 0:
+        assert sorted(per_epoch[0]) == list(range(total))
+
+
+def _batches(cfg, n, start=0, **kw):
+    stream = TrainStream(cfg, 4, start=start, **kw)
+    return [b for _, b in zip(range(n), stream)]
+
+
+def _same(a, b):
+    assert type(a) is type(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y) if torch.is_tensor(x) else x == y
+
+
+@pytest.mark.parametrize("source", ["cache-kl", "cache-vq", "wds", "coco"])
+def test_resuming_or_adding_workers_gives_the_same_batches(data, source):
+    path = {"cache-kl": data.root / "cache-kl", "cache-vq": data.root / "cache-vq", "wds": data.wds[0].parent,
+            "coco": data.coco}[source]
+    kind = "cache" if source.startswith("cache") else source
+    cfg = DataConfig(source=kind, path=str(path), resolution=32, shuffle_buffer=6, flip=True)
+    ref = _batches(cfg, 7)
+    assert isinstance(ref[0], EncodedBatch if kind == "cache" else RawBatch)
+    for a, b in zip(ref[3:], _batches(cfg, 4, start=3)):
+        _same(a, b)
+    workers = DataConfig(**{**vars(cfg), "num_workers": 2})
+    for a, b in zip(ref[2:], _batches(workers, 5, start=2)):
+        _same(a, b)
+    other = _batches(DataConfig(**{**vars(cfg), "seed": 1}), 7)
+    assert any(not torch.equal(x[0], y[0]) for x, y in zip(ref, other))  # the seed matters
+
+
+def test_cache_stream_serves_the_train_split_and_mirrors_only_side_free_captions(data):
+    cache = Cache(data.root / "cache-vq")
+    cfg = DataConfig(source="cache", path=str(data.root / "cache-vq"), resolution=32, flip=True, shuffle_buffer=5)
+    stream = TrainStream(cfg, 4)
+    maker = stream.maker
+    n = sum(cache.sizes("train"))
+    flipped = 0
+    for k in range(math.ceil(n / 4)):
+        batch = maker(k)
+        refs = maker.refs(k)
+        for row, (_, shard, index, _) in enumerate(refs):
+            stored = int(cache.shard(shard).rows("train")[index])
+            codes = cache.shard(shard).get("codes", stored).long()  # (V, N)
+            caption = cache.metadata(shard)["captions"][stored]
+            view = 0 if torch.equal(batch.tokens[row], codes[0]) else 1
+            assert torch.equal(batch.tokens[row], codes[view])
+            if "left" in caption:
+                assert view == 0
+            flipped += view
+    assert 0 < flipped < n
+    kl = Cache(data.root / "cache-kl")
+    train_only = TrainStream(DataConfig(source="cache", path=str(kl.path), resolution=32), 4)
+    assert sum(kl.sizes("val")) > 0 and train_only.maker.plan.total == sum(kl.sizes("train"))
+
+
+@pytest.mark.parametrize("source", ["folder", "coco", "wds", "cache-kl", "cache-vq"])
+def test_a_model_trains_from_each_source(tmp_path, data, minilm, source):
+    variant = "discrete-random" if source == "cache-vq" else "continuous-random"
+    tok = data.vq if source == "cache-vq" else data.kl
+    path = {"folder": data.folder, "coco": data.coco, "wds": data.wds[0].parent}.get(source, data.root / source)
+    kind = "cache" if source.startswith("cache") else source
+    cfg = tiny_config(variant, steps=3, batch_size=4, ckpt_every=100)
+    cfg = apply_overrides(cfg, {"data.source": kind, "data.path": str(path), "data.flip": True})
+    trainer = Trainer(cfg, tmp_path / "run", tok, minilm, show_progress=False)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    last = trainer.fit()
+    assert trainer.step == 3 and math.isfinite(last["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_training_from_a_cache_resumes_exactly(tmp_path, data, minilm):
+    def cfg():
+        c = tiny_config(steps=4, batch_size=4, ckpt_every=2)
+        return apply_overrides(c, {"data.source": "cache", "data.path": str(data.root / "cache-kl"), "data.flip": True})
+
+    Trainer(cfg(), tmp_path / "a", data.kl, minilm, show_progress=False).fit()
+    Trainer(cfg(), tmp_path / "b", data.kl, minilm, show_progress=False).fit(steps=2)
+    Trainer(cfg(), tmp_path / "b", data.kl, minilm, resume=True, show_progress=False).fit()
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "a/latest/model.safetensors")), load_file(str(tmp_path / "b/latest/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda run: [r["loss"] for r in map(json.loads, open(run / "metrics.jsonl")) if "loss" in r]  # noqa: E731
+    assert losses(tmp_path / "a")[2:] == losses(tmp_path / "b")[2:]
+
+
+def test_validation_sets_from_a_held_out_split_or_a_val_path(data, minilm):
+    cfg = tiny_config(val_size=100)
+    cfg = apply_overrides(cfg, {"data.source": "cache", "data.path": str(data.root / "cache-kl")})
+    held = sum(Cache(data.root / "cache-kl").sizes("val"))
+    a, b = ValidationSet.build(cfg, data.kl, minilm), ValidationSet.build(cfg, data.kl, minilm)
+    assert len(a) == held and torch.equal(a.tokens, b.tokens) and torch.equal(a.text_emb, b.text_emb)
+    raw = apply_overrides(cfg, {"data.source": "folder", "data.path": str(data.folder), "data.val_path": str(data.folder)})
+    v = ValidationSet.build(raw, data.kl, minilm)
+    # Every good pair of the folder, and the "bomb": 1.2 Mpx is within the default pixel limit.
+    assert len(v) == Cache(data.root / "cache-kl").manifest["counts"]["written"] + 1
+    from_cache = apply_overrides(raw, {"data.val_path": str(data.root / "cache-kl")})
+    assert len(ValidationSet.build(from_cache, data.kl, minilm)) == len(v) - 1  # a cache: all its records
+    with pytest.raises(ValueError, match="needs held-out pairs"):
+        ValidationSet.build(apply_overrides(raw, {"data.val_path": None}), data.kl, minilm)
+    no_split = apply_overrides(cfg, {"data.path": str(data.root / "cache-vq")})
+    with pytest.raises(ValueError, match="no held-out records"):
+        ValidationSet.build(no_split, data.vq, minilm)
