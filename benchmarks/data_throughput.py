@@ -123,7 +123,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "variant": args.variant, "batch_size": args.batch_size, "resolution": cfg.data.resolution,
         "tokenizer": tokenizer.identity(), "text_encoder": text_encoder.identity(),
-        "dataset": {"folder": str(folder), "generated": args.folder is None, "records": counts["seen"]},
+        "dataset": {"folder": folder.name if args.folder is None else str(folder), "generated": args.folder is None, "records": counts["seen"]},
         "prepare": prep,
         "train": train,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -2,12 +2,10 @@
 silent on noise, blank images and irregular blobs."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fluid.data.shapes import (
     BACKGROUND,
@@ -22,22 +20,9 @@ from fluid.data.shapes import (
     render,
 )
 from fluid.eval.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
+from fluid.eval.shape_data import blur_and_noise, polygon_inside
 
 PER_FAMILY = 50
-
-
-def blur_and_noise(images: torch.Tensor, sigma: float, noise: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian blur plus Gaussian noise: a stand-in for an autoencoder round trip."""
-    r = math.ceil(3 * sigma)
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    B, C, H, W = images.shape
-    x = images.reshape(B * C, 1, H, W)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    x = x.view(B, C, H, W) + noise * torch.randn(images.shape, generator=generator)
-    return x.clamp(-1, 1)
 
 
 @pytest.fixture(scope="module")
@@ -146,16 +131,7 @@ def _jagged_polygon(rng: np.random.Generator) -> torch.Tensor:
     ang = np.sort(rng.uniform(0, 2 * np.pi, n))
     rad = rng.uniform(0.1, 0.28) * rng.uniform(0.45, 1.0, n)
     cx, cy = rng.uniform(0.35, 0.65, 2)
-    px, py = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
-
-    def inside(x, y):  # even-odd rule
-        m = np.zeros_like(x, dtype=bool)
-        for i in range(n):
-            x1, y1, x2, y2 = px[i], py[i], px[i - 1], py[i - 1]
-            m ^= ((y1 > y) != (y2 > y)) & (x < (x2 - x1) * (y - y1) / (y2 - y1 + 1e-12) + x1)
-        return m
-
-    return _paint(inside, rng)
+    return _paint(polygon_inside(cx + rad * np.cos(ang), cy + rad * np.sin(ang)), rng)
 
 
 @pytest.mark.parametrize("make", [_two_ellipses, _jagged_polygon])

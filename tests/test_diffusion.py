@@ -133,18 +133,21 @@ def test_head_learns_a_2d_mixture():
 
 def test_respaced_sampling_survives_small_epsilon_errors_with_x0_clip():
     """At the first respaced step alpha-bar is ~1e-8, so an epsilon error of 0.03 becomes an
-    x0 error of ~300; clipping x0 to the data's range keeps the sampler on the data."""
+    x0 error of ~600 and x_{t-1} lands ~10 away from anything seen in training. A trained
+    network does not extrapolate there (the oracle below sees x clamped to +-4, the range of
+    x_t during training), so without a clip the error compounds; clipping x0 to the data's
+    range keeps the sampler on the data."""
     d = GaussianDiffusion.cosine(1000).respace(100)
     gen = torch.Generator().manual_seed(0)
     mu = torch.tensor([0.5, -1.0])
 
-    def eps_fn(x, t):  # the exact epsilon of N(mu, I) data, plus a small model error
+    def eps_fn(x, t):  # the exact epsilon of N(mu, I) data inside the trained range, plus a small error
         ab = GaussianDiffusion.cosine(1000).alphas_cumprod[t].float()[:, None]
-        eps = (x - ab.sqrt() * mu) * (1 - ab).sqrt()  # E[eps | x_t] for unit-variance data
+        eps = (x.clamp(-4, 4) - ab.sqrt() * mu) * (1 - ab).sqrt()  # E[eps | x_t] for unit-variance data
         return torch.cat([eps + 0.03 * torch.randn(x.shape, generator=gen), torch.zeros_like(x)], 1)
 
     noise = torch.randn(4000, 2, generator=gen)
     clipped = d.sample(eps_fn, noise, generator=gen, x0_clip=5.0)
     assert torch.allclose(clipped.mean(0), mu, atol=0.1) and torch.allclose(clipped.std(0), torch.ones(2), atol=0.15)
     unclipped = d.sample(eps_fn, noise, generator=gen)
-    assert unclipped.std() > 10  # the failure the clip exists for
+    assert unclipped.std(0).min() > 10  # the failure the clip exists for

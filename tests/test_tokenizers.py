@@ -20,7 +20,7 @@ from fluid.tokenizers import (
     unpatchify,
 )
 from fluid.tokenizers.adapters import DiffusersKLTokenizer, DiffusersVQTokenizer
-from fluid.tokenizers.autoencoder import KLAutoencoder, VQAutoencoder, build_autoencoder
+from fluid.tokenizers.autoencoder import build_autoencoder
 from fluid.tokenizers.quantizer import VectorQuantizer
 from fluid.tokenizers.train import compute_scale_shift, train_tokenizer
 
@@ -198,7 +198,10 @@ def test_identity_changes_with_weights():
     assert before.startswith("fluid-kl-f4:")
     with torch.no_grad():
         tok.decoder.conv_out.bias.add_(1e-3)
-    assert tok.identity() != before
+    after = tok.identity()
+    assert after != before
+    tok.cfg = tok.cfg.replace(scale=2.0)  # other tokens from the same weights
+    assert tok.identity() != after
 
 
 def test_load_errors(tmp_path):

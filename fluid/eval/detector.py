@@ -1,14 +1,16 @@
 """A classical shape detector for the ``shapes`` data, and GenEval-style scoring.
 
-No learned weights. ``detect`` finds the objects in an image in four steps (images smaller
-than 64 px are first upsampled to 64, so that small objects still span enough pixels):
+By default no learned weights. ``detect`` finds the objects in an image in four steps
+(images smaller than 64 px are first upsampled to 64, so that small objects still span
+enough pixels):
 
 1. Foreground: each pixel's RGB distance from the background colour (the median of the image
    border when that is close to the dataset's background, else the dataset's background),
    thresholded low so that faint objects still form one connected component.
 2. Components: ``scipy.ndimage.label``; specks below ``min_area`` of the image are dropped.
 3. Each component is re-thresholded at half of its own contrast, which puts the mask edge
-   where a blurred edge crosses 50% coverage, i.e. where the sharp edge was.
+   where a blurred edge crosses 50% coverage, i.e. where the sharp edge was. If the mask
+   falls apart (objects joined by a faint bridge), each part is an object of its own.
 4. Colour: mean of the interior pixels (mask eroded by one pixel, since blur smears the
    edges), named by the nearest palette hue; too grey, too dark, too far from every palette
    hue or not flat (noise) -> "unknown". Kind: the ideal outline of every kind is fitted to
@@ -16,7 +18,9 @@ than 64 px are first upsampled to 64, so that small objects still span enough pi
    intersection-over-union wins if that IoU is high and clearly above the runner-up,
    otherwise (and for objects cut by the image edge, or not flat in colour) the kind is
    "unknown". Fragments and irregular blobs fit no template well, so they are not filed
-   under any kind.
+   under any kind. With ``classifier=`` (``fluid.eval.shape_classifier``), a small CNN
+   trained on renders and on the shipped tokenizers' round trips reads the kind instead:
+   the templates no longer fit small objects once a decoder has rounded them off.
 
 ``score(spec_or_caption, detections)`` then applies GenEval's rule of each task family;
 "unknown" detections never count as any kind or colour.
@@ -146,64 +150,107 @@ def _background(rgb: np.ndarray) -> np.ndarray:
     return est if np.linalg.norm(est - known) < 0.15 else known
 
 
-def detect(image: torch.Tensor, min_area: float = MIN_AREA) -> list[Detection]:
-    """Objects in one image (3, H, W) in [-1, 1], largest first."""
+@dataclasses.dataclass
+class Piece:
+    """One object candidate found by ``segment``, as masks over the (upsampled) image."""
+
+    mask: np.ndarray  # (H, W) bool: pixels above half of the object's contrast
+    region: np.ndarray  # (H, W) bool: the mask grown by 2 px within its seed component
+    contrast: float  # 90th percentile distance from the background inside the component
+    bbox_px: tuple[int, int, int, int]  # (x0, y0, x1, y1) pixel edges of the mask
+
+
+def prepare(image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's view of one (3, H, W) image in [-1, 1]: RGB (H', W', 3) in [0, 1],
+    upsampled to at least MIN_SIDE, and each pixel's RGB distance from the background (H', W')."""
     rgb = _to_numpy(image)
-    H, W, _ = rgb.shape
-    dist = np.linalg.norm(rgb - _background(rgb), axis=-1)  # (H, W)
+    return rgb, np.linalg.norm(rgb - _background(rgb), axis=-1)
+
+
+def segment(dist: np.ndarray, min_area: float = MIN_AREA) -> list[Piece]:
+    """Object candidates of a distance map (steps 1-3 of the module docstring). A component
+    whose 50% mask falls apart (two objects joined by a faint bridge, as an autoencoder's
+    blur can leave) gives one piece per part."""
+    H, W = dist.shape
     labels, _ = ndimage.label(dist > SEED_THRESHOLD)
-    found = []
+    pieces = []
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        # crop with a 2-pixel border so templates and erosion see the outside of the object
-        ys = slice(max(sl[0].start - 2, 0), min(sl[0].stop + 2, H))
-        xs = slice(max(sl[1].start - 2, 0), min(sl[1].stop + 2, W))
-        det = _describe(rgb[ys, xs], dist[ys, xs], labels[ys, xs] == i, (xs.start, ys.start), (H, W), min_area)
-        if det is not None:
-            found.append(det)
+        # a 3-pixel border so that masks can grow and templates see the outside of the object
+        ys = slice(max(sl[0].start - 3, 0), min(sl[0].stop + 3, H))
+        xs = slice(max(sl[1].start - 3, 0), min(sl[1].stop + 3, W))
+        comp = labels[ys, xs] == i  # (h, w)
+        if comp.sum() < min_area * H * W:
+            continue
+        d = dist[ys, xs]
+        contrast = float(np.percentile(d[comp], 90))
+        if contrast < MIN_CONTRAST:
+            continue
+        parts, n = ndimage.label(comp & (d > 0.5 * contrast))  # the edge where a blurred edge crosses 50%
+        for j in range(1, n + 1):
+            mask = parts == j
+            if mask.sum() < min_area * H * W:
+                continue
+            region = ndimage.binary_dilation(mask, iterations=2) & comp
+            if n > 1:  # keep this part's soft edge, not the other parts
+                region &= ~ndimage.binary_dilation((parts > 0) & ~mask, iterations=1)
+            full_mask, full_region = np.zeros((H, W), bool), np.zeros((H, W), bool)
+            full_mask[ys, xs], full_region[ys, xs] = mask, region
+            rows, cols = np.nonzero(mask)
+            bbox = (xs.start + int(cols.min()), ys.start + int(rows.min()),
+                    xs.start + int(cols.max()) + 1, ys.start + int(rows.max()) + 1)
+            pieces.append(Piece(full_mask, full_region, contrast, bbox))
+    return pieces
+
+
+def detect(image: torch.Tensor, min_area: float = MIN_AREA, classifier=None) -> list[Detection]:
+    """Objects in one image (3, H, W) in [-1, 1], largest first.
+
+    ``classifier`` (``fluid.eval.shape_classifier.load_shape_classifier()``) reads each
+    object's kind from its patch instead of the template fit: templates no longer fit the
+    small shapes of images decoded by an autoencoder, the classifier was trained on them.
+    """
+    rgb, dist = prepare(image)
+    pieces = segment(dist, min_area)
+    kinds = classifier.read_kinds(dist, pieces) if (classifier is not None and pieces) else [None] * len(pieces)
+    found = [_describe(rgb, dist, p, kind) for p, kind in zip(pieces, kinds)]
     return sorted(found, key=lambda det: -det.area)
 
 
-def _describe(rgb, dist, comp, origin, shape, min_area) -> Detection | None:
-    """Kind, colour and place of one component: ``rgb`` (h, w, 3), ``dist`` (h, w) and the
-    component mask ``comp`` (h, w) are a crop whose top-left pixel is ``origin`` (x, y) of an
-    image of ``shape`` (H, W)."""
-    H, W = shape
-    if comp.sum() < min_area * H * W:
-        return None
-    contrast = float(np.percentile(dist[comp], 90))
-    if contrast < MIN_CONTRAST:
-        return None
-    mask = comp & (dist > 0.5 * contrast)  # the edge where a blurred edge crosses 50%
-    area = int(mask.sum())
-    if area < min_area * H * W:
-        return None
-    rows, cols = np.nonzero(mask)
-    x0, y0 = origin[0] + int(cols.min()), origin[1] + int(rows.min())  # image pixels
-    x1, y1 = origin[0] + int(cols.max()) + 1, origin[1] + int(rows.max()) + 1
+def _describe(rgb: np.ndarray, dist: np.ndarray, piece: Piece, learned_kind: str | None) -> Detection:
+    """Kind, colour and place of one piece of an image ``rgb`` (H, W, 3) whose distance map is
+    ``dist`` (H, W); ``learned_kind``, when given, replaces the template fit (step 4)."""
+    H, W = dist.shape
+    x0, y0, x1, y1 = piece.bbox_px
+    sl = (slice(max(y0 - 2, 0), min(y1 + 2, H)), slice(max(x0 - 2, 0), min(x1 + 2, W)))
+    mask, area = piece.mask[sl], int(piece.mask.sum())  # (h, w) crop around the object
 
     # colour from the interior: blur mixes the outermost pixel with the background
     interior = ndimage.binary_erosion(mask)
     if interior.sum() < 4:
-        interior = mask & (dist >= 0.85 * contrast)
-    pixels = rgb[interior]  # (n, 3)
+        interior = mask & (dist[sl] >= 0.85 * piece.contrast)
+    pixels = rgb[sl][interior]  # (n, 3)
     flat = pixels.std(0).mean() <= MAX_COLOR_STD  # noise and textures are not shapes
     color = name_color(pixels.mean(0)) if flat else UNKNOWN
 
     ious = _template_ious(mask)
     ranked = sorted(ious, key=ious.get, reverse=True)
     best, second = ious[ranked[0]], ious[ranked[1]]
-    fits = 1.0 - best <= SHAPE_TOLERANCE + RASTER_SLACK[ranked[0]] / np.sqrt(area / np.pi)
+    if learned_kind is None:
+        fits = 1.0 - best <= SHAPE_TOLERANCE + RASTER_SLACK[ranked[0]] / np.sqrt(area / np.pi)
+        kind = ranked[0] if (fits and best - second >= MIN_IOU_MARGIN) else UNKNOWN
+    else:
+        kind = learned_kind
     clipped = x0 == 0 or y0 == 0 or x1 == W or y1 == H  # cut by the image edge: outline unknowable
-    kind = ranked[0] if (fits and best - second >= MIN_IOU_MARGIN and flat and not clipped) else UNKNOWN
+    kind = kind if (flat and not clipped) else UNKNOWN
     bbox = (x0 / W, y0 / H, x1 / W, y1 / H)
     return Detection(kind, color, (x0 + x1) / 2 / W, (y0 + y1) / 2 / H, area / (H * W), best, bbox)
 
 
-def detect_batch(images: torch.Tensor, min_area: float = MIN_AREA) -> list[list[Detection]]:
+def detect_batch(images: torch.Tensor, min_area: float = MIN_AREA, classifier=None) -> list[list[Detection]]:
     """``detect`` for each image of a (B, 3, H, W) batch."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"detect_batch expects a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
-    return [detect(img, min_area) for img in images]
+    return [detect(img, min_area, classifier) for img in images]
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fluid.config import TokenType
-from fluid.tokenizers.base import FLUID_FORMAT, ImageTokenizer, patchify, read_json, unpatchify
+from fluid.tokenizers.base import FLUID_FORMAT, ImageTokenizer, patchify, read_json, unpatchify, weights_hash
 from fluid.tokenizers.nets import Decoder, Encoder
 from fluid.tokenizers.presets import AEKind, AutoencoderConfig
 from fluid.tokenizers.quantizer import VectorQuantizer
@@ -57,6 +56,11 @@ class Autoencoder(ImageTokenizer):
         if resolution % step:
             raise ValueError(f"{self.name}: resolution {resolution} is not a multiple of {step} (downsampling x patch)")
         return resolution // step
+
+    def identity(self) -> str:
+        """Name + hash of weights and config: same weights with another scale/shift give
+        other tokens, so they must not share an identity."""
+        return f"{self.name}:{weights_hash(self, extra=json.dumps(self.cfg.to_dict(), sort_keys=True))}"
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

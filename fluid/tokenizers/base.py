@@ -56,11 +56,12 @@ def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(B, C, h, w)  # (B, C, h, w)
 
 
-def weights_hash(module: nn.Module, n: int = 12) -> str:
-    """Short sha256 of the state dict (names, dtypes, shapes and bytes), in key order."""
-    h = hashlib.sha256()
+def weights_hash(module: nn.Module, n: int = 12, extra: str = "") -> str:
+    """Short sha256 of the state dict (names, dtypes, shapes and bytes), in key order, and of
+    ``extra`` (e.g. the config, whose latent scale/shift change the tokens too)."""
+    h = hashlib.sha256(extra.encode())
     for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
+        t = t.detach().cpu().contiguous().reshape(-1)  # (numel,): view() as bytes needs >= 1 dim
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:n]

@@ -63,7 +63,8 @@ class VectorQuantizer(nn.Module):
         if self.training and torch.is_grad_enabled():  # a training step, not an encode() call
             self._track_usage(counts)
         z_q = q_st.reshape(B, h, w, D).permute(0, 3, 1, 2)  # (B, D, h, w)
-        return QuantizerOutput(z_q, idx.reshape(B, h * w), flat.detach(), codebook_loss, commitment_loss, perplexity)
+        indices = idx.reshape(B, h * w)  # (B, N), raster order
+        return QuantizerOutput(z_q, indices, flat.detach(), codebook_loss, commitment_loss, perplexity)
 
     def lookup(self, indices: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Code vectors for ``indices`` (B, h*w) -> (B, D, h, w)."""
