@@ -86,6 +86,20 @@ def test_respacing_keeps_alpha_bar_and_maps_timesteps():
         space_timesteps(10, 11)
 
 
+def test_one_step_respacing_returns_the_x0_estimate():
+    d = GaussianDiffusion.cosine(1000)
+    one = d.respace(1)
+    assert one.timestep_map.tolist() == [999] and torch.isfinite(one.posterior_log_variance).all()
+    mu = torch.tensor([0.5, -1.0], dtype=torch.float64)  # float64: 1/sqrt(alpha-bar) is 2e4 here
+
+    def eps_fn(x, t):  # exact epsilon when every data point is mu
+        ab = d.alphas_cumprod[t][:, None]  # the model sees original timesteps
+        return torch.cat([(x - ab.sqrt() * mu) / (1 - ab).sqrt(), torch.zeros_like(x)], 1)
+
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(one.sample(eps_fn, noise), mu.expand(8, 2), atol=1e-6, rtol=0)
+
+
 def test_learned_variance_interpolates_between_bounds():
     d = GaussianDiffusion.cosine(1000)
     xt, t = torch.zeros(2, 2), torch.tensor([100, 100])

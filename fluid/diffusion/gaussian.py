@@ -86,8 +86,10 @@ class GaussianDiffusion:
         self.sqrt_recip_ab = t64(np.sqrt(1.0 / ab))
         self.sqrt_recipm1_ab = t64(np.sqrt(1.0 / ab - 1.0))
         self.posterior_variance = t64(post_var)
-        # beta-tilde_0 is 0: clip the log at t=0 to beta-tilde_1 (IDDPM does the same).
-        self.posterior_log_variance = t64(np.log(np.append(post_var[1], post_var[1:])))
+        # beta-tilde_0 is 0: clip the log at t=0 to beta-tilde_1 (IDDPM does the same); a
+        # one-step process has no beta-tilde_1 and uses beta_0 (its t=0 step adds no noise).
+        first = post_var[1] if len(post_var) > 1 else betas[0]
+        self.posterior_log_variance = t64(np.log(np.append(first, post_var[1:])))
         self.posterior_coef_x0 = t64(betas * np.sqrt(ab_prev) / (1.0 - ab))
         self.posterior_coef_xt = t64((1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab))
         self.log_betas = t64(np.log(betas))
