@@ -1,5 +1,5 @@
 """`fluid prepare`: counts and skip reasons per source kind, cache contents, resume after a
-crash (byte-for-byte), worker independence, --strict, and refusal of mismatched caches."""
+crash and after a real SIGKILL (byte-for-byte), worker independence, --strict, and refusal of mismatched caches."""
 
 import json
 import warnings
@@ -238,3 +238,42 @@ def test_moments_of_a_diffusers_vae_match_its_encode():
     ours = torch.stack([sample_tokens(mean, logvar, torch.Generator().manual_seed(s)) for s in range(200)])
     theirs = torch.stack([tok.encode(images, torch.Generator().manual_seed(1000 + s)) for s in range(200)])
     torch.testing.assert_close(ours.std(0), theirs.std(0), rtol=0.25, atol=1e-3)
+
+
+def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_cache(tmp_path, kl, minilm):
+    """A real kill: SIGKILL to the whole `fluid prepare` process group (workers included)
+    once some shards are finished, then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fluid.data.shapes import all_captions
+    from fluid.text.encoders import save_embeddings
+
+    kl.save(tmp_path / "tok")
+    emb = save_embeddings(minilm, all_captions(), tmp_path / "emb.safetensors")
+
+    def command(out):
+        return [sys.executable, "-m", "fluid.cli", "prepare", "--preset", "debug", "--tokenizer", str(tmp_path / "tok"),
+                "--set", "data.resolution=32", f"text.encoder={emb}", "--source", "shapes", "--count", "400",
+                "--shard-size", "8", "--workers", "1", "--out", str(out)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "full"), check=True, env=env, capture_output=True)
+    part = tmp_path / "part"
+    proc = subprocess.Popen(command(part), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(part.glob("shard-*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (part / "manifest.json").exists()
+    subprocess.run(command(part), check=True, env=env, capture_output=True)
+    files = sorted(p.name for p in (tmp_path / "full").iterdir())
+    assert files == sorted(p.name for p in part.iterdir())
+    for name in files:
+        assert (tmp_path / "full" / name).read_bytes() == (part / name).read_bytes(), name
