@@ -38,6 +38,8 @@ from fluid.text.encoders import build_text_encoder
 from fluid.tokenizers.base import load_tokenizer
 from fluid.train.trainer import Trainer
 
+from common import emit  # benchmarks/common.py
+
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> Path:
     """``n`` JPEGs of shapes scenes at random sizes (short side 200-300, aspect up to 1.6)."""
@@ -128,11 +130,7 @@ def main() -> None:
         "train": train,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

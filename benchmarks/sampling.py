@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from fluid.config import VARIANTS, SampleConfig, get_preset
 from fluid.model import Generator
 from fluid.sample.generate import generate
+
+from common import emit  # benchmarks/common.py
 
 
 def timed(fn, repeats: int) -> float:
@@ -83,11 +83,7 @@ def main() -> None:
     result = {"benchmark": "sampling", "preset": args.preset, "threads": args.threads, "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "head_steps": args.head_steps,
               "variants": rows, "kv_cache": cache}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,17 @@ same precision (the machine's practical peak).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
 from fluid.config import VARIANTS, flops_per_image, get_preset
 from fluid.model import Generator
 from fluid.train.optim import build_optimizer
+
+from common import emit  # benchmarks/common.py
 
 
 def matmul_peak(dtype, device, n=1024, reps=10) -> float:
@@ -87,11 +87,7 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
               "params": sum(p.numel() for p in Generator(cfg.model, cfg.text).parameters()),
               "runs": [measure(cfg, prec, args.batch_size, args.steps, args.warmup, device) for prec in args.precisions]}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

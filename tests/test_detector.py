@@ -20,7 +20,7 @@ from fluid.data.shapes import (
     render,
 )
 from fluid.eval.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
-from fluid.eval.shape_data import blur_and_noise, polygon_inside
+from fluid.eval.shape_data import blur_and_noise, ellipses_inside, polygon_inside
 
 PER_FAMILY = 50
 
@@ -114,16 +114,7 @@ def _two_ellipses(rng: np.random.Generator) -> torch.Tensor:
     for k in range(2):
         off = rng.uniform(-0.12, 0.12, 2) if k else (0.0, 0.0)
         parts.append((cx + off[0], cy + off[1], rng.uniform(0.08, 0.25), rng.uniform(0.05, 0.2), rng.uniform(0, np.pi)))
-
-    def inside(x, y):
-        m = np.zeros_like(x, dtype=bool)
-        for px, py, a, b, th in parts:
-            u = (x - px) * np.cos(th) + (y - py) * np.sin(th)
-            v = (y - py) * np.cos(th) - (x - px) * np.sin(th)
-            m |= (u / a) ** 2 + (v / b) ** 2 <= 1
-        return m
-
-    return _paint(inside, rng)
+    return _paint(ellipses_inside(parts), rng)
 
 
 def _jagged_polygon(rng: np.random.Generator) -> torch.Tensor:

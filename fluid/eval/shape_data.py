@@ -85,6 +85,18 @@ def _supersampled(inside, res: int, ss: int = 4) -> np.ndarray:
     return inside(x, y).reshape(res, ss, res, ss).mean((1, 3))
 
 
+def ellipses_inside(parts):
+    """``inside(x, y)`` of a union of ellipses, each ``(cx, cy, semi-axis a, semi-axis b, angle)``."""
+    def inside(x, y):
+        m = np.zeros_like(x, dtype=bool)
+        for px, py, a, b, th in parts:
+            u = (x - px) * np.cos(th) + (y - py) * np.sin(th)
+            v = (y - py) * np.cos(th) - (x - px) * np.sin(th)
+            m |= (u / a) ** 2 + (v / b) ** 2 <= 1
+        return m
+    return inside
+
+
 def polygon_inside(px: np.ndarray, py: np.ndarray):
     """``inside(x, y)`` of the polygon with vertices (px, py), by the even-odd rule."""
     def inside(x, y):
@@ -103,15 +115,7 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, r: float):
         parts = [(cx + rng.uniform(-r, r) * 0.5 * (j > 0), cy + rng.uniform(-r, r) * 0.5 * (j > 0),
                   r * rng.uniform(0.4, 1.0), r * rng.uniform(0.25, 0.7), rng.uniform(0, np.pi))
                  for j in range(int(rng.integers(2, 4)))]
-
-        def inside(x, y):
-            m = np.zeros_like(x, dtype=bool)
-            for px, py, a, b, th in parts:
-                u = (x - px) * np.cos(th) + (y - py) * np.sin(th)
-                v = (y - py) * np.cos(th) - (x - px) * np.sin(th)
-                m |= (u / a) ** 2 + (v / b) ** 2 <= 1
-            return m
-        return inside
+        return ellipses_inside(parts)
     if kind == 1:  # a star-shaped polygon with jagged radii
         n = int(rng.integers(5, 12))
         ang = np.sort(rng.uniform(0, 2 * np.pi, n))
