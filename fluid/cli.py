@@ -288,7 +288,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train-tokenizer", help="train a KL or VQ autoencoder")
-    p.add_argument("--preset", default="shapes-kl-f8")
+    p.add_argument("--preset", default="shapes-kl-f4", help="tokenizer preset (default: the shipped KL geometry)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=5000)

@@ -143,7 +143,8 @@ class TokenizerConfig:
     """``fluid`` (our KL/VQ autoencoder), ``diffusers-kl`` (AutoencoderKL), ``diffusers-vq``
     (VQModel) or ``auto`` (detected from the folder)."""
     patch_size: int = 2
-    """Continuous tokens: every ``patch_size`` x ``patch_size`` latent patch is one token."""
+    """Continuous tokens from a ``diffusers-kl`` model: every ``patch_size`` x ``patch_size``
+    latent patch is one token. Our own tokenizers carry their patch size in their folder."""
 
 
 @dataclass

@@ -131,13 +131,13 @@ class AutoencoderConfig:
 # ----------------------------------------------------------------------------- presets
 
 TOKENIZER_PRESETS: dict[str, callable] = {
-    # The default continuous tokenizer: f8 -> 8x8x4 latents -> 2x2 patches -> 16 tokens of 16.
+    # The paper's geometry: f8 -> 8x8x4 latents -> 2x2 patches -> 16 tokens of 16.
     "shapes-kl-f8": lambda: AutoencoderConfig(kind=AEKind.KL, stem=2, channel_mult=(1, 2, 4), patch_size=2),
-    # DESIGN's alternative if f8 blurs the shapes: f4 -> 16x16x4 -> 4x4 patches -> 16 tokens of 64.
+    # The shipped one (f8 rounds off 13 px objects): f4 -> 16x16x4 -> 4x4 patches -> 16 tokens of 64.
     "shapes-kl-f4": lambda: AutoencoderConfig(kind=AEKind.KL, stem=2, channel_mult=(1, 2), patch_size=4),
-    # The discrete tokenizer: f16 -> 4x4 = 16 codes.
+    # The discrete tokenizer: f16 -> 4x4 = 16 codes from 8192 (the paper's codebook size).
     "shapes-vq-f16": lambda: AutoencoderConfig(
-        kind=AEKind.VQ, stem=2, channel_mult=(1, 2, 4, 4), patch_size=1, codebook_size=1024, code_dim=8
+        kind=AEKind.VQ, stem=2, channel_mult=(1, 2, 4, 4), patch_size=1, codebook_size=8192, code_dim=8
     ),
     # Tiny ones for tests: 32x32 images, 16 tokens, a few thousand parameters.
     "debug-kl": lambda: AutoencoderConfig(

@@ -1,0 +1,44 @@
+"""ShapesEval of a generator over a grid of CFG scales and temperatures, on prompts and seeds
+that the reported evaluation does not use (prompt draw 1, seeds 10 and 11), to choose the
+sampling defaults written into a shipped model's config.
+
+    python scripts/sample_sweep.py --variant continuous-random --cfg 3 5 --temperature 0.6 0.8 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from fluid.config import VARIANTS
+from fluid.eval.shapes_eval import ShapesEval, pipeline_source
+from fluid.sample.pipeline import FluidPipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", choices=VARIANTS, default="continuous-random", help="shipped model")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint folder instead of a shipped model")
+    p.add_argument("--cfg", type=float, nargs="+", default=[3.0, 5.0])
+    p.add_argument("--temperature", type=float, nargs="+", default=[0.6, 0.8, 1.0])
+    p.add_argument("--prompts-per-family", type=int, default=8)
+    p.add_argument("--seeds", type=int, nargs="+", default=[10, 11])
+    p.add_argument("--prompt-seed", type=int, default=1, help="the reported evaluation draws with 0")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device="cpu")
+    evaluation = ShapesEval(args.prompts_per_family, args.seeds, prompt_seed=args.prompt_seed)
+    for cfg in args.cfg:
+        for temperature in args.temperature:
+            result, _ = evaluation(pipeline_source(pipe, cfg=cfg, temperature=temperature), progress=False)
+            row = {"model": args.checkpoint or args.variant, "cfg": cfg, "temperature": temperature,
+                   "overall": round(result.overall, 4), **{k: round(v, 4) for k, v in result.per_family.items()}}
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
