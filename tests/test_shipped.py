@@ -32,6 +32,13 @@ def test_shipped_tokenizers_reconstruct_held_out_images(token_type, bound):
     assert psnr(recon, images) > bound
 
 
+@pytest.mark.parametrize("token_type", [TokenType.CONTINUOUS, TokenType.DISCRETE])
+def test_shipped_tokenizer_reports_name_the_shipped_weights(token_type):
+    folder = tokenizer_path(token_type)
+    report = json.loads((folder / "eval.json").read_text())
+    assert report["tokenizer"] == load_tokenizer(folder).identity() != report["trained_identity"]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_shipped_generators_name_the_tokenizer_they_were_trained_with(variant):
     folder = generator_path(variant)

@@ -21,6 +21,7 @@ from fluid.tokenizers import (
 )
 from fluid.tokenizers.adapters import DiffusersKLTokenizer, DiffusersVQTokenizer
 from fluid.tokenizers.autoencoder import build_autoencoder
+from fluid.tokenizers.half import halve
 from fluid.tokenizers.quantizer import VectorQuantizer
 from fluid.tokenizers.train import compute_scale_shift, train_tokenizer
 
@@ -190,6 +191,20 @@ def test_load_fp16_weights(tmp_path):
     assert next(loaded.parameters()).dtype == torch.float32
     x = images(2)
     assert torch.allclose(loaded.decode(loaded.encode(x, sample=False)), tok.decode(tok.encode(x, sample=False)), atol=2e-2)
+
+
+def test_halving_names_the_fp16_identity_in_eval_json(tmp_path):
+    tok = debug("vq")
+    tok.save(tmp_path)
+    trained = load_tokenizer(tmp_path).identity()
+    (tmp_path / "eval.json").write_text(json.dumps({"tokenizer": trained, "psnr": 30.0}))
+    identity = halve(tmp_path)
+    assert load_file(tmp_path / "model.safetensors")["quantizer.codebook"].dtype == torch.float16
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert identity != trained and report["tokenizer"] == identity == load_tokenizer(tmp_path).identity()
+    assert report["trained_identity"] == trained and report["psnr"] == 30.0
+    assert halve(tmp_path) == identity  # halving again changes nothing
+    assert json.loads((tmp_path / "eval.json").read_text())["trained_identity"] == trained
 
 
 def test_identity_changes_with_weights():
