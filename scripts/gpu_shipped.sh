@@ -41,7 +41,7 @@ for v in $variants; do
       --steps "$steps" --batch-size "$gen_batch" --set data.pool=100000 train.lr=6e-4 train.warmup_steps=300 \
       train.log_every=50 train.val_every=500 train.ckpt_every=1000 > "$work/gen-$v.log" 2>&1 &
 done
-wait || true
+wait
 for v in $variants; do
   echo "$v: $(cat "$work/gen-$v/summary.json" 2>/dev/null | tr -d '\n' | head -c 600)"
   fluid export "$work/gen-$v" --out "$work/ship/$v" --dtype fp16 || { echo "$v: export failed"; continue; }

@@ -36,7 +36,8 @@ class SourceKind(str, enum.Enum):
     WDS = "wds"
 
 
-def _file_digest(path: Path, n: int = 16) -> str:
+def file_digest(path: str | Path, n: int = 16) -> str:
+    """The first ``n`` hex digits of a file's SHA-256, read in 1 MB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -156,7 +157,7 @@ class FolderSource(_Indexed):
 
     def describe(self) -> dict:
         return {"kind": self.kind.value, "index": str(self.index), "images": str(self.root),
-                "index_sha256": _file_digest(self.index), "records": len(self.records), "shard_size": self.shard_size}
+                "index_sha256": file_digest(self.index), "records": len(self.records), "shard_size": self.shard_size}
 
 
 class CocoSource(_Indexed):
@@ -214,7 +215,7 @@ class CocoSource(_Indexed):
 
     def describe(self) -> dict:
         return {"kind": self.kind.value, "annotations": str(self.annotations), "images": str(self.root),
-                "annotations_sha256": _file_digest(self.annotations), "records": len(self.records),
+                "annotations_sha256": file_digest(self.annotations), "records": len(self.records),
                 "shard_size": self.shard_size}
 
 

@@ -30,6 +30,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from fluid.data.sources import file_digest
+
 INCEPTION_FEATURES = "2048"  # torch-fidelity's name of the pool3 features FID uses
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release file
 
@@ -89,14 +91,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def file_digest(path: str | Path, n: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
-
-
 class InceptionFeatures:
     """FID's Inception-v3 pool features (B, 2048) of images (B, 3, H, W) in [-1, 1], from
     torch-fidelity with the weights in a local file. Images are quantised to uint8 first, as
@@ -122,7 +116,7 @@ class InceptionFeatures:
         self.model = FeatureExtractorInceptionV3("inception-v3-compat", [INCEPTION_FEATURES],
                                                  feature_extractor_weights_path=str(path)).to(device)
         self.device = torch.device(device)
-        self._identity = f"inception-v3-compat:{file_digest(path)}"
+        self._identity = f"inception-v3-compat:{file_digest(path, 12)}"
 
     def identity(self) -> str:
         return self._identity

@@ -92,13 +92,13 @@ def _resolve(checkpoint_or_variant: str | Path | None) -> tuple[Path | None, str
 
 def checkpoint_identity(pipe, path: Path | None, variant: str | None) -> dict:
     from fluid.assets import generator_path
-    from fluid.eval.frechet import file_digest
+    from fluid.data.sources import file_digest
     from fluid.train import checkpoint as ckpt
 
     folder = ckpt.resolve(path if path is not None else generator_path(variant))
     meta = ckpt.read_meta(folder)
     return {"name": f"shipped:{variant}" if variant else folder.name, "path": str(folder), "shipped": variant is not None,
-            "variant": pipe.cfg.model.variant, "step": meta.get("step"), "weights_sha256": file_digest(folder / "ema.safetensors"),
+            "variant": pipe.cfg.model.variant, "step": meta.get("step"), "weights_sha256": file_digest(folder / "ema.safetensors", 12),
             "tokenizer": pipe.tokenizer.identity(), "text_encoder": pipe.text_encoder.identity(),
             "params": sum(p.numel() for p in pipe.model.parameters())}
 
