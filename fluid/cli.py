@@ -232,6 +232,42 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    from fluid.scaling.compute import compute_summary
+    from fluid.scaling.runner import Runner, fitted_config
+    from fluid.scaling.sweep import load_sweep
+
+    sweep = load_sweep(args.sweep)
+    if args.list:
+        print(f"sweep {sweep.name}: {len(sweep.runs)} runs" + (f" ({sweep.description})" if sweep.description else ""))
+        for run in sweep.runs:
+            cfg = fitted_config(sweep, run)
+            c = compute_summary(cfg)
+            print(f"  {run.name:40s} {run.preset:12s} {cfg.model.variant:18s} {c['params'] / 1e6:8.2f}M "
+                  f"{run.steps:7d} steps x {c['batch_size']:5d}  {c['train_flops']:.2e} FLOPs")
+        return 0
+    from fluid.scaling.analysis import analyze
+    from fluid.scaling.runner import write_results
+
+    command = f"fluid scale --sweep {args.sweep} --out {args.out}" + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+    if args.analyze_only:
+        write_results(Path(args.out), sweep)
+        fits = analyze(args.out, sweep.name, command)
+        print(json.dumps({"sweep": sweep.name, "out": str(args.out), "report": str(Path(args.out) / "report.md"),
+                          "loss_vs_params": fits["loss_vs_params"]}))
+        return 0
+    runner = Runner(sweep, args.out, launcher=args.launcher, device=args.device, threads=args.threads,
+                    redo_stale=args.redo_stale, echo=lambda m: print(m, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    records = runner.run_all(only=args.only, jobs=args.jobs)
+    failed = [r["name"] for r in records if r["status"] == "failed"]
+    analyze(args.out, sweep.name, command)
+    print(json.dumps({"sweep": sweep.name, "out": str(args.out), "runs": len(records), "failed": failed,
+                      "seconds": round(time.perf_counter() - t0, 1), "results": str(Path(args.out) / "results.csv"),
+                      "report": str(Path(args.out) / "report.md")}))
+    return 1 if failed else 0
+
+
 def cmd_presets(args) -> int:
     from fluid.config import count_params
 
@@ -345,6 +381,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_prepare)
 
+    from fluid.scaling.sweep import named_sweeps
+
+    p = sub.add_parser("scale", help="run a sweep (sizes x variants x steps): train, evaluate, collect results")
+    p.add_argument("--sweep", required=True, help=f"a sweep YAML file or a named sweep ({', '.join(named_sweeps())})")
+    p.add_argument("--out", default=None, help="sweep folder (runs/, results.csv); rerun the same command to resume")
+    p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these runs (names from --list)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (several small runs sharing one GPU)")
+    p.add_argument("--launcher", default=None, help="training launcher, e.g. 'torchrun --nproc_per_node=8'")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per run (OMP_NUM_THREADS)")
+    p.add_argument("--redo-stale", action="store_true", help="archive runs made by another config or data and redo them")
+    p.add_argument("--list", action="store_true", help="print the runs with their size and compute, and exit")
+    p.add_argument("--analyze-only", action="store_true", help="only redo results.csv, fits, figures and report.md")
+    p.set_defaults(func=cmd_scale)
+
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)
     return parser
@@ -352,6 +403,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.command == "scale" and not args.list and not args.out:
+        print("fluid scale: --out is required (unless --list)", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except ConfigError as e:

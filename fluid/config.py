@@ -34,6 +34,11 @@ class Order(str, enum.Enum):
     RASTER = "raster"  # causal attention, teacher forcing, KV cache
 
 
+class MaskSchedule(str, enum.Enum):
+    COSINE = "cosine"  # mask ratio cos(pi/2 * u), u ~ U[0, 1): MaskGIT, and the paper
+    TRUNCNORM = "truncnorm"  # normal(1, 0.25) truncated to [0.7, 1]: MAR
+
+
 class CFGSchedule(str, enum.Enum):
     CONSTANT = "constant"
     LINEAR = "linear"  # scale ramps from 1 with the fraction of tokens already generated
@@ -102,6 +107,10 @@ class DataConfig:
     """``shapes`` only: render the first ``pool`` train items once (kept as uint8 on the
     training device) and draw each batch from them; 0 renders every batch afresh. A pool
     keeps a fast accelerator from waiting on the renderer."""
+    pool_encoded: bool = False
+    """With ``pool``: encode the pool once with the frozen tokenizer (posterior moments or
+    codes) and draw a fresh posterior sample per batch, instead of running the tokenizer's
+    encoder on every batch; on a CPU this is most of a small model's step."""
     num_workers: int = 0
     """DataLoader worker processes for real data (``shapes`` renders in the main process)."""
     shuffle_buffer: int = 1000
@@ -128,6 +137,8 @@ class DataConfig:
             raise ConfigError(f"data.max_aspect must be >= 1 (or 0 for no limit), not {self.max_aspect}")
         if self.shuffle_buffer < 1:
             raise ConfigError(f"data.shuffle_buffer must be >= 1, not {self.shuffle_buffer}")
+        if self.pool_encoded and (not self.pool or self.flip):
+            raise ConfigError("data.pool_encoded needs data.pool > 0 and data.flip off (the pool is encoded once, unflipped)")
         if self.resolution < 16 or self.resolution % 16:
             raise ConfigError(f"data.resolution must be a multiple of 16 and >= 16, not {self.resolution}")
 
@@ -190,8 +201,14 @@ class ModelConfig:
     """Diffusion loss evaluated at this many timesteps per masked token."""
     learn_sigma: bool = True
     """Improved-DDPM learned interpolated variance (the head outputs 2C channels)."""
-    vlb_weight: float = 0.001
-    """lambda in L_simple + lambda * L_vlb."""
+    vlb_weight: float = 1.0
+    """Weight of the sampled timestep's VLB term L_t (bits per channel) next to the epsilon MSE.
+    Improved DDPM's hybrid loss is L_simple + lambda * L_vlb with lambda = 0.001 and L_vlb the
+    *sum* of L_t over all T timesteps; drawn at one uniform t, that sum is estimated by T * L_t,
+    so the per-sample weight is lambda * T = 1.0 for T = 1000 (what IDDPM's and MAR's code
+    compute). Checkpoints made before this default recorded 0.001 and keep it."""
+    mask_schedule: MaskSchedule = MaskSchedule.COSINE
+    """Random order: how the training mask ratio is drawn per image."""
     text_dropout: float = 0.1
     """Probability of replacing the text with the learned null embedding (for CFG)."""
     zero_init: bool = True
@@ -202,6 +219,7 @@ class ModelConfig:
     def __post_init__(self):
         self.token_type = TokenType(self.token_type)
         self.order = Order(self.order)
+        self.mask_schedule = MaskSchedule(self.mask_schedule)
         if self.width % self.heads:
             raise ConfigError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
         if math.isqrt(self.num_tokens) ** 2 != self.num_tokens:
@@ -523,34 +541,61 @@ def count_params(m: ModelConfig, t: TextConfig) -> dict[str, int]:
     return parts
 
 
+def mean_mask_fraction(num_tokens: int, schedule: "MaskSchedule | str" = "cosine", samples: int = 20_001) -> float:
+    """Expected fraction of an image's tokens masked in random-order training (the tokens the
+    head is trained on), with the rounding of ``fluid.model.masking.training_mask``: about
+    2/pi = 0.64 for the cosine schedule (0.665 at 16 tokens), 0.90 for MAR's truncated normal."""
+    import numpy as np
+
+    u = (np.arange(samples) + 0.5) / samples  # midpoint rule over U[0, 1)
+    if MaskSchedule(schedule) == MaskSchedule.TRUNCNORM:
+        from scipy.stats import truncnorm
+
+        ratio = truncnorm.ppf(u, (0.7 - 1.0) / 0.25, 0.0, loc=1.0, scale=0.25)
+    else:
+        ratio = np.cos(np.pi / 2 * u)
+    return float(np.clip(np.ceil(ratio * num_tokens), 1, num_tokens).mean() / num_tokens)
+
+
 def flops_per_image(m: ModelConfig, t: TextConfig, text_len: int | None = None, train: bool = True,
-                    mask_ratio: float = 0.5) -> float:
+                    mask_ratio: float | None = None) -> float:
     """Matmul FLOPs per image (forward + backward when ``train``), counting 2 per MAC.
 
-    Training: every token goes through the backbone; the diffusion head sees the masked
-    tokens (random order) or all tokens (raster) ``timestep_multiplier`` times. Sampling
-    counts one full generation without CFG (double it for CFG).
+    Training: every token goes through the backbone; the output head sees the predicted
+    tokens (random order: ``mask_ratio`` of them, by default the schedule's mean; raster: all),
+    the diffusion head ``timestep_multiplier`` times each. Backward is twice the forward,
+    less the input gradients nobody needs (of the token embedding, the text projection and
+    the head's input and timestep layers). Sampling counts one full generation without CFG
+    (double it for CFG). Checked against ``torch.utils.flop_counter`` by the tests.
     """
     n, w, L = m.num_tokens, m.width, text_len or t.max_length
     hidden = int(m.mlp_ratio * w)
     hw = m.head_width_
-    per_block_token = 2 * (4 * w * w + 4 * w * w + 2 * w * hidden)  # self-attn, cross-attn proj, MLP
-    attn_scores = 2 * 2 * w * (n + L)  # QK^T and AV, self + cross
-    cross_kv = 2 * 2 * w * w * L  # text keys/values, per image per block
-    backbone = m.depth * (n * (per_block_token + attn_scores) + cross_kv)
-    aligner = t.aligner_depth * L * 2 * (4 * w * w + 2 * w * hidden + 2 * w * L) + 2 * L * t.dim * w
-    head_token = 2 * (m.head_depth * 5 * hw * hw + 2 * hw * hw + hw * hw + w * hw + 256 * hw)
-    if m.token_type == TokenType.CONTINUOUS:
-        if train:
-            frac = mask_ratio if m.order == Order.RANDOM else 1.0
-            head = n * frac * m.timestep_multiplier * head_token
-        else:
-            head = n * m.head_sample_steps * head_token
-    else:
-        head = n * 2 * (w * w + w * m.vocab_size)
+    continuous = m.token_type == TokenType.CONTINUOUS
+    if mask_ratio is None:
+        mask_ratio = mean_mask_fraction(n, m.mask_schedule)
+    # Per block: self-attention q, k, v, out and cross-attention q, out on every image token;
+    # cross-attention k, v on every text token; QK^T and AV against n image and L text keys.
+    per_block = n * 2 * (4 * w * w + 2 * w * w + 2 * w * hidden) + L * 2 * 2 * w * w + n * 2 * 2 * w * (n + L)
+    backbone = m.depth * per_block
+    text_in = 2 * L * t.dim * w  # frozen embeddings -> width
+    aligner = t.aligner_depth * L * 2 * (4 * w * w + 2 * w * hidden + 2 * w * L) + text_in
+    token_in = 2 * n * m.token_dim * w if continuous else 0  # discrete: an embedding lookup
+    c, out_c = m.token_dim, (2 if m.learn_sigma else 1) * m.token_dim
+    # Diffusion head, per row: input, timestep MLP, condition, AdaLN blocks (3 hw^2 modulation
+    # + 2 hw^2 MLP each), final modulation and output.
+    head_in = 2 * (c * hw + 256 * hw)  # inputs without gradient: x_t and the timestep features
+    head_row = head_in + 2 * (hw * hw + w * hw + m.head_depth * 5 * hw * hw + 2 * hw * hw + hw * out_c)
     if train:
-        return 3 * (backbone + aligner + head)
-    steps = n if m.order == Order.RASTER else min(64, n)
+        rows = n * (mask_ratio if m.order == Order.RANDOM else 1.0)  # predicted tokens
+        if continuous:
+            head = rows * m.timestep_multiplier * head_row
+            no_grad = rows * m.timestep_multiplier * head_in
+        else:
+            head, no_grad = rows * 2 * (w * w + w * m.vocab_size), 0
+        forward = backbone + aligner + token_in + head
+        return 3 * forward - token_in - text_in - no_grad
+    head = n * (m.head_sample_steps * head_row if continuous else 2 * (w * w + w * m.vocab_size))
     if m.order == Order.RASTER:  # KV cache: each token passes once
-        return backbone + aligner + head
-    return steps * backbone + aligner + head
+        return backbone + aligner + token_in + head
+    return min(64, n) * (backbone + token_in) + aligner + head

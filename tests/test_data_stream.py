@@ -173,3 +173,53 @@ def test_validation_sets_from_a_held_out_split_or_a_val_path(data, minilm):
     no_split = apply_overrides(cfg, {"data.path": str(data.root / "cache-vq")})
     with pytest.raises(ValueError, match="no held-out records"):
         ValidationSet.build(no_split, data.vq, minilm)
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_an_encoded_shapes_pool_serves_posterior_samples_and_resumes_exactly(tmp_path, minilm, kind):
+    """``data.pool_encoded``: the pool is encoded once; each batch is a fresh posterior sample
+    of the pool items (or their codes), a function of the step, and training resumes exactly."""
+    from fluid.data.encode import token_moments
+    from fluid.data.shapes import ShapesDataset
+
+    tok = make_tokenizer(kind)
+    data_cfg = apply_overrides(tiny_config(), {"data.pool": 24, "data.pool_encoded": True}).data
+    stream = iter(TrainStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm))
+    first, second = next(stream), next(stream)
+    assert isinstance(first, EncodedBatch) and first.tokens.shape[0] == 5
+    again = TrainStream(data_cfg, 5, start=1, tokenizer=tok, text_encoder=minilm)
+    assert torch.equal(next(iter(again)).tokens, second.tokens)  # step 1 is step 1, resumed or not
+
+    # The tokens are the tokenizer's own encoding of the pool items the step draws.
+    raw = TrainStream(apply_overrides(tiny_config(), {"data.pool": 24}).data, 5)
+    idx = raw.indices(0)
+    images, captions = ShapesDataset("train", 32).batch(range(24), "cpu")
+    images = images[idx]
+    if kind == "vq":
+        assert torch.equal(first.tokens, tok.encode(images))
+    else:
+        mean, logvar = token_moments(tok, images)
+        z = (first.tokens - mean) / torch.exp(0.5 * logvar)  # standardised posterior draws
+        assert z.abs().max() < 6 and 0.7 < z.std() < 1.3
+    emb, _ = minilm([captions[i] for i in idx])
+    torch.testing.assert_close(first.text_emb[:, :emb.shape[1]], emb)
+
+    def cfg():
+        c = tiny_config("continuous-random" if kind == "kl" else "discrete-random", steps=4, batch_size=4, ckpt_every=2)
+        return apply_overrides(c, {"data.pool": 24, "data.pool_encoded": True})
+
+    Trainer(cfg(), tmp_path / "a", tok, minilm, show_progress=False).fit()
+    Trainer(cfg(), tmp_path / "b", tok, minilm, show_progress=False).fit(steps=2)
+    Trainer(cfg(), tmp_path / "b", tok, minilm, resume=True, show_progress=False).fit()
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "a/latest/model.safetensors")), load_file(str(tmp_path / "b/latest/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_encoded_pool_needs_a_pool_and_no_flips():
+    from fluid.config import ConfigError
+
+    for bad in ({"data.pool_encoded": True}, {"data.pool": 8, "data.pool_encoded": True, "data.flip": True}):
+        with pytest.raises(ConfigError, match="pool_encoded"):
+            apply_overrides(tiny_config(), bad)

@@ -165,3 +165,43 @@ def test_respaced_sampling_survives_small_epsilon_errors_with_x0_clip():
     assert torch.allclose(clipped.mean(0), mu, atol=0.1) and torch.allclose(clipped.std(0), torch.ones(2), atol=0.15)
     unclipped = d.sample(eps_fn, noise, generator=gen)
     assert unclipped.std(0).min() > 10  # the failure the clip exists for
+
+
+def _iddpm_lt_bits(betas: np.ndarray, t: int, x0: np.ndarray, eps_true: np.ndarray, eps_pred: np.ndarray,
+                   v: np.ndarray) -> float:
+    """Improved DDPM's L_{t-1} for one timestep t > 0, written from the paper's equations alone
+    (eqs. 9-13 and 15 of Nichol & Dhariwal 2021), in float64 numpy: the mean over channels of
+    KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), in bits."""
+    alphas = 1.0 - betas
+    abar = np.cumprod(alphas)
+    abar_prev = abar[t - 1]
+    xt = np.sqrt(abar[t]) * x0 + np.sqrt(1 - abar[t]) * eps_true  # eq. 9
+    beta_tilde = (1 - abar_prev) / (1 - abar[t]) * betas[t]  # eq. 11
+    mu_tilde = np.sqrt(abar_prev) * betas[t] / (1 - abar[t]) * x0 + np.sqrt(alphas[t]) * (1 - abar_prev) / (1 - abar[t]) * xt  # eq. 11
+    mu_model = (xt - betas[t] / np.sqrt(1 - abar[t]) * eps_pred) / np.sqrt(alphas[t])  # eq. 13
+    var_model = np.exp(v * np.log(betas[t]) + (1 - v) * np.log(beta_tilde))  # eq. 15, v in [0, 1]
+    kl = 0.5 * (np.log(var_model / beta_tilde) + (beta_tilde + (mu_tilde - mu_model) ** 2) / var_model - 1.0)
+    return float(kl.mean() / np.log(2.0))
+
+
+def test_hybrid_loss_is_iddpm_lt_with_lambda_times_T():
+    """The head's default loss is IDDPM's hybrid: the epsilon MSE plus lambda * T * L_t at the
+    sampled t (lambda = 0.001, T = 1000, so weight 1), checked against the paper's equations."""
+    from fluid.config import ModelConfig
+
+    T, lam = 1000, 0.001
+    d = GaussianDiffusion.cosine(T)
+    betas = cosine_betas(T)
+    rng = np.random.default_rng(0)
+    c = 6
+    for t in (1, 17, 400, 999):
+        x0, eps_true = rng.normal(size=c), rng.normal(size=c)
+        eps_pred = eps_true + 0.3 * rng.normal(size=c)  # an imperfect prediction
+        v_net = rng.uniform(-1, 1, size=c)  # the network's raw output in [-1, 1]
+        out = torch.tensor(np.concatenate([eps_pred, v_net]))[None]
+        loss = d.training_losses(lambda xt, tt: out, torch.tensor(x0)[None], torch.tensor([t]),
+                                 torch.tensor(eps_true)[None], vlb_weight=ModelConfig().vlb_weight)
+        expected = np.mean((eps_pred - eps_true) ** 2) + lam * T * _iddpm_lt_bits(betas, t, x0, eps_true, eps_pred,
+                                                                                   (v_net + 1) / 2)
+        # The loss is computed in float32 (as in training), hence the tolerance.
+        assert abs(loss.item() - expected) < 1e-5 * max(1.0, abs(expected)), (t, loss.item(), expected)

@@ -33,12 +33,31 @@ class EncodedBatch(NamedTuple):
 
 class ShapesStream:
     def __init__(self, cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", tokenizer=None, text_encoder=None):
         self.dataset = ShapesDataset("train", cfg.resolution, holdout=cfg.holdout)
         self.cfg, self.batch_size, self.rank, self.world = cfg, batch_size, rank, world
         self.step, self.device = start, device
 
         self.pool_images, self.pool_captions = self._render_pool(cfg.pool) if cfg.pool else (None, None)
+        self.pool_tokens = None
+        if cfg.pool_encoded:
+            if tokenizer is None or text_encoder is None:
+                raise ValueError("data.pool_encoded needs the tokenizer and text encoder")
+            self.text_encoder = text_encoder
+            self.pool_tokens = self._encode_pool(tokenizer)
+            self.pool_images = None  # only the encoded form is used from here on
+
+    @torch.no_grad()
+    def _encode_pool(self, tokenizer, chunk: int = 256) -> dict[str, torch.Tensor]:
+        """Posterior moments (continuous) or codes (discrete) of every pool image, once."""
+        from fluid.data.encode import encode_images
+
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start in tqdm(range(0, len(self.pool_captions), chunk), desc="encode pool", unit="chunk", leave=False):
+            images = self.pool_images[start:start + chunk].float() / 127.5 - 1.0
+            for k, v in encode_images(tokenizer, images, views=1).items():
+                parts.setdefault(k, []).append(v[:, 0])  # view 0: the image itself
+        return {k: torch.cat(v) for k, v in parts.items()}
 
     def _render_pool(self, size: int, chunk: int = 4096):
         images, captions = [], []
@@ -49,7 +68,7 @@ class ShapesStream:
         return torch.cat(images), captions
 
     def indices(self, step: int) -> list[int]:
-        if self.pool_images is not None:
+        if self.pool_captions is not None:  # a pool, rendered or encoded
             # Draws with replacement, seeded by (step, rank): the same after a resume.
             g = torch.Generator().manual_seed(item_seed(f"pool-{self.rank}", step))
             return torch.randint(len(self.pool_captions), (self.batch_size,), generator=g).tolist()
@@ -62,9 +81,27 @@ class ShapesStream:
         sel = torch.tensor(idx, device=self.pool_images.device)
         return self.pool_images[sel].float() / 127.5 - 1.0, [self.pool_captions[i] for i in idx]
 
-    def __iter__(self) -> Iterator[RawBatch]:
+    def _encoded_batch(self, idx: list[int]) -> EncodedBatch:
+        from fluid.data.encode import sample_tokens
+
+        sel = torch.tensor(idx, device=next(iter(self.pool_tokens.values())).device)
+        if "codes" in self.pool_tokens:
+            tokens = self.pool_tokens["codes"][sel]  # (B, N)
+        else:
+            # A fresh posterior sample per batch, seeded by (rank, step): the same after a resume.
+            g = torch.Generator(sel.device).manual_seed(item_seed(f"posterior-{self.rank}", self.step))
+            tokens = sample_tokens(self.pool_tokens["mean"][sel], self.pool_tokens["logvar"][sel], g)  # (B, N, D)
+        emb, mask = self.text_encoder([self.pool_captions[i] for i in idx])
+        return EncodedBatch(tokens.to(self.device), emb.to(self.device), mask.to(self.device))
+
+    def __iter__(self) -> Iterator[RawBatch | EncodedBatch]:
         while True:
             idx = self.indices(self.step)
+            if self.pool_tokens is not None:
+                batch = self._encoded_batch(idx)
+                self.step += 1
+                yield batch
+                continue
             images, captions = self._batch(idx)
             if self.cfg.flip:
                 # Flip about half of the items, chosen by a stable hash of the index; the
@@ -85,7 +122,7 @@ def TrainStream(cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1,
     function of the step. A cache is checked against ``tokenizer`` / ``text_encoder`` when given.
     """
     if cfg.source == "shapes":
-        return ShapesStream(cfg, batch_size, rank, world, start, device)
+        return ShapesStream(cfg, batch_size, rank, world, start, device, tokenizer, text_encoder)
     from fluid.data.streaming import open_stream
 
     return open_stream(cfg, batch_size, rank, world, start, device, tokenizer=tokenizer, text_encoder=text_encoder)

@@ -175,6 +175,9 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
         valset = ValidationSet.build(cfg, pipe.tokenizer, pipe.text_encoder, device=device, size=opts.val_size)
         m["val_loss"] = {"value": validation_loss(pipe.model, valset, cfg.train.precision), "pairs": len(valset),
                          "loss": loss_name(cfg.model.token_type), "split": "val", "weights": "ema"}
+        if pipe.model.continuous:  # the epsilon MSE alone: comparable across VLB weights
+            m["val_loss"]["mse"] = validation_loss(pipe.model, valset, cfg.train.precision, vlb_weight=0.0)
+            m["val_loss"]["vlb_weight"] = cfg.model.vlb_weight
         timing["val_loss"] = round(time.perf_counter() - t, 1)
     if Metric.DETECTOR in wanted:
         from fluid.eval.shapes_eval import detector_accuracy
@@ -333,6 +336,8 @@ def summary_row(rec: dict) -> dict:
         row["shapes_fd.real"] = round(m["shapes_fd"]["real"], 3)
     if "val_loss" in m:
         row["val_loss"] = round(m["val_loss"]["value"], 4)
+        if "mse" in m["val_loss"]:
+            row["val_mse"] = round(m["val_loss"]["mse"], 4)
     if "detector" in m:
         row["detector.render.min"] = m["detector"]["render"]["min"]
         row["detector.round_trip.min"] = m["detector"]["round_trip"]["min"]

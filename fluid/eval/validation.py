@@ -3,7 +3,8 @@
 
 Two calls on the same weights give the same number, and runs of different sizes or lengths
 are compared on exactly the same draws. Continuous variants report the diffusion head's
-hybrid loss (epsilon MSE per channel + 0.001 x VLB bits); discrete variants the
+hybrid loss (epsilon MSE per channel + ``model.vlb_weight`` x the sampled timestep's VLB term in
+bits; ``vlb_weight=0`` gives the epsilon MSE alone, comparable across VLB weights); discrete variants the
 cross-entropy in nats per predicted token. The two are not on one scale: compare within a
 token type.
 """
@@ -63,13 +64,16 @@ class ValidationSet:
 def loss_name(token_type: TokenType | str) -> str:
     """What ``validation_loss`` measures for a token type (the two are not on one scale)."""
     if TokenType(token_type) is TokenType.CONTINUOUS:
-        return "diffusion hybrid loss: eps MSE per channel + 0.001 x VLB"
+        return "diffusion hybrid loss: eps MSE per channel + model.vlb_weight x L_t (bits)"
     return "cross-entropy, nats per predicted token"
 
 
 @torch.no_grad()
-def validation_loss(model, valset: ValidationSet, precision: Precision = Precision.AUTO) -> float:
-    """Mean loss over the validation set, weighted by batch size; deterministic."""
+def validation_loss(model, valset: ValidationSet, precision: Precision = Precision.AUTO,
+                    vlb_weight: float | None = None) -> float:
+    """Mean loss over the validation set, weighted by batch size; deterministic.
+
+    ``vlb_weight`` overrides the model's (continuous tokens; 0 measures the epsilon MSE alone)."""
     was_training = model.training
     model.eval()
     device = valset.tokens.device
@@ -80,7 +84,8 @@ def validation_loss(model, valset: ValidationSet, precision: Precision = Precisi
         sl = slice(start, start + valset.batch_size)
         gen = torch.Generator(device).manual_seed(VAL_SEED + i)  # the same draws for every model
         with ctx:
-            loss = model(valset.tokens[sl], valset.text_emb[sl], valset.text_mask[sl], generator=gen, text_dropout=0.0)
+            loss = model(valset.tokens[sl], valset.text_emb[sl], valset.text_mask[sl], generator=gen, text_dropout=0.0,
+                         vlb_weight=vlb_weight)
         b = valset.tokens[sl].shape[0]
         total, count = total + float(loss) * b, count + b
     model.train(was_training)

@@ -83,11 +83,14 @@ class Generator(nn.Module):
     # ------------------------------------------------------------------------- training
 
     def forward(self, tokens: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor,
-                generator: torch.Generator | None = None, text_dropout: float | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, text_dropout: float | None = None,
+                vlb_weight: float | None = None) -> torch.Tensor:
         """Mean loss over the predicted tokens.
 
         tokens: (B, N, C) continuous or (B, N) discrete; text_emb: (B, L, Dt); text_mask: (B, L).
         ``generator`` drives every random choice (dropout, orders, masks, timesteps, noise).
+        ``text_dropout`` and ``vlb_weight`` override the config's (validation measures without
+        dropout, and can measure the epsilon MSE alone with ``vlb_weight=0``).
         """
         b, n = tokens.shape[:2]
         p = self.cfg.text_dropout if text_dropout is None else text_dropout
@@ -97,12 +100,14 @@ class Generator(nn.Module):
             predict = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
             x = self.embed_shifted(tokens)  # (B, N, W)
         else:
-            predict = training_mask(random_orders(b, n, generator, tokens.device), generator)  # (B, N)
+            orders = random_orders(b, n, generator, tokens.device)  # (B, N)
+            predict = training_mask(orders, generator, self.cfg.mask_schedule.value)  # (B, N)
             x = self.embed_masked(tokens, known=~predict)  # (B, N, W)
         h = self.backbone(x, text, text_mask)  # (B, N, W)
-        return self.token_loss(h[predict], tokens[predict], generator)  # (M, W), (M, C) or (M,)
+        return self.token_loss(h[predict], tokens[predict], generator, vlb_weight)  # (M, W), (M, C) or (M,)
 
-    def token_loss(self, z: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def token_loss(self, z: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
+                   vlb_weight: float | None = None) -> torch.Tensor:
         if not self.continuous:
             return F.cross_entropy(self.logits(z).float(), target)
         # The head sees each token at several timesteps: a cheap way to lower the loss's
@@ -112,7 +117,7 @@ class Generator(nn.Module):
         t = torch.randint(0, self.diffusion.num_steps, (z.shape[0],), generator=generator, device=z.device)
         noise = torch.randn(target.shape, generator=generator, device=z.device, dtype=target.dtype)
         losses = self.diffusion.training_losses(lambda xt, tt: self.head(xt, tt, z), target, t, noise,
-                                                vlb_weight=self.cfg.vlb_weight)
+                                                vlb_weight=self.cfg.vlb_weight if vlb_weight is None else vlb_weight)
         return losses.mean()
 
     # ------------------------------------------------------------------------- pieces

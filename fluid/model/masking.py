@@ -21,14 +21,27 @@ def random_orders(batch: int, num_tokens: int, generator: torch.Generator | None
     return torch.rand(batch, num_tokens, generator=generator, device=device).argsort(dim=1)
 
 
-def training_mask(orders: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mask the first n positions of each order, n = ceil(gamma(u) * N), u ~ U[0, 1), n >= 1.
+def truncated_normal_mask_ratio(u: torch.Tensor, mean: float = 1.0, std: float = 0.25, low: float = 0.7,
+                                high: float = 1.0) -> torch.Tensor:
+    """MAR's training mask ratio: a normal(mean, std) truncated to [low, high], drawn by the
+    inverse CDF from u ~ U[0, 1) so that one generator drives it."""
+    cdf = lambda x: 0.5 * (1 + math.erf((x - mean) / (std * math.sqrt(2))))  # noqa: E731
+    a, b = cdf(low), cdf(high)
+    return (mean + std * torch.special.ndtri(a + (b - a) * u)).clamp(low, high)
+
+
+def training_mask(orders: torch.Tensor, generator: torch.Generator | None = None,
+                  schedule: str = "cosine") -> torch.Tensor:
+    """Mask the first n positions of each order, n = ceil(r * N) >= 1, with the mask ratio r
+    drawn per image: r = gamma(u), u ~ U[0, 1) (``cosine``: MaskGIT and the paper), or MAR's
+    truncated normal on [0.7, 1] (``truncnorm``).
 
     Returns (B, N) bool, True = masked (to be predicted).
     """
     b, n = orders.shape
     u = torch.rand(b, generator=generator, device=orders.device)
-    num_masked = torch.ceil(cosine_mask_ratio(u) * n).clamp(1, n)  # (B,)
+    ratio = truncated_normal_mask_ratio(u) if schedule == "truncnorm" else cosine_mask_ratio(u)
+    num_masked = torch.ceil(ratio * n).clamp(1, n)  # (B,)
     rank = torch.empty_like(orders)
     rank.scatter_(1, orders, torch.arange(n, device=orders.device).expand(b, n))  # position -> place in order
     return rank < num_masked[:, None]

@@ -1,0 +1,227 @@
+"""The scaling study's parts: compute accounting against a FLOP counter, sweep files, and a
+micro sweep run end to end through ``fluid scale``."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import fluid.model.generator as generator_module
+from fluid.config import VARIANTS, count_params, flops_per_image, get_preset, mean_mask_fraction
+from fluid.model import Generator
+from fluid.model.masking import random_orders, training_mask
+from fluid.scaling.compute import compute_summary
+from fluid.scaling.sweep import SweepError, load_sweep, named_sweeps, parse_sweep
+
+
+def _counted_train_flops(preset: str, variant: str, masked: int) -> tuple[float, float]:
+    """(FLOPs per image from torch's counter on one training step, the config's formula),
+    with exactly ``masked`` tokens per image predicted in random order."""
+    cfg = get_preset(preset, variant=variant)
+    m = cfg.model
+    torch.manual_seed(0)
+    model = Generator(m, cfg.text)
+    b, L = 3, cfg.text.max_length
+    tokens = (torch.randn(b, m.num_tokens, m.token_dim) if model.continuous
+              else torch.randint(0, m.vocab_size, (b, m.num_tokens)))
+    emb, mask = torch.randn(b, L, cfg.text.dim), torch.ones(b, L, dtype=torch.bool)
+
+    def fixed_mask(orders, generator=None, schedule="cosine"):
+        out = torch.zeros_like(orders, dtype=torch.bool)
+        out[:, :masked] = True
+        return out
+
+    # The math attention backend runs as plain matmuls, which the counter sees (the fused CPU
+    # kernel is not counted).
+    with mock.patch.object(generator_module, "training_mask", fixed_mask), sdpa_kernel(SDPBackend.MATH), \
+            FlopCounterMode(display=False) as counter:
+        model(tokens, emb, mask, torch.Generator().manual_seed(0)).backward()
+    return counter.get_total_flops() / b, flops_per_image(m, cfg.text, mask_ratio=masked / m.num_tokens)
+
+
+@pytest.mark.parametrize("preset", ["debug", "shapes-small"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_flops_formula_matches_the_flop_counter(preset, variant):
+    counted, formula = _counted_train_flops(preset, variant, masked=5)
+    assert abs(formula - counted) / counted < 1e-3, (counted, formula)
+
+
+def test_mean_mask_fraction_is_the_training_masks_mean():
+    g = torch.Generator().manual_seed(0)
+    for schedule in ("cosine", "truncnorm"):
+        empirical = training_mask(random_orders(20_000, 16, g), g, schedule).float().mean().item()
+        assert abs(mean_mask_fraction(16, schedule) - empirical) < 0.01
+    assert abs(mean_mask_fraction(4096) - 2 / 3.14159265) < 0.01  # ceil's effect vanishes with N
+
+
+def test_compute_summary_counts_the_trained_generator_only():
+    cfg = get_preset("shapes-small")
+    c = compute_summary(cfg)
+    assert c["params"] == count_params(cfg.model, cfg.text)["total"]
+    assert set(c["params_exclude"]) == {"frozen text encoder", "image tokenizer"}
+    assert c["train_flops"] == pytest.approx(c["train_flops_per_image"] * cfg.train.batch_size * cfg.train.steps)
+
+
+def test_sweep_product_of_axes_and_overrides():
+    sweep = parse_sweep({
+        "name": "t", "preset": "debug", "steps": 10, "eval_steps": [5, 99],
+        "set": {"train.batch_size": 4},
+        "axes": {"variant": ["continuous-random", "discrete-raster"],
+                 "size": {"s": {"model.width": 32, "model.heads": 2}, "m": {"steps": 20}}},
+    })
+    assert [r.name for r in sweep.runs] == ["variant=continuous-random,size=s", "variant=continuous-random,size=m",
+                                             "variant=discrete-raster,size=s", "variant=discrete-raster,size=m"]
+    small, medium = sweep.runs[2].config(), sweep.runs[3].config()
+    assert small.model.variant == "discrete-raster" and small.model.width == 32 and small.train.batch_size == 4
+    assert medium.train.steps == 20 and medium.model.width == get_preset("debug").model.width
+    assert sweep.runs[0].eval_steps == [5, 10] and sweep.runs[1].eval_steps == [5, 20]  # 99 is past the end
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"axes": {"arm": ["a", "b"]}}, "list is only allowed"),
+    ({"axes": {"arm": {"x": {"model.nope": 1}}}}, "model.nope"),
+    ({"axes": {"variant": ["continuous-sideways"]}}, "unknown variant"),
+    ({"sizes": {}}, "unknown sweep key"),
+])
+def test_bad_sweeps_are_refused_with_a_clear_message(bad, message):
+    with pytest.raises((SweepError, ValueError), match=message):
+        parse_sweep({"preset": "debug", **bad})
+
+
+def test_named_sweeps_load():
+    assert "fluid-ablation-cpu" in named_sweeps()
+    for name in named_sweeps():
+        assert load_sweep(name).runs
+
+
+MICRO = """
+name: micro
+preset: debug
+steps: 4
+eval_steps: [2]
+set: {train.batch_size: 4, train.val_size: 8, train.log_every: 2, train.val_every: 0, model.width: 32, model.heads: 2}
+axes:
+  variant: [continuous-random]
+  size:
+    a: {model.depth: 1}
+    b: {}
+eval: {metrics: [val_loss], val_size: 8}
+"""
+
+
+def _scale(*args, cwd):
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    import os
+
+    env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "fluid.cli", "scale", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_micro_sweep_end_to_end_resumes_and_refuses_stale_runs(tmp_path):
+    sweep = tmp_path / "micro.yaml"
+    sweep.write_text(MICRO)
+    out = tmp_path / "out"
+    proc = _scale("--sweep", str(sweep), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["run"], r["step"]) for r in rows] == [("variant=continuous-random,size=a", 2), ("variant=continuous-random,size=a", 4),
+                                                     ("variant=continuous-random,size=b", 2), ("variant=continuous-random,size=b", 4)]
+    assert rows[0]["params"] < rows[2]["params"] and all(r["val_loss"] > 0 for r in rows)
+    assert rows[1]["train_flops"] == pytest.approx(2 * rows[0]["train_flops"])
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert "val_loss" in header and "train_flops" in header
+    # Evaluated checkpoints are kept, the others pruned.
+    kept = sorted(p.name for p in (out / "runs" / "variant=continuous-random,size=a" / "train").glob("step-*"))
+    assert kept == ["step-0000002", "step-0000004"]
+
+    # A second call finds everything done and trains nothing.
+    again = _scale("--sweep", str(sweep), "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr.count("done before, skipped") == 2
+
+    # Changing a run's config makes its results stale: refused, then redone on request.
+    sweep.write_text(MICRO.replace("a: {model.depth: 1}", "a: {model.depth: 1, train.lr: 0.01}"))
+    stale = _scale("--sweep", str(sweep), "--out", str(out), cwd=tmp_path)
+    assert stale.returncode == 2 and "train.lr" in stale.stderr and "--redo-stale" in stale.stderr
+    redo = _scale("--sweep", str(sweep), "--out", str(out), "--redo-stale", "--only", "variant=continuous-random,size=a",
+                  cwd=tmp_path)
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert len(list((out / "stale").iterdir())) == 1
+
+    # A failing run is recorded with its error; the sweep goes on and exits non-zero.
+    sweep.write_text(MICRO.replace("b: {}", "b: {data.source: cache, data.path: /nonexistent-cache}"))
+    failed = _scale("--sweep", str(sweep), "--out", str(tmp_path / "out2"), cwd=tmp_path)
+    assert failed.returncode == 1
+    record = json.loads((tmp_path / "out2" / "runs" / "variant=continuous-random,size=b" / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"]
+    ok = json.loads((tmp_path / "out2" / "runs" / "variant=continuous-random,size=a" / "run.json").read_text())
+    assert ok["status"] == "done"
+
+
+def test_power_law_fit_recovers_a_known_exponent_and_band_covers_it():
+    from fluid.scaling.fit import power_law_fit
+
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e6, 1e9, 8)
+    y = 3.0 * x ** -0.12 * np.exp(rng.normal(0, 0.01, size=x.shape))
+    law = power_law_fit(x, y)
+    assert abs(law.exponent + 0.12) < 0.01 and law.line.r2 > 0.98
+    assert abs(law.coefficient / 3.0 - 1) < 0.2
+    lo, hi = law.band(x)
+    truth = 3.0 * x ** -0.12
+    assert np.mean((lo <= truth) & (truth <= hi)) >= 0.75  # a 95% band of the mean covers the true line
+    exact = power_law_fit(x, 2.0 * x ** 0.5)
+    assert exact.exponent == pytest.approx(0.5, abs=1e-9) and exact.line.r2 == pytest.approx(1.0)
+
+
+def test_linear_fit_pearson_matches_numpy_and_known_correlation():
+    from fluid.scaling.fit import linear_fit
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=4000)
+    y = -0.9 * x + math.sqrt(1 - 0.81) * rng.normal(size=4000)  # population r = -0.9
+    fit = linear_fit(x, y)
+    assert fit.pearson_r == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+    assert abs(fit.pearson_r + 0.9) < 0.03 and fit.p_value < 1e-10
+    assert fit.r2 == pytest.approx(fit.pearson_r ** 2, abs=1e-12)
+    with pytest.raises(ValueError):
+        linear_fit([1.0, 1.0], [2.0, 3.0])
+
+
+def test_analysis_of_synthetic_results_writes_fits_figures_and_report(tmp_path):
+    """Four variants x four sizes x two steps with known exponents: the analysis finds them."""
+    from fluid.scaling.analysis import analyze
+
+    rows, exps = [], {"continuous-random": -0.10, "continuous-raster": -0.06, "discrete-random": -0.08,
+                      "discrete-raster": -0.05}
+    for variant, b in exps.items():
+        for i, params in enumerate([1e5, 4e5, 1.6e6, 6.4e6]):
+            for step in (500, 1000):
+                loss = (0.9 if variant.startswith("continuous") else 6.0) * params ** b * (1.05 if step == 500 else 1.0)
+                rows.append({"run": f"{variant}-{i}", "variant": variant, "status": "done", "step": step,
+                             "params": params, "images": step * 64, "train_flops": 6 * params * step * 64,
+                             "val_loss": loss, "shapes_eval.overall": 2.0 - loss if variant.startswith("c") else 1 - loss / 10,
+                             "shapes_fd": 100 * loss})
+    rows.append({"run": "broken", "variant": "continuous-random", "status": "failed", "error": "out of memory"})
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    fits = analyze(tmp_path, "synthetic", "test")
+    for variant, b in exps.items():
+        assert fits["loss_vs_params"][variant]["exponent"] == pytest.approx(b, abs=1e-6)
+        assert fits["loss_vs_params"][variant]["r2"] == pytest.approx(1.0)
+        assert fits["metric_vs_loss"]["shapes_eval.overall"][variant]["pearson_r"] == pytest.approx(-1.0)
+        assert fits["metric_vs_loss"]["shapes_fd"][variant]["pearson_r"] == pytest.approx(1.0)
+    assert "continuous (pooled)" in fits["metric_vs_loss"]["shapes_fd"]
+    assert fits["best_at_largest"]["shapes_eval.overall"]["best"] == "continuous-random"
+    report = (tmp_path / "report.md").read_text()
+    assert "out of memory" in report and "agrees" in report
+    for name in fits["figures"].values():
+        assert (tmp_path / name).stat().st_size > 10_000
