@@ -216,6 +216,25 @@ def test_the_queue_is_bounded_and_drops_abandoned_jobs(models):
         loop.close()
 
 
+def test_clients_take_turns(models):
+    loop = asyncio.new_event_loop()
+    try:
+        scheduler = Scheduler(models, max_pending=10, max_per_client=3)
+        req = parse_request({"prompt": "a red square", "model": "tiny-dr"}, models.info)
+        a = [Job(req, loop) for _ in range(4)]
+        b = Job(req, loop)
+        assert [scheduler.submit(j, "tab-a") for j in a[:3]] == [1, 2, 3]
+        with pytest.raises(QueueFull, match="You have 3 requests waiting"):
+            scheduler.submit(a[3], "tab-a")
+        assert scheduler.submit(b, "tab-b") == 2  # overtakes tab-a's second and third
+        assert scheduler.order() == [a[0], b, a[1], a[2]]
+        assert scheduler._next() is a[0]
+        assert scheduler.order() == [b, a[1], a[2]]
+        assert ("queued", {"position": 1, "running": True}) in b.events
+    finally:
+        loop.close()
+
+
 def test_fifty_concurrent_requests_are_all_served(url, capsys):
     summary = load_test(url, requests=50, model="tiny-dr")
     with capsys.disabled():
@@ -224,8 +243,6 @@ def test_fifty_concurrent_requests_are_all_served(url, capsys):
               f"first frame median {summary['first_frame_s']['median']} s; {summary['wall_s']} s in all")
     bad = [o for o in summary["outcomes"] if not o["ok"]]
     assert summary["served"] == 50 and summary["failures"] == 0 and summary["lost"] == 0, bad[:3]
-    # First in, first out: nobody waits behind everybody.
-    assert summary["latency_s"]["max"] <= summary["wall_s"] + 1
 
 
 def test_serve_command_names_the_models(models):

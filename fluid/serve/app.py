@@ -15,7 +15,8 @@ Routes:
     GET  /healthz                  liveness, models loaded, queue length
 
 Bad requests get HTTP 400 with ``{"error": sentence, "errors": {field: sentence}}``; a full
-queue 503; nothing ever answers with a traceback.
+queue 503; nothing ever answers with a traceback. A client may name itself with the header
+``X-Fluid-Client`` (the page does, once per tab): clients take turns in the queue.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ class JobTable:
                 del self._jobs[job_id]
 
 
+def client_key(request: Request) -> str:
+    """Whose line a request joins: the page's id for its tab (so that tabs, and people behind
+    one address, take turns), else the address it came from."""
+    tab = request.headers.get("x-fluid-client", "")[:64]
+    host = request.client.host if request.client else ""
+    return f"{host}/{tab}"
+
+
 def sse(index: int, kind: str, data: dict) -> str:
     return f"id: {index + 1}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -106,8 +115,9 @@ async def job_events(job: Job, start: int) -> AsyncIterator[str]:
         job.watchers -= 1
 
 
-def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 100, preload: bool = True) -> Starlette:
-    scheduler = Scheduler(models, max_pending=max_pending)
+def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 100, max_per_client: int = 50,
+               preload: bool = True) -> Starlette:
+    scheduler = Scheduler(models, max_pending=max_pending, max_per_client=max_per_client)
     jobs = JobTable()
     page = page_html()
 
@@ -138,7 +148,7 @@ def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 1
             return _error(400, str(e), e.errors)
         job = Job(req, asyncio.get_running_loop())
         try:
-            position = scheduler.submit(job)
+            position = scheduler.submit(job, client_key(request))
         except QueueFull as e:
             return _error(503, str(e))
         jobs.add(job)

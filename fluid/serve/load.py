@@ -52,9 +52,9 @@ def read_events(response):
             data.append(line[5:].lstrip())
 
 
-def submit(base_url: str, fields: dict, timeout: float = 30) -> tuple[int, dict]:
+def submit(base_url: str, fields: dict, timeout: float = 30, client: str = "") -> tuple[int, dict]:
     req = urllib.request.Request(f"{base_url}/api/jobs", data=json.dumps(fields).encode(),
-                                 headers={"content-type": "application/json"}, method="POST")
+                                 headers={"content-type": "application/json", "x-fluid-client": client}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -68,7 +68,7 @@ def run_one(base_url: str, index: int, fields: dict, timeout: float = 300, start
         start.wait()
     t0 = time.perf_counter()
     try:
-        status, reply = submit(base_url, fields, timeout)
+        status, reply = submit(base_url, fields, timeout, client=f"load-{index}")  # one user each
         if status != 202:
             out.status, out.error = f"http-{status}", reply.get("error")
             return out

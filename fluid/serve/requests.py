@@ -85,7 +85,7 @@ def _number(name: str, value: Any, low: float, high: float, integer: bool, error
         errors[name] = f"{name} must be a whole number {span}, not {value!r}."
         return None
     if not low <= x <= high:
-        errors[name] = f"{name} must be {span}; {value!r} is out of range."
+        errors[name] = f"{name} must be {span}; {x:g} is out of range."
         return None
     return int(x) if integer else x
 

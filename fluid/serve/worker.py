@@ -1,12 +1,15 @@
 """The served models, the request queue and the one thread that runs the models.
 
-One worker thread takes requests first-in first-out and runs them one at a time: a model
-on a CPU or a single GPU is not faster for running two requests at once, and one thread
-makes the order fair (nobody is overtaken) and the memory bounded (one generation in
-flight). Each request's cost is bounded by ``Limits``, so waiting times are bounded too.
-The queue itself is bounded (``max_pending``): beyond it a request is refused with a
-message instead of piling up. A request whose page went away is dropped unstarted, or
-stopped at its next step, so that abandoned work does not delay the others.
+One worker thread runs the requests one at a time: a model on a CPU or a single GPU is
+not faster for running two at once, and one thread keeps the memory bounded (one
+generation in flight). The order is fair between clients: each client (a browser tab, or
+an address) has its own first-in first-out line and the worker takes from the lines in
+turn, so a client that sends many requests delays others by at most one request each
+round, never by all of its own. Each request's cost is bounded by ``Limits``, so waiting
+times are bounded too. The queue is bounded in all (``max_pending``) and per client
+(``max_per_client``): beyond that a request is refused with a message instead of piling
+up. A request whose page went away is dropped unstarted, or stopped at its next step, so
+that abandoned work does not delay the others.
 
 Progress reaches the page as events: ``queued`` (position), ``loading``, ``frame`` (a
 PNG of the image so far, grey where tokens are not generated yet), ``image``, ``warning``,
@@ -98,8 +101,8 @@ class ModelSet:
         self._given_text = text_encoder
 
     @classmethod
-    def shipped(cls, variants: list[str] | tuple[str, ...] = VARIANTS, device: str = "cpu") -> "ModelSet":
-        return cls({v: None for v in variants}, device)
+    def shipped(cls, variants: list[str] | tuple[str, ...] = VARIANTS, device: str = "cpu", text_encoder=None) -> "ModelSet":
+        return cls({v: None for v in variants}, device, text_encoder)
 
     def __iter__(self):
         return iter(self.info)
@@ -222,12 +225,13 @@ def _encoder_token_count(text_encoder, prompt: str) -> int | None:
 
 
 class Scheduler:
-    """The bounded first-in first-out queue and its single worker thread."""
+    """The bounded, per-client round-robin queue and its single worker thread."""
 
-    def __init__(self, models: ModelSet, max_pending: int = 100):
+    def __init__(self, models: ModelSet, max_pending: int = 100, max_per_client: int = 50):
         self.models = models
         self.max_pending = max_pending
-        self._pending: collections.deque[Job] = collections.deque()
+        self.max_per_client = max_per_client
+        self._lines: collections.OrderedDict[str, collections.deque[Job]] = collections.OrderedDict()
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -247,32 +251,45 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, job: Job) -> int:
-        """Queue ``job``; its 1-based position among the waiting jobs."""
+    def submit(self, job: Job, client: str = "") -> int:
+        """Queue ``job`` in ``client``'s line; its 1-based position in the order of service."""
         with self._cond:
-            if len(self._pending) >= self.max_pending:
-                raise QueueFull(f"The server is busy: {len(self._pending)} requests are waiting. Try again in a minute.")
-            self._pending.append(job)
-            position = len(self._pending)
-            job.emit("queued", position=position, running=self.running is not None)
+            waiting = self.pending
+            if waiting >= self.max_pending:
+                raise QueueFull(f"The server is busy: {waiting} requests are waiting. Try again in a minute.")
+            line = self._lines.setdefault(client, collections.deque())
+            if len(line) >= self.max_per_client:
+                raise QueueFull(f"You have {len(line)} requests waiting already; wait for them to finish.")
+            line.append(job)
+            order = self.order()
+            job.emit("queued", position=order.index(job) + 1, running=self.running is not None)
             self._cond.notify()
-        return position
+        return order.index(job) + 1
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return sum(len(line) for line in self._lines.values())
+
+    def order(self) -> list[Job]:
+        """The waiting jobs in the order they will run: one from each line in turn."""
+        lines = [list(line) for line in self._lines.values()]
+        return [line[i] for i in range(max(map(len, lines), default=0)) for line in lines if i < len(line)]
 
     # -- the worker's side ---------------------------------------------------------------
 
     def _next(self) -> Job | None:
         with self._cond:
-            while not self._pending and not self._stop:
+            while not self._lines and not self._stop:
                 self._cond.wait()
             if self._stop:
                 return None
-            job = self._pending.popleft()
+            client, line = next(iter(self._lines.items()))
+            job = line.popleft()
+            del self._lines[client]
+            if line:  # to the back: every other waiting client goes first
+                self._lines[client] = line
             self.running = job
-            for i, waiting in enumerate(self._pending):
+            for i, waiting in enumerate(self.order()):
                 waiting.emit("queued", position=i + 1, running=True)
             return job
 
