@@ -181,7 +181,6 @@ def cmd_serve(args) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per model load is noise in a server's log
-    t0 = time.perf_counter()
     models = ModelSet(_served_models(args), device=_device(args.device))
     app = create_app(models, max_pending=args.max_queue)
     if not is_loopback(args.host):
@@ -190,7 +189,7 @@ def cmd_serve(args) -> int:
               "--host 127.0.0.1 unless you mean that.", file=sys.stderr)
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"fluid serve: http://{shown}:{args.port}/  ({', '.join(models)}; models load in the background; "
-          f"Ctrl-C stops) [{time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
+          "Ctrl-C stops)", file=sys.stderr, flush=True)
     serve(app, host=args.host, port=args.port)
     return 0
 
