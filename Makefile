@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install test-fast clean
+.PHONY: demo serve test install browser test-fast clean
 
 # Create the virtual environment and install Fluid with its test tools (once).
 $(STAMP): pyproject.toml
@@ -18,6 +18,14 @@ install: $(STAMP)
 # Generate the demo page from the shipped models (offline, CPU, a few minutes at most).
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fluid demo --out demo
+
+# The interactive page on http://localhost:7860 (this machine only; Ctrl-C stops it).
+serve: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/fluid serve
+
+# Chromium for the browser tests (Debian's package; they skip, saying why, without it).
+browser:
+	bash scripts/install-chromium.sh
 
 # The whole test suite.
 test: $(STAMP)

@@ -146,6 +146,65 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _served_models(args) -> dict[str, str | None]:
+    """Name -> source for ``fluid serve``: the shipped variants, or the given folders (named
+    ``NAME=PATH``, or by their variant), or both when both are asked for."""
+    from fluid.train.checkpoint import read_config
+
+    sources: dict[str, str | None] = {}
+    if args.variants or not args.checkpoint:
+        sources.update({v: None for v in args.variants or VARIANTS})
+    for item in args.checkpoint or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            path = item
+            from fluid.sample.folder import resolve_source
+
+            name = read_config(resolve_source(path)).model.variant
+            if name in sources:
+                name = Path(path).name
+        if name in sources:
+            raise ValueError(f"two served models are named {name!r}: name them with --checkpoint NAME=PATH")
+        sources[name] = path
+    return sources
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from fluid.serve.app import create_app, is_loopback, serve
+    from fluid.serve.worker import ModelSet
+
+    _threads(args.threads)
+    logging.basicConfig(format="fluid serve: %(message)s")
+    logging.getLogger("fluid.serve").setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per model load is noise in a server's log
+    models = ModelSet(_served_models(args), device=_device(args.device))
+    app = create_app(models, max_pending=args.max_queue)
+    if not is_loopback(args.host):
+        print(f"fluid serve: warning: listening on {args.host}, not on this machine alone: anyone who can reach "
+              f"it on port {args.port} can use the page and its CPU/GPU (no login, no TLS). Use the default "
+              "--host 127.0.0.1 unless you mean that.", file=sys.stderr)
+    shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    print(f"fluid serve: http://{shown}:{args.port}/  ({', '.join(models)}; models load in the background; "
+          "Ctrl-C stops)", file=sys.stderr, flush=True)
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_save_pretrained(args) -> int:
+    from fluid.sample.pipeline import FluidPipeline
+
+    pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device="cpu")
+    out = pipe.save_pretrained(args.out, dtype=args.dtype, metrics=args.metrics)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB): model_index.json, generator/, tokenizer/, README.md"
+          + (", metrics.json" if (out / "metrics.json").exists() else ""))
+    return 0
+
+
 def cmd_train_tokenizer(args) -> int:
     from fluid.tokenizers.presets import get_tokenizer_preset
     from fluid.tokenizers.train import train_tokenizer
@@ -293,6 +352,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (0: PyTorch's default)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="the interactive web page: type a prompt, watch the image form")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS, help="shipped models to serve (default: all four)")
+    p.add_argument("--checkpoint", action="append", metavar="[NAME=]PATH",
+                   help="serve this pipeline, checkpoint or run folder (or hub id) instead (repeatable)")
+    p.add_argument("--max-queue", type=int, default=100, help="requests that may wait; more are refused with a message")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (0: PyTorch's default)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("save-pretrained", help="write a model folder: generator, tokenizer, text-encoder reference, model card")
+    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint, run or pipeline folder (default: a shipped model)")
+    p.add_argument("--variant", default="continuous-random", choices=VARIANTS, help="shipped model to use")
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", default=None, help="`fluid eval`'s metrics.json of these weights (default: one found beside them)")
+    p.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"], help="default: the checkpoint's")
+    p.set_defaults(func=cmd_save_pretrained)
 
     p = sub.add_parser("train", help="train a generator")
     _config_args(p)

@@ -16,6 +16,7 @@ from PIL import Image
 from fluid.assets import generator_path, tokenizer_path
 from fluid.config import FluidConfig, Precision, SampleConfig, resolve_precision
 from fluid.model import Generator
+from fluid.sample.folder import bundled_tokenizer, resolve_source
 from fluid.sample.generate import generate
 from fluid.text.encoders import build_text_encoder
 from fluid.tokenizers.base import load_tokenizer
@@ -33,6 +34,9 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 class FluidPipeline:
+    source: Path | None = None
+    """The checkpoint folder the weights came from (``from_pretrained``), for ``save_pretrained``."""
+
     def __init__(self, model: Generator, tokenizer, text_encoder, cfg: FluidConfig, device: str | torch.device = "cpu"):
         self.model, self.tokenizer, self.text_encoder = model.eval(), tokenizer.eval(), text_encoder
         self.cfg, self.device = cfg, torch.device(device)
@@ -40,16 +44,28 @@ class FluidPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, variant: str = "continuous-random",
                         device: str | None = None, use_ema: bool = True, tokenizer=None, text_encoder=None) -> "FluidPipeline":
-        """Load a checkpoint or run folder (default: the shipped model of ``variant``)."""
+        """Load a pipeline folder (``save_pretrained``), a checkpoint or run folder, or a hub id
+        ("owner/name", where the network allows); default: the shipped model of ``variant``."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        folder = ckpt.resolve(path if path is not None else generator_path(variant))
+        folder = ckpt.resolve(resolve_source(path) if path is not None else generator_path(variant))
         cfg = ckpt.read_config(folder)
         model = Generator(cfg.model, cfg.text)
         ckpt.load_weights(model, folder, ema=use_ema)
-        tokenizer = tokenizer or load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind,
-                                                patch_size=cfg.tokenizer.patch_size)
-        text_encoder = text_encoder or build_text_encoder(cfg.text, device=device)
-        return cls(model.to(device), tokenizer.to(device), text_encoder, cfg, device)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(bundled_tokenizer(folder) or resolve_tokenizer(cfg), kind=cfg.tokenizer.kind,
+                                       patch_size=cfg.tokenizer.patch_size)
+        if text_encoder is None:  # not `or`: an empty CachedTextEncoder is falsy (it has __len__)
+            text_encoder = build_text_encoder(cfg.text, device=device)
+        pipe = cls(model.to(device), tokenizer.to(device), text_encoder, cfg, device)
+        pipe.source = folder
+        return pipe
+
+    def save_pretrained(self, folder: str | Path, dtype: str | None = None, metrics: str | Path | dict | None = None) -> Path:
+        """Write a folder ``from_pretrained`` loads: generator, tokenizer, text-encoder reference,
+        evaluation record and model card (see ``fluid.sample.folder``)."""
+        from fluid.sample.folder import save_pipeline
+
+        return save_pipeline(self, folder, dtype=dtype, metrics=metrics)
 
     def sample_config(self, **overrides) -> SampleConfig:
         given = {k: v for k, v in overrides.items() if v is not None}

@@ -83,10 +83,13 @@ def update_latest(run_dir: Path, ckpt: Path, keep: int) -> None:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint folder or a run folder (its ``latest``)."""
+    """A checkpoint folder from a checkpoint folder, a run folder (its ``latest``) or a
+    pipeline folder (its ``generator``)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if (path / "model_index.json").is_file() and (path / "generator" / "config.json").is_file():
+        return path / "generator"  # a pipeline folder (FluidPipeline.save_pretrained)
     if (path / "config.json").exists() and not (path / "latest").exists():
         return path
     if (path / "latest").exists():
