@@ -470,12 +470,25 @@ def _shapes(width: int, depth: int, heads: int, *, steps: int, batch_size: int, 
     )
 
 
+def _quick() -> FluidConfig:
+    cfg = _shapes(128, 4, 4, steps=4000, batch_size=64, head_depth=3, aligner_depth=1, lr=1e-3)
+    cfg.model.head_width = 256
+    cfg.data.pool, cfg.data.pool_encoded = 16384, True
+    cfg.train.warmup_steps, cfg.train.ckpt_every, cfg.train.val_every, cfg.train.val_size = 200, 400, 1000, 256
+    cfg.sample.temperature, cfg.sample.cfg_schedule = 0.6, CFGSchedule.CONSTANT
+    return cfg
+
+
 PRESETS: dict[str, callable] = {
     # A few seconds on a laptop: tests and smoke runs.
     "debug": lambda: _shapes(64, 2, 2, steps=200, batch_size=16, head_depth=2, aligner_depth=2, lr=1e-3),
     # The shipped models for the built-in data: small enough to ship (a few MB in fp16) and
     # to sample on a laptop CPU; the aligner and head are shallower than the paper's.
     "shapes-small": lambda: _shapes(160, 6, 5, steps=20_000, batch_size=256, head_depth=4, aligner_depth=2),
+    # A laptop recipe: Fluid on the built-in data in about half an hour on 2 CPU cores. Smaller
+    # backbone and aligner, a head wider than the 64-channel tokens, the pool encoded once (the
+    # tokenizer's encoder would otherwise take most of each step), checkpoints every few minutes.
+    "shapes-quick": lambda: _quick(),
     # More capacity for users with a GPU.
     "shapes-base": lambda: _shapes(384, 8, 6, steps=100_000, batch_size=256),
     # The performance-pass reference (DESIGN section 6): 64 tokens of 16 channels.
