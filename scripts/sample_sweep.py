@@ -3,6 +3,7 @@ that the reported evaluation does not use (prompt draw 1, seeds 10 and 11), to c
 sampling defaults written into a shipped model's config.
 
     python scripts/sample_sweep.py --variant continuous-random --cfg 3 5 --temperature 0.6 0.8 1.0
+    python scripts/sample_sweep.py --variant continuous-random --cfg 2 3 --temperature 0.6 --cfg-schedule linear constant
 """
 
 from __future__ import annotations
@@ -23,20 +24,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="a checkpoint folder instead of a shipped model")
     p.add_argument("--cfg", type=float, nargs="+", default=[3.0, 5.0])
     p.add_argument("--temperature", type=float, nargs="+", default=[0.6, 0.8, 1.0])
+    p.add_argument("--cfg-schedule", nargs="+", default=[None], choices=["constant", "linear"],
+                   help="CFG schedules to try (default: the model's)")
     p.add_argument("--prompts-per-family", type=int, default=8)
     p.add_argument("--seeds", type=int, nargs="+", default=[10, 11])
     p.add_argument("--prompt-seed", type=int, default=1, help="the reported evaluation draws with 0")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="sampling precision (fp32: the same numbers on every CPU)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device="cpu")
+    pipe.cfg.train.precision = args.precision
     evaluation = ShapesEval(args.prompts_per_family, args.seeds, prompt_seed=args.prompt_seed)
-    for cfg in args.cfg:
-        for temperature in args.temperature:
-            result, _ = evaluation(pipeline_source(pipe, cfg=cfg, temperature=temperature), progress=False)
-            row = {"model": args.checkpoint or args.variant, "cfg": cfg, "temperature": temperature,
-                   "overall": round(result.overall, 4), **{k: round(v, 4) for k, v in result.per_family.items()}}
-            print(json.dumps(row), flush=True)
+    for schedule in args.cfg_schedule:
+        for cfg in args.cfg:
+            for temperature in args.temperature:
+                source = pipeline_source(pipe, cfg=cfg, temperature=temperature, cfg_schedule=schedule)
+                result, _ = evaluation(source, progress=False)
+                row = {"model": args.checkpoint or args.variant, "cfg": cfg, "temperature": temperature,
+                       "cfg_schedule": schedule or pipe.cfg.sample.cfg_schedule.value,
+                       "overall": round(result.overall, 4), **{k: round(v, 4) for k, v in result.per_family.items()}}
+                print(json.dumps(row), flush=True)
     return 0
 
 

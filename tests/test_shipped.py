@@ -75,3 +75,30 @@ def test_cli_sample_rejects_a_broken_checkpoint(tmp_path, capsys):
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     assert main(["sample", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "a circle", "--out", str(tmp_path / "o")]) == 2
     assert "missing ema.safetensors" in capsys.readouterr().err
+
+
+def test_shipped_fluid_follows_the_prompt_not_chance(minilm):
+    """The colour test above fails with the prompts ignored: the same images drawn for an
+    empty prompt (the learned null condition) score at most a quarter of the prompted ones."""
+    pipe = FluidPipeline.from_pretrained(variant="continuous-random", device="cpu", text_encoder=minilm)
+    reader = load_shape_classifier()
+    prompts = ["a red square", "a blue circle", "a yellow triangle", "a green cross"]
+    ignored = [score(p, detect(img, classifier=reader)) for seed in (0, 1)
+               for p, img in zip(prompts, pipe([""] * 4, seed=seed, output_type="tensor"))]
+    assert sum(ignored) <= 2, ignored
+
+
+def test_shipped_model_beats_noise_and_prompt_free_samplers_on_shapes_eval(minilm):
+    """ShapesEval with teeth: the shipped discrete-raster model against images of noise and
+    against its own samples for prompts it was not given, same prompts and seeds."""
+    from fluid.eval.shapes_eval import ShapesEval, pipeline_source
+
+    pipe = FluidPipeline.from_pretrained(variant="discrete-raster", device="cpu", text_encoder=minilm)
+    pipe.cfg.train.precision = "fp32"
+    evaluation = ShapesEval(4, [0, 1])
+    model, _ = evaluation(pipeline_source(pipe), progress=False)
+    noise, _ = evaluation(lambda prompts, seed: torch.rand(len(prompts), 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1,
+                          progress=False)
+    unprompted, _ = evaluation(lambda prompts, seed: pipeline_source(pipe)([""] * len(prompts), seed), progress=False)
+    assert noise.overall <= 0.05 and model.overall >= noise.overall + 0.5, (model.overall, noise.overall)
+    assert model.overall >= unprompted.overall + 0.3, (model.overall, unprompted.overall)

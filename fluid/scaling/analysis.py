@@ -108,6 +108,16 @@ def _style(ax, xlabel: str, ylabel: str, logx: bool = True, logy: bool = False):
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _save(fig, out: Path, name: str, title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
     import matplotlib
 
@@ -140,11 +150,7 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
         _style(ax, "parameters (trained generator)", "validation loss", logy=True)
         ax.set_title(f"{token_type} tokens")
         ax.legend(fontsize=7)
-    fig.suptitle("Validation loss vs model size (paper Fig. 5)")
-    fig.tight_layout()
-    files["loss_vs_params"] = "fig5-loss-vs-params.png"
-    fig.savefig(out / files["loss_vs_params"], dpi=110)
-    plt.close(fig)
+    files["loss_vs_params"] = _save(fig, out, "fig5-loss-vs-params.png", "Validation loss vs model size (paper Fig. 5)")
 
     # Fig. 6: metrics vs parameters.
     present = [m for m in METRICS if any(r.get(m) is not None for r in final)]
@@ -157,11 +163,8 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
                     ax.plot(x, y, "o-", color=colors[v], label=v)
             _style(ax, "parameters", METRICS[m])
             ax.legend(fontsize=7)
-        fig.suptitle("Evaluation metrics vs model size (paper Fig. 6)")
-        fig.tight_layout()
-        files["metrics_vs_params"] = "fig6-metrics-vs-params.png"
-        fig.savefig(out / files["metrics_vs_params"], dpi=110)
-        plt.close(fig)
+        files["metrics_vs_params"] = _save(fig, out, "fig6-metrics-vs-params.png",
+                                           "Evaluation metrics vs model size (paper Fig. 6)")
 
     # Fig. 7: loss and the first metric vs steps and vs compute, one line per run.
     ys = ["val_loss"] + present[:1]
@@ -177,11 +180,8 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
             _style(ax, "training steps" if x == "step" else "training compute (FLOPs)", y, logy=y == "val_loss")
     handles = [plt.Line2D([], [], color=c, marker="o", label=v) for v, c in colors.items()]
     axes[0][0].legend(handles=handles, fontsize=7)
-    fig.suptitle("Loss and metrics vs training steps and compute (paper Fig. 7)")
-    fig.tight_layout()
-    files["vs_steps_compute"] = "fig7-vs-steps-and-compute.png"
-    fig.savefig(out / files["vs_steps_compute"], dpi=110)
-    plt.close(fig)
+    files["vs_steps_compute"] = _save(fig, out, "fig7-vs-steps-and-compute.png",
+                                      "Loss and metrics vs training steps and compute (paper Fig. 7)")
 
     # Fig. 8: metrics vs validation loss (continuous variants: their loss is on one scale).
     if present:
@@ -204,11 +204,7 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
                             label=f"{v}: r = {fit['pearson_r']:.3f}")
                 _style(ax, f"validation loss ({token_type})", METRICS[m], logx=False)
                 ax.legend(fontsize=7)
-        fig.suptitle("Metrics vs validation loss (paper Fig. 8)")
-        fig.tight_layout()
-        files["metrics_vs_loss"] = "fig8-metrics-vs-loss.png"
-        fig.savefig(out / files["metrics_vs_loss"], dpi=110)
-        plt.close(fig)
+        files["metrics_vs_loss"] = _save(fig, out, "fig8-metrics-vs-loss.png", "Metrics vs validation loss (paper Fig. 8)")
     return files
 
 
