@@ -205,7 +205,6 @@ class HFEncoder(TextEncoder):
         self.model = model.to(self.device).eval().requires_grad_(False)
         config = self.model.config
         self.dim = int(getattr(config, "d_model", None) or config.hidden_size)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # Tokens an empty prompt still gets ([CLS] [SEP] / </s>): a prompt with no more is empty.
         self.n_special = len(self.tokenizer("")["input_ids"])
         limit = getattr(config, "max_position_embeddings", None)  # None for T5 (relative positions)
@@ -266,19 +265,22 @@ class HFEncoder(TextEncoder):
         L = max(1, int(lengths.max()) if ids else 0)
         emb = torch.zeros(len(ids), L, self.dim, device=self.device)  # (B, L, D)
         mask = (torch.arange(L)[None, :] < lengths[:, None]).to(self.device)  # (B, L)
-        rows = [i for i, x in enumerate(ids) if x]  # empty prompts never reach the model
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
-            Lc = max(len(ids[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), Lc), self.pad_id, dtype=torch.long)  # (b, Lc)
-            for j, i in enumerate(chunk):
-                input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
-            input_ids = input_ids.to(self.device)
-            attention = mask[chunk, :Lc]  # (b, Lc)
-            amp = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None)
-            with amp:
-                hidden = self.model(input_ids=input_ids, attention_mask=attention.long()).last_hidden_state
-            emb[chunk, :Lc] = hidden.float() * attention[..., None]  # zero the padding, (b, Lc, D)
+        # Prompts of one token length go through the model together, unpadded: padding to the
+        # batch's longest prompt would change a prompt's numbers in the last bits with the
+        # company it keeps. On one CPU thread a prompt's embedding is then exactly the same in
+        # any batch (with more threads, matmuls split their work by the batch size).
+        by_length: dict[int, list[int]] = {}
+        for i, x in enumerate(ids):
+            if x:  # empty prompts never reach the model
+                by_length.setdefault(len(x), []).append(i)
+        amp = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None)
+        for n, rows in sorted(by_length.items()):
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                input_ids = torch.tensor([ids[i] for i in chunk], dtype=torch.long, device=self.device)  # (b, n)
+                with amp:
+                    hidden = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+                emb[chunk, :n] = hidden.float()  # (b, n, D)
         return emb, mask
 
 
@@ -322,6 +324,7 @@ class T5Encoder(HFEncoder):
 
 class CachedTextEncoder(TextEncoder):
     """Memoises each caption's (len, dim) embedding, least recently used evicted first.
+    A caption's embedding is that of the caption encoded alone, whatever batch asked for it.
 
     The built-in data has a few hundred distinct captions, so after the first epoch the
     encoder never runs. ``dtype`` is the storage dtype (float32 keeps results identical to
@@ -347,7 +350,11 @@ class CachedTextEncoder(TextEncoder):
         missing = [p for p in dict.fromkeys(prompts) if p not in self._rows]
         self.misses += len(missing)
         self.hits += len(prompts) - len(missing)
-        fresh = dict(zip(missing, self.encoder.rows(missing))) if missing else {}
+        # Each new caption is encoded alone. In a batch its numbers can change in the last
+        # bits with the batch (a multi-threaded matmul splits its work by the batch's size),
+        # and a cache would keep whichever batch came first: a resumed run, whose cache
+        # starts empty, would then train on other embeddings than the uninterrupted run.
+        fresh = {p: self.encoder.rows([p])[0] for p in missing}
         rows = []
         for p in prompts:
             if p in fresh:
