@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ if os.environ.get("FLUID_ONLINE") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, apply_overrides, get_preset  # noqa: E402
+from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, LRSchedule, apply_overrides, get_preset  # noqa: E402
 from fluid.train.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -75,6 +76,10 @@ def cmd_train(args) -> int:
     if args.resume:
         cfg = ckpt.read_config(out)
         cfg = apply_overrides(cfg, args.set)
+        if args.steps is not None and args.steps != cfg.train.steps and cfg.lr_schedule != LRSchedule.CONSTANT:
+            print(f"note: --steps {args.steps} changes the {cfg.lr_schedule.value} learning-rate schedule, which the "
+                  f"run so far followed for {cfg.train.steps} steps: the result will differ from an uninterrupted "
+                  f"{args.steps}-step run", file=sys.stderr)
     else:
         cfg = build_config(args)
     if args.steps is not None:
@@ -96,9 +101,17 @@ def cmd_train(args) -> int:
     if dist.is_main:
         summary = {"run": str(out), "variant": cfg.model.variant, "steps": trainer.step,
                    "seconds": round(time.perf_counter() - t0, 1), **last}
+        if trainer.stopped_by:
+            summary["stopped_by"] = trainer.stopped_by
+            print(f"stopped by {trainer.stopped_by} at step {trainer.step} of {cfg.train.steps}, checkpoint saved; "
+                  f"continue with: fluid train --out {out} --resume", file=sys.stderr)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
     teardown()
+    if trainer.stopped_by:
+        # The shell's convention (128 + signal number) tells a job script that the run did
+        # not finish, though it stopped cleanly.
+        return 128 + getattr(signal, trainer.stopped_by, signal.SIGTERM)
     return 0
 
 
@@ -357,9 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fluid {args.command}: configuration error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (CheckpointError, OSError, ValueError) as e:
         print(f"fluid {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from fluid.train.trainer import NonFiniteError
+
+        if not isinstance(e, NonFiniteError):
+            raise
+        print(f"fluid {args.command}: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

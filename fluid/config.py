@@ -244,12 +244,22 @@ class TrainConfig:
     """How many ``step-*`` folders to keep besides ``latest``."""
     compile: bool = False
     """``torch.compile`` the model (worth it on GPU)."""
+    max_nonfinite: int = 10
+    """A step whose loss or gradients are not finite is skipped (and logged); this many in a
+    row stop the run, after a checkpoint of the last good weights."""
 
     def __post_init__(self):
         if self.lr_schedule is not None:
             self.lr_schedule = LRSchedule(self.lr_schedule)
         self.precision = Precision(self.precision)
         self.betas = tuple(self.betas)
+        if self.max_nonfinite < 1:
+            raise ConfigError(f"train.max_nonfinite must be >= 1, not {self.max_nonfinite}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed must be an integer in [0, 2**32), not {self.seed}")
+        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, not {getattr(self, name)}")
 
 
 @dataclass

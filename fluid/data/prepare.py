@@ -38,6 +38,7 @@ from fluid.data.images import ImagePolicy, to_tensor
 from fluid.data.pool import decoded
 from fluid.data.records import Decoded, Fix, flippable, stable_fraction
 from fluid.data.sources import Source
+from fluid.files import save_safetensors
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -185,10 +186,8 @@ class _UnitWriter:
             store["flippable"] = torch.tensor([flippable(c) for c in self.captions], dtype=torch.uint8)
             store["split"] = torch.tensor(split, dtype=torch.uint8)
             meta = {"fluid": json.dumps({"unit": self.name, "keys": self.keys, "captions": self.captions})}
-            from safetensors.torch import save_file
-
             file = shard_file(self.unit)
-            _atomic_write(out / file, lambda p: save_file(store, str(p), metadata=meta))
+            _atomic_write(out / file, lambda p: save_safetensors(store, p, metadata=meta))
         else:
             (out / shard_file(self.unit)).unlink(missing_ok=True)  # a stale shard of an interrupted run
         stats = {"unit": self.name, "index": self.unit, "file": file, "seen": self.seen, "count": n,

@@ -34,10 +34,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fluid.data.shapes import KINDS
 from fluid.eval.detector import UNKNOWN, Piece
+from fluid.files import save_safetensors
 
 PATCH = 32  # side of the patch the classifier reads
 WINDOW = 1.25  # the window is this many times the mask's longer side, plus WINDOW_PAD px
@@ -105,7 +106,7 @@ class ShapeClassifier(nn.Module):
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()}
         meta = {"width": str(self.features[0].out_channels), "threshold": str(self.threshold),
                 "classes": ",".join(CLASSES), "info": json.dumps(info or {})}
-        save_file(state, str(path), metadata=meta)
+        save_safetensors(state, path, metadata=meta)
         return path
 
 

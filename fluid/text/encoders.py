@@ -379,7 +379,7 @@ def save_embeddings(encoder: TextEncoder, captions: Iterable[str], path: str | P
     Meant for caption sets up to ~10^5 (the header holds them all); large datasets store
     embeddings in their prepared shards instead.
     """
-    from safetensors.torch import save_file
+    from fluid.files import save_safetensors
 
     captions = list(dict.fromkeys(check_prompts(captions)))
     rows = []
@@ -402,7 +402,7 @@ def save_embeddings(encoder: TextEncoder, captions: Iterable[str], path: str | P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"embeddings": stored.contiguous(), "offsets": offsets}, str(tmp), metadata={"fluid": json.dumps(meta)})
+    save_safetensors({"embeddings": stored.contiguous(), "offsets": offsets}, tmp, metadata={"fluid": json.dumps(meta)})
     os.replace(tmp, path)  # never leave a half-written file under the final name
     return path
 
