@@ -122,13 +122,14 @@ def cmd_sample(args) -> int:
     _threads(args.threads)
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        prompts += [line.rstrip("\n") for line in open(args.prompts_file, encoding="utf-8") if line.strip()]
+        prompts += read_lines(args.prompts_file, "prompts file")
     if not prompts:
         raise SystemExit("fluid sample: give at least one --prompt (an empty string '' samples unconditionally)")
     pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device=_device(args.device),
                                          use_ema=not args.raw_weights)
     overrides = dict(cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature, steps=args.steps,
-                     confidence=args.confidence or None, head_steps=args.head_steps)
+                     confidence=args.confidence or None, head_steps=args.head_steps, batch_size=args.batch_size)
+    used = pipe.settings(**overrides)  # checks every value before any sampling
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images, files = [None] * (len(prompts) * len(args.seeds)), []
@@ -137,14 +138,30 @@ def cmd_sample(args) -> int:
             images[i * len(args.seeds) + j] = img
             name = f"{i:03d}-seed{seed}.png"
             img.save(out / name)
-            files.append({"prompt": prompts[i], "seed": seed, "file": name})
+            files.append({"prompt": prompts[i], "seed": seed, "index": i, "file": name})
     image_grid(images, len(prompts), len(args.seeds), prompts, [f"seed {s}" for s in args.seeds]).save(out / "grid.png")
-    sample_cfg = {k: getattr(v, "value", v) for k, v in vars(pipe.sample_config(**{k: v for k, v in overrides.items() if k != "head_steps"})).items()}
     record = {"checkpoint": str(args.checkpoint or f"shipped:{args.variant}"), "variant": pipe.cfg.model.variant,
-              "sample": sample_cfg, "head_steps": args.head_steps or pipe.cfg.model.head_sample_steps, "images": files}
+              "sample": used, "threads": torch_threads(), "images": files}
     (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {len(files)} images and grid.png to {out}")
     return 0
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, or an error that names the file and the place."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path} is not UTF-8 text (line {line}, byte {e.start}): is it the right file?") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def cmd_demo(args) -> int:
@@ -192,7 +209,7 @@ def cmd_embed_captions(args) -> int:
     if args.captions == "shapes":
         captions = all_captions()
     else:
-        captions = [line.rstrip("\n") for line in open(args.captions, encoding="utf-8") if line.strip()]
+        captions = read_lines(args.captions, "captions file")
     encoder = build_text_encoder(TextConfig(encoder=args.encoder, max_length=args.max_length, dim=args.dim),
                                  device=_device(args.device))
     path = save_embeddings(encoder, captions, args.out)
@@ -294,6 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="random-order generation steps")
     p.add_argument("--head-steps", type=int, default=None, help="diffusion head sampling steps")
     p.add_argument("--confidence", action="store_true", help="discrete random order: MaskGIT confidence selection")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (does not change the images)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default=None)

@@ -267,9 +267,11 @@ class SampleConfig:
     steps: int = 64
     """Random order: generation steps (capped at the token count). Raster: ignored."""
     cfg: float = 3.0
+    """Guidance scale: 1 is none, 0 the unconditional model, above 1 follows the prompt harder."""
     cfg_schedule: CFGSchedule = CFGSchedule.LINEAR
     temperature: float = 1.0
-    """Diffusion head: scales the sampling noise. Discrete: softmax temperature."""
+    """Diffusion head: scales the sampling noise. Discrete: softmax temperature. 0: no
+    sampling noise (the head's mean path; the most likely code)."""
     x0_clip: float = 5.0
     """Diffusion head: clip its x0 estimate to +-x0_clip while sampling (0: off). Tokens are
     normalised to unit variance, so this never touches a real token, but it stops the first
@@ -280,6 +282,21 @@ class SampleConfig:
 
     def __post_init__(self):
         self.cfg_schedule = CFGSchedule(self.cfg_schedule)
+        for name in ("cfg", "temperature", "x0_clip"):
+            _check_number(f"sample.{name}", getattr(self, name), minimum=0.0)
+        for name in ("steps", "batch_size"):
+            _check_number(f"sample.{name}", getattr(self, name), minimum=1, integer=True)
+
+
+def _check_number(key: str, value, minimum: float, integer: bool = False) -> None:
+    """``value`` is a finite number (an integer if asked) >= ``minimum``, or ConfigError names it."""
+    kind = "an integer" if integer else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        ok = False
+    else:
+        ok = (isinstance(value, int) or math.isfinite(value)) and value >= minimum
+    if not ok:
+        raise ConfigError(f"{key} must be {kind} >= {minimum}, not {value!r}")
 
 
 @dataclass

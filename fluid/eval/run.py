@@ -78,10 +78,6 @@ class EvalOptions:
         return {k: v for k, v in given.items() if v is not None}
 
 
-def _plain(x):
-    return x.value if isinstance(x, enum.Enum) else x
-
-
 def _resolve(checkpoint_or_variant: str | Path | None) -> tuple[Path | None, str | None]:
     """(checkpoint path, shipped variant): a variant name picks the shipped model."""
     s = str(checkpoint_or_variant) if checkpoint_or_variant is not None else "continuous-random"
@@ -133,12 +129,12 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
     path, variant = _resolve(checkpoint_or_variant)
     pipe = _load_pipe(path, variant, device)
     cfg = pipe.cfg
+    used = pipe.settings(**opts.sample_overrides())  # checked before any sampling; the values used
     source = pipeline_source(pipe, **opts.sample_overrides())
-    sample = pipe.sample_config(**{k: v for k, v in opts.sample_overrides().items() if k != "head_steps"})
-    record = {"format": FORMAT, "checkpoint": checkpoint_identity(pipe, path, variant), "config": cfg.to_dict(),
+    identity = checkpoint_identity(pipe, path, variant)
+    record = {"format": FORMAT, "checkpoint": identity, "config": cfg.to_dict(),
               "eval": {"metrics": [m.value for m in wanted], **dataclasses.asdict(opts), "device": device,
-                       "sample": {k: _plain(v) for k, v in vars(sample).items()},
-                       "head_steps": opts.head_steps or cfg.model.head_sample_steps},
+                       "sample": used},
               "metrics": {}, "seconds_per_metric": {}}
     m, timing = record["metrics"], record["seconds_per_metric"]
     shapes, images = None, None
