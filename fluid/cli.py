@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # Nothing we run may reach a model hub unless the user opts in (FLUID_ONLINE=1).
@@ -245,7 +246,7 @@ def cmd_prepare(args) -> int:
     device = _device(args.device)
     source = open_source(kind, args.path or cfg.data.path, images=args.images or cfg.data.images,
                          shard_size=args.shard_size, count=args.count, resolution=cfg.data.resolution,
-                         holdout=cfg.data.holdout)
+                         holdout=cfg.data.holdout, outside_root=args.images_outside_root or cfg.data.images_outside_root)
     policy = ImagePolicy.from_data_config(cfg.data, small=args.small_images, max_aspect=args.max_aspect,
                                           max_pixels=args.max_pixels, background=args.background)
     tokenizer = load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size)
@@ -356,6 +357,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=["folder", "coco", "wds", "shapes"], default=None, help="default: data.source")
     p.add_argument("--path", default=None, help="JSONL file or folder, COCO captions JSON, or tar shards (brace patterns, globs)")
     p.add_argument("--images", default=None, help="folder/coco: where the images are (default: next to the index)")
+    p.add_argument("--images-outside-root", action="store_true",
+                   help="folder/coco: follow image paths that lead outside the images folder (absolute, ..)")
     p.add_argument("--out", required=True, help="cache folder (rerun the same command to resume)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shipped one for the variant)")
     p.add_argument("--resolution", type=int, default=None, help="default: data.resolution")
@@ -368,7 +371,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction for validation")
     p.add_argument("--small-images", choices=["upsample", "skip"], default=None, help="default: data.small_images")
     p.add_argument("--max-aspect", type=float, default=None, help="default: data.max_aspect (0: no limit)")
-    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (default: Pillow's)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="skip images with more pixels (decompression bombs; default 89478485, Pillow's)")
     p.add_argument("--background", type=int, nargs=3, default=None, metavar=("R", "G", "B"), help="colour under transparency")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="encoding precision")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
@@ -381,8 +385,22 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warnings() -> None:
+    """Our warnings as one line for the person at the terminal; Python's default format adds the
+    source line that issued the warning, which means nothing to them."""
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("fluid."):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    _plain_warnings()
     try:
         return args.func(args)
     except ConfigError as e:

@@ -109,6 +109,10 @@ class DataConfig:
     images: str | None = None
     """``folder`` / ``coco``: the folder the index names images relative to (default: the
     JSONL file's folder; for COCO, ``train2014``-style folders found next to the annotations)."""
+    images_outside_root: bool = False
+    """``folder`` / ``coco``: follow image paths of the index that lead outside ``images``
+    (absolute paths, ``..``). Off, such records are skipped: a downloaded index must not make
+    the loader open arbitrary files."""
     val_path: str | None = None
     """Validation pairs: a prepared cache, or a source of the same kind as ``source``. ``None``:
     the held-out split of a cache (``fluid prepare --val-fraction``)."""

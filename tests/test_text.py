@@ -142,6 +142,19 @@ def test_long_prompt_truncated_with_one_warning(minilm):
     assert not [w for w in again if issubclass(w.category, PromptTruncatedWarning)]
 
 
+def test_truncation_warning_points_at_the_callers_line_and_reads_plainly(minilm):
+    from fluid.cli import _plain_warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        CachedTextEncoder(minilm)([LONG + " another tail"])
+    (w,) = [w for w in record if issubclass(w.category, PromptTruncatedWarning)]
+    assert w.filename == __file__  # this line, not a line inside fluid or transformers
+    _plain_warnings()
+    text = warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+    assert text.startswith("warning: prompt ") and text.count("\n") == 1
+
+
 def test_bad_input_is_a_type_error(minilm):
     with pytest.raises(TypeError, match="single string"):
         minilm("a red circle")

@@ -108,6 +108,8 @@ def make_plan(source: Source, tokenizer, text_encoder, policy: ImagePolicy, opt:
         "text_encoder": {"identity": text_id, "hash": text_id.rpartition("-")[2],
                          "dim": int(text_encoder.dim), "max_length": int(text_encoder.max_length)},
         "dtype": opt.dtype,
+        # fp32 and bf16 encodings differ: shards of both must not end up in one cache.
+        "precision": resolve_precision(opt.precision, tokenizer.device).value,
         "views": list(VIEWS[: 2 if opt.flip else 1]),
         "val_fraction": opt.val_fraction,
     }

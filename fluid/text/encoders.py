@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -63,6 +64,16 @@ def check_prompts(prompts) -> list[str]:
         if not isinstance(p, str):
             raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str: {_shorten(repr(p))}")
     return prompts
+
+
+def _outside_fluid() -> int:
+    """The ``stacklevel`` of the first caller outside this package, for a warning raised by the
+    function that calls this: the pipeline, a cache or the CLI may sit between it and the user."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1  # level 1: the function that warns
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _shorten(text: str, n: int = 60) -> str:
@@ -256,7 +267,7 @@ class HFEncoder(TextEncoder):
             f"prompt {_shorten(prompt)!r} has {n_tokens} encoder tokens, more than text.max_length="
             f"{self.max_length}; it was truncated to {self.max_length} tokens",
             PromptTruncatedWarning,
-            stacklevel=5,  # the caller of encoder(prompts)
+            stacklevel=_outside_fluid(),  # the user's line that asked for it, however deep the call
         )
 
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
