@@ -117,6 +117,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import torch
+
+    from fluid.files import read_lines
     from fluid.sample.grid import image_grid
     from fluid.sample.pipeline import FluidPipeline
 
@@ -142,27 +145,10 @@ def cmd_sample(args) -> int:
             files.append({"prompt": prompts[i], "seed": seed, "index": i, "file": name})
     image_grid(images, len(prompts), len(args.seeds), prompts, [f"seed {s}" for s in args.seeds]).save(out / "grid.png")
     record = {"checkpoint": str(args.checkpoint or f"shipped:{args.variant}"), "variant": pipe.cfg.model.variant,
-              "sample": used, "threads": torch_threads(), "images": files}
+              "sample": used, "threads": torch.get_num_threads(), "images": files}
     (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {len(files)} images and grid.png to {out}")
     return 0
-
-
-def read_lines(path: str, what: str) -> list[str]:
-    """The non-blank lines of a UTF-8 text file, or an error that names the file and the place."""
-    data = Path(path).read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ValueError(f"{what} {path} is not UTF-8 text (line {line}, byte {e.start}): is it the right file?") from None
-    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def cmd_demo(args) -> int:
@@ -205,6 +191,7 @@ def cmd_export(args) -> int:
 def cmd_embed_captions(args) -> int:
     from fluid.config import TextConfig
     from fluid.data.shapes import all_captions
+    from fluid.files import read_lines
     from fluid.text.encoders import build_text_encoder, save_embeddings
 
     if args.captions == "shapes":

@@ -1,4 +1,4 @@
-"""Writing files the way the rest of the system expects to find them."""
+"""Reading and writing files the way a user and the rest of the system expect."""
 
 from __future__ import annotations
 
@@ -28,3 +28,15 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     save_file(tensors, str(path), metadata=metadata)
     os.chmod(path, 0o666 & ~_umask())
     return path
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file (a prompts file, say), or an error that names
+    the file and where it stops being text, rather than the codec's bare complaint."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path} is not UTF-8 text (line {line}, byte {e.start}): is it the right file?") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]

@@ -127,8 +127,9 @@ class FluidPipeline:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, not {num_images_per_prompt!r}")
+        n = num_images_per_prompt
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, not {n!r}")
         if output_type not in ("pil", "tensor"):
             raise ValueError(f"output_type must be 'pil' or 'tensor', not {output_type!r}")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]

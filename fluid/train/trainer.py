@@ -237,7 +237,8 @@ class Trainer:
                     elapsed = time.perf_counter() - t0
                     mean = all_reduce_mean(self.loss_sum / max(1, self.loss_count), self.dist)
                     last = {"step": self.step, "loss": mean if self.loss_count else None,  # None: all skipped
-                            "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+                            "lr": self.sched.get_last_lr()[0],
+                            "grad_norm": float(grad_norm) if not bad else None,  # JSON has no NaN
                             "images_per_s": images / elapsed, "ema_decay": self.ema.decay_at(self.step),
                             "skipped_nonfinite": self.nonfinite_total}
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{last['images_per_s']:.0f}")
@@ -275,8 +276,8 @@ class Trainer:
         loss = loss.detach()
         value, what = (float(loss), "loss") if not torch.isfinite(loss) else (float(grad_norm), "gradient norm")
         # JSON has no NaN or infinity: the value goes into the text.
-        self._log(log_path, {"step": self.step + 1, "skipped": f"{what} {value}", "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                             "skipped_nonfinite": self.nonfinite_total})
+        self._log(log_path, {"step": self.step + 1, "skipped": f"{what} {value}",
+                             "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_nonfinite": self.nonfinite_total})
 
     def _step_scheduler(self, after_update: bool) -> None:
         # The learning rate follows the step count, skipped steps included; PyTorch warns when
