@@ -192,5 +192,5 @@ def test_the_classifier_patches_file_is_reused_only_for_the_same_scenes(tmp_path
     monkeypatch.setattr(shape_data, "training_patches", patches)
     file = tmp_path / "patches.safetensors"
     for images, seed in [({"render": 2}, 0), ({"render": 2}, 0), ({"render": 2}, 1), ({"render": 3}, 1)]:
-        train(tmp_path / "clf", epochs=1, batch_size=16, seed=seed, images=images, patches=file, progress=False)
+        train(tmp_path / "clf", epochs=1, batch_size=64, seed=seed, width=4, images=images, patches=file, progress=False)
     assert calls == [({"render": 2}, 0), ({"render": 2}, 1), ({"render": 3}, 1)]  # the second run reused the file
