@@ -24,6 +24,7 @@ import torch
 from fluid.config import VARIANTS, SampleConfig, get_preset
 from fluid.model import Generator
 from fluid.sample.generate import generate
+from fluid.sample.rng import ImageRNG
 
 from common import emit  # benchmarks/common.py
 
@@ -44,7 +45,7 @@ def bench(variant: str, preset: str, num_tokens: int, batch: int, repeats: int, 
     model = Generator(cfg.model, cfg.text).eval()
     emb, mask = torch.randn(batch, 12, cfg.text.dim), torch.ones(batch, 12, dtype=torch.bool)
     scfg = SampleConfig(cfg=3.0, batch_size=batch)
-    seconds = timed(lambda: generate(model, emb, mask, scfg, torch.Generator().manual_seed(0),
+    seconds = timed(lambda: generate(model, emb, mask, scfg, ImageRNG.for_images(0, range(len(emb))),
                                      head_steps=head_steps, use_cache=use_cache), repeats)
     return {"variant": variant, "tokens": num_tokens, "kv_cache": use_cache if cfg.model.order.value == "raster" else None,
             "batch": batch, "seconds_per_batch": round(seconds, 4), "images_per_s": round(batch / seconds, 3),

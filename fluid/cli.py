@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # Nothing we run may reach a model hub unless the user opts in (FLUID_ONLINE=1).
@@ -14,7 +16,7 @@ if os.environ.get("FLUID_ONLINE") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, apply_overrides, get_preset  # noqa: E402
+from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, LRSchedule, apply_overrides, get_preset  # noqa: E402
 from fluid.train.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -75,6 +77,10 @@ def cmd_train(args) -> int:
     if args.resume:
         cfg = ckpt.read_config(out)
         cfg = apply_overrides(cfg, args.set)
+        if args.steps is not None and args.steps != cfg.train.steps and cfg.lr_schedule != LRSchedule.CONSTANT:
+            print(f"note: --steps {args.steps} changes the {cfg.lr_schedule.value} learning-rate schedule, which the "
+                  f"run so far followed for {cfg.train.steps} steps: the result will differ from an uninterrupted "
+                  f"{args.steps}-step run", file=sys.stderr)
     else:
         cfg = build_config(args)
     if args.steps is not None:
@@ -96,26 +102,38 @@ def cmd_train(args) -> int:
     if dist.is_main:
         summary = {"run": str(out), "variant": cfg.model.variant, "steps": trainer.step,
                    "seconds": round(time.perf_counter() - t0, 1), **last}
+        if trainer.stopped_by:
+            summary["stopped_by"] = trainer.stopped_by
+            print(f"stopped by {trainer.stopped_by} at step {trainer.step} of {cfg.train.steps}, checkpoint saved; "
+                  f"continue with: fluid train --out {out} --resume", file=sys.stderr)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
     teardown()
+    if trainer.stopped_by:
+        # The shell's convention (128 + signal number) tells a job script that the run did
+        # not finish, though it stopped cleanly.
+        return 128 + getattr(signal, trainer.stopped_by, signal.SIGTERM)
     return 0
 
 
 def cmd_sample(args) -> int:
+    import torch
+
+    from fluid.files import read_lines
     from fluid.sample.grid import image_grid
     from fluid.sample.pipeline import FluidPipeline
 
     _threads(args.threads)
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        prompts += [line.rstrip("\n") for line in open(args.prompts_file, encoding="utf-8") if line.strip()]
+        prompts += read_lines(args.prompts_file, "prompts file")
     if not prompts:
         raise SystemExit("fluid sample: give at least one --prompt (an empty string '' samples unconditionally)")
     pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device=_device(args.device),
                                          use_ema=not args.raw_weights)
     overrides = dict(cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature, steps=args.steps,
-                     confidence=args.confidence or None, head_steps=args.head_steps)
+                     confidence=args.confidence or None, head_steps=args.head_steps, batch_size=args.batch_size)
+    used = pipe.settings(**overrides)  # checks every value before any sampling
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images, files = [None] * (len(prompts) * len(args.seeds)), []
@@ -124,11 +142,10 @@ def cmd_sample(args) -> int:
             images[i * len(args.seeds) + j] = img
             name = f"{i:03d}-seed{seed}.png"
             img.save(out / name)
-            files.append({"prompt": prompts[i], "seed": seed, "file": name})
+            files.append({"prompt": prompts[i], "seed": seed, "index": i, "file": name})
     image_grid(images, len(prompts), len(args.seeds), prompts, [f"seed {s}" for s in args.seeds]).save(out / "grid.png")
-    sample_cfg = {k: getattr(v, "value", v) for k, v in vars(pipe.sample_config(**{k: v for k, v in overrides.items() if k != "head_steps"})).items()}
     record = {"checkpoint": str(args.checkpoint or f"shipped:{args.variant}"), "variant": pipe.cfg.model.variant,
-              "sample": sample_cfg, "head_steps": args.head_steps or pipe.cfg.model.head_sample_steps, "images": files}
+              "sample": used, "threads": torch.get_num_threads(), "images": files}
     (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {len(files)} images and grid.png to {out}")
     return 0
@@ -233,12 +250,13 @@ def cmd_export(args) -> int:
 def cmd_embed_captions(args) -> int:
     from fluid.config import TextConfig
     from fluid.data.shapes import all_captions
+    from fluid.files import read_lines
     from fluid.text.encoders import build_text_encoder, save_embeddings
 
     if args.captions == "shapes":
         captions = all_captions()
     else:
-        captions = [line.rstrip("\n") for line in open(args.captions, encoding="utf-8") if line.strip()]
+        captions = read_lines(args.captions, "captions file")
     encoder = build_text_encoder(TextConfig(encoder=args.encoder, max_length=args.max_length, dim=args.dim),
                                  device=_device(args.device))
     path = save_embeddings(encoder, captions, args.out)
@@ -274,7 +292,7 @@ def cmd_prepare(args) -> int:
     device = _device(args.device)
     source = open_source(kind, args.path or cfg.data.path, images=args.images or cfg.data.images,
                          shard_size=args.shard_size, count=args.count, resolution=cfg.data.resolution,
-                         holdout=cfg.data.holdout)
+                         holdout=cfg.data.holdout, outside_root=args.images_outside_root or cfg.data.images_outside_root)
     policy = ImagePolicy.from_data_config(cfg.data, small=args.small_images, max_aspect=args.max_aspect,
                                           max_pixels=args.max_pixels, background=args.background)
     tokenizer = load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size)
@@ -395,6 +413,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="random-order generation steps")
     p.add_argument("--head-steps", type=int, default=None, help="diffusion head sampling steps")
     p.add_argument("--confidence", action="store_true", help="discrete random order: MaskGIT confidence selection")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (does not change the images)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default=None)
@@ -439,6 +458,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=["folder", "coco", "wds", "shapes"], default=None, help="default: data.source")
     p.add_argument("--path", default=None, help="JSONL file or folder, COCO captions JSON, or tar shards (brace patterns, globs)")
     p.add_argument("--images", default=None, help="folder/coco: where the images are (default: next to the index)")
+    p.add_argument("--images-outside-root", action="store_true",
+                   help="folder/coco: follow image paths that lead outside the images folder (absolute, ..)")
     p.add_argument("--out", required=True, help="cache folder (rerun the same command to resume)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shipped one for the variant)")
     p.add_argument("--resolution", type=int, default=None, help="default: data.resolution")
@@ -451,7 +472,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction for validation")
     p.add_argument("--small-images", choices=["upsample", "skip"], default=None, help="default: data.small_images")
     p.add_argument("--max-aspect", type=float, default=None, help="default: data.max_aspect (0: no limit)")
-    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (default: Pillow's)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="skip images with more pixels (decompression bombs; default 89478485, Pillow's)")
     p.add_argument("--background", type=int, nargs=3, default=None, metavar=("R", "G", "B"), help="colour under transparency")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="encoding precision")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
@@ -479,19 +501,40 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warnings() -> None:
+    """Our warnings as one line for the person at the terminal; Python's default format adds the
+    source line that issued the warning, which means nothing to them."""
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("fluid."):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "scale" and not args.list and not args.out:
         print("fluid scale: --out is required (unless --list)", file=sys.stderr)
         return 2
+    _plain_warnings()
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"fluid {args.command}: configuration error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (CheckpointError, OSError, ValueError) as e:
         print(f"fluid {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from fluid.train.trainer import NonFiniteError
+
+        if not isinstance(e, NonFiniteError):
+            raise
+        print(f"fluid {args.command}: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ class DataConfig:
     images: str | None = None
     """``folder`` / ``coco``: the folder the index names images relative to (default: the
     JSONL file's folder; for COCO, ``train2014``-style folders found next to the annotations)."""
+    images_outside_root: bool = False
+    """``folder`` / ``coco``: follow image paths of the index that lead outside ``images``
+    (absolute paths, ``..``). Off, such records are skipped: a downloaded index must not make
+    the loader open arbitrary files."""
     val_path: str | None = None
     """Validation pairs: a prepared cache, or a source of the same kind as ``source``. ``None``:
     the held-out split of a cache (``fluid prepare --val-fraction``)."""
@@ -262,12 +266,22 @@ class TrainConfig:
     """How many ``step-*`` folders to keep besides ``latest``."""
     compile: bool = False
     """``torch.compile`` the model (worth it on GPU)."""
+    max_nonfinite: int = 10
+    """A step whose loss or gradients are not finite is skipped (and logged); this many in a
+    row stop the run, after a checkpoint of the last good weights."""
 
     def __post_init__(self):
         if self.lr_schedule is not None:
             self.lr_schedule = LRSchedule(self.lr_schedule)
         self.precision = Precision(self.precision)
         self.betas = tuple(self.betas)
+        if self.max_nonfinite < 1:
+            raise ConfigError(f"train.max_nonfinite must be >= 1, not {self.max_nonfinite}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed must be an integer in [0, 2**32), not {self.seed}")
+        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, not {getattr(self, name)}")
 
 
 @dataclass
@@ -275,9 +289,11 @@ class SampleConfig:
     steps: int = 64
     """Random order: generation steps (capped at the token count). Raster: ignored."""
     cfg: float = 3.0
+    """Guidance scale: 1 is none, 0 the unconditional model, above 1 follows the prompt harder."""
     cfg_schedule: CFGSchedule = CFGSchedule.LINEAR
     temperature: float = 1.0
-    """Diffusion head: scales the sampling noise. Discrete: softmax temperature."""
+    """Diffusion head: scales the sampling noise. Discrete: softmax temperature. 0: no
+    sampling noise (the head's mean path; the most likely code)."""
     x0_clip: float = 5.0
     """Diffusion head: clip its x0 estimate to +-x0_clip while sampling (0: off). Tokens are
     normalised to unit variance, so this never touches a real token, but it stops the first
@@ -288,6 +304,21 @@ class SampleConfig:
 
     def __post_init__(self):
         self.cfg_schedule = CFGSchedule(self.cfg_schedule)
+        for name in ("cfg", "temperature", "x0_clip"):
+            _check_number(f"sample.{name}", getattr(self, name), minimum=0.0)
+        for name in ("steps", "batch_size"):
+            _check_number(f"sample.{name}", getattr(self, name), minimum=1, integer=True)
+
+
+def _check_number(key: str, value, minimum: float, integer: bool = False) -> None:
+    """``value`` is a finite number (an integer if asked) >= ``minimum``, or ConfigError names it."""
+    kind = "an integer" if integer else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        ok = False
+    else:
+        ok = (isinstance(value, int) or math.isfinite(value)) and value >= minimum
+    if not ok:
+        raise ConfigError(f"{key} must be {kind} >= {minimum}, not {value!r}")
 
 
 @dataclass

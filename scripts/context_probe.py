@@ -23,9 +23,10 @@ import torch
 
 from fluid.config import VARIANTS, Precision
 from fluid.eval.shapes_eval import ShapesEval
-from fluid.model.masking import random_orders, tokens_per_step
+from fluid.model.masking import tokens_per_step
 from fluid.sample.generate import _gather_rows, _pair, condition, guidance_scale, sample_from_head
 from fluid.sample.pipeline import FluidPipeline
+from fluid.sample.rng import ImageRNG
 
 
 @torch.no_grad()
@@ -34,10 +35,10 @@ def generate_with_revealed(pipe: FluidPipeline, prompts: list[str], seed: int, r
     """Images for ``prompts`` whose first ``k`` random-order tokens are ``real_tokens``'s."""
     model, scfg = pipe.model, pipe.sample_config(**sample)
     emb, mask = pipe.text_encoder(list(prompts))
-    g = torch.Generator().manual_seed(seed)
-    cond = condition(model, emb, mask, guided=True)
     b, n = len(prompts), model.cfg.num_tokens
-    orders = random_orders(b, n, g)  # (B, N)
+    rng = ImageRNG.for_images(seed, range(b))  # each image its own random stream, as the pipeline
+    cond = condition(model, emb, mask, guided=True)
+    orders = rng.rand(b, n).argsort(dim=1)  # (B, N)
     rows = torch.arange(b)[:, None]
     known = torch.zeros(b, n, dtype=torch.bool)
     known[rows, orders[:, :k]] = True
@@ -49,7 +50,7 @@ def generate_with_revealed(pipe: FluidPipeline, prompts: list[str], seed: int, r
         x = model.embed_masked(_pair(tokens, True), _pair(known, True))  # (2B, N, W)
         h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (2B, N, W)
         pos = orders[:, done:done + count]  # (B, count)
-        new, _ = sample_from_head(model, _gather_rows(h, pos, True), guidance_scale(scfg, done + count, n), scfg, True, g)
+        new, _ = sample_from_head(model, _gather_rows(h, pos, True), guidance_scale(scfg, done + count, n), scfg, True, rng)
         tokens[rows, pos] = new.view(b, count, *tokens.shape[2:]).to(tokens.dtype)
         known[rows, pos] = True
         done += count

@@ -80,6 +80,41 @@ def test_sixteen_bit_is_scaled_and_alpha_is_composited_on_the_background():
         assert fixes == [Fix.ALPHA] and (img == np.array(bg, np.uint8)).all()
 
 
+def test_the_pixel_limit_is_ours_not_pillows(monkeypatch):
+    # Pillow's own limit lowered below the image: as if a 1.2 Mpx image were a 200 Mpx one.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 123_457)
+    data = encode(Image.new("RGB", (1200, 1000)))
+    with pytest.raises(RecordError) as e:
+        load_image(data, ImagePolicy(resolution=32, max_pixels=1_000_000))
+    assert e.value.reason == Skip.DECOMPRESSION_BOMB and "max_pixels=1000000" in e.value.detail
+    assert "1200x1000" in e.value.detail and "123457" not in e.value.detail and "246914" not in e.value.detail
+    image, _ = load_image(data, ImagePolicy(resolution=32, max_pixels=2_000_000))  # a limit raised on purpose
+    assert image.shape == (32, 32, 3) and Image.MAX_IMAGE_PIXELS == 123_457  # Pillow's left as it was
+
+
+def test_image_paths_stay_inside_the_images_folder(tmp_path):
+    import json
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "ok.png").write_bytes(encode(picture(0, 40, 40)))
+    (tmp_path / "secret.png").write_bytes(encode(picture(0, 40, 40)))
+    names = ["images/ok.png", "../secret.png", "images/../../secret.png", str(tmp_path / "secret.png"),
+             "images/./ok.png"]
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"image": n, "caption": "a cat"}) + "\n" for n in names))
+    records = FolderSource(root).records
+    assert [r.error[0] if r.error else None for r in records] == [None, Skip.OUTSIDE_ROOT, Skip.OUTSIDE_ROOT,
+                                                                  Skip.OUTSIDE_ROOT, None]
+    assert "images_outside_root" in records[1].error[1]
+    allowed = FolderSource(root, outside_root=True)
+    assert all(r.error is None for r in allowed.records) and allowed.describe()["outside_root"] is True
+    coco = {"images": [{"id": 1, "file_name": "../secret.png"}, {"id": 2, "file_name": "ok.png"}],
+            "annotations": [{"id": 10, "image_id": 1, "caption": "a cat"}, {"id": 11, "image_id": 2, "caption": "a dog"}]}
+    (root / "captions.json").write_text(json.dumps(coco))
+    assert [r.error[0] if r.error else None for r in CocoSource(root / "captions.json", root / "images").records] == [
+        Skip.OUTSIDE_ROOT, None]
+
+
 def test_captions_are_cleaned_or_rejected():
     assert clean_caption(" a  red\ncircle\t") == "a red circle"
     assert clean_caption("café".encode()) == "café"

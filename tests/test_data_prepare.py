@@ -180,6 +180,27 @@ def test_mismatched_caches_and_folders_are_refused(tmp_path, raw, kl, minilm):
         prepare(source, tmp_path / "userdata", kl, minilm, POLICY, PrepareOptions(**FAST))
 
 
+def test_a_resumed_preparation_must_use_the_same_precision(tmp_path, raw, kl, minilm):
+    source = FolderSource(raw.folder, shard_size=5)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        prepare(source, tmp_path / "c", kl, minilm, POLICY, PrepareOptions(**FAST), _fail_after=1)
+    with pytest.raises(PrepareError, match="another preparation.*precision"):
+        prepare(source, tmp_path / "c", kl, minilm, POLICY, PrepareOptions(precision="bf16", **FAST))
+
+
+def test_cache_files_are_as_readable_as_any_other_file(tmp_path, raw, kl, minilm):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        prepare(FolderSource(raw.folder, shard_size=50), tmp_path / "c", kl, minilm, POLICY, PrepareOptions(**FAST))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "c").iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
 def test_held_out_split(tmp_path, raw, kl, minilm):
     m = prepare(CocoSource(raw.coco, shard_size=7), tmp_path / "c", kl, minilm, POLICY,
                 PrepareOptions(val_fraction=0.3, **FAST)).manifest

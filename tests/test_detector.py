@@ -176,3 +176,21 @@ def test_name_color_and_bad_input():
         detect(torch.zeros(64, 64))
     with pytest.raises(ValueError, match="detect_batch"):
         detect_batch(torch.zeros(3, 64, 64))
+
+
+def test_the_classifier_patches_file_is_reused_only_for_the_same_scenes(tmp_path, monkeypatch):
+    import fluid.eval.shape_data as shape_data
+    from fluid.eval.shape_classifier import CLASSES, PATCH, train
+
+    calls = []
+
+    def patches(images, seed=0, progress=True):  # a stand-in for minutes of rendering
+        calls.append((dict(images), seed))
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(40, 2, PATCH, PATCH, generator=g), torch.randint(len(CLASSES), (40,), generator=g)
+
+    monkeypatch.setattr(shape_data, "training_patches", patches)
+    file = tmp_path / "patches.safetensors"
+    for images, seed in [({"render": 2}, 0), ({"render": 2}, 0), ({"render": 2}, 1), ({"render": 3}, 1)]:
+        train(tmp_path / "clf", epochs=1, batch_size=64, seed=seed, width=4, images=images, patches=file, progress=False)
+    assert calls == [({"render": 2}, 0), ({"render": 2}, 1), ({"render": 3}, 1)]  # the second run reused the file

@@ -72,6 +72,25 @@ def test_reference_statistics_are_cached(tmp_path):
     assert np.array_equal(s1.mu, s2.mu) and np.array_equal(s1.sigma, s2.sigma) and s1.n == s2.n
     cached_reference(cache_key(metric="test", data="x", n=200, features="f:2"), compute, tmp_path)
     assert len(calls) == 2  # another feature extractor: another entry
+    # A file that does not say it was made for this key, or cannot be read, is recomputed.
+    FeatureStats.save(s1, path, {"key": "something else"})
+    assert cached_reference(key, compute, tmp_path)[2] is False and len(calls) == 3
+    path.write_bytes(path.read_bytes()[:100])
+    assert cached_reference(key, compute, tmp_path)[2] is False and len(calls) == 4
+    assert cached_reference(key, compute, tmp_path)[2] is True and len(calls) == 4
+
+
+def test_reference_keys_follow_the_data(tmp_path):
+    from fluid.data.shapes import ShapesDataset
+    from fluid.eval.run import files_digest, shapes_fingerprint
+
+    assert shapes_fingerprint(ShapesDataset("test", 32)) == shapes_fingerprint(ShapesDataset("test", 32))
+    assert shapes_fingerprint(ShapesDataset("test", 32)) != shapes_fingerprint(ShapesDataset("test", 64))
+    image = tmp_path / "000.jpg"
+    image.write_bytes(b"x" * 10)
+    before = files_digest([image])
+    image.write_bytes(b"x" * 11)  # a resized copy under the same name
+    assert files_digest([image]) != before
 
 
 # ----------------------------------------------------------------------------- Inception (FID)
@@ -266,7 +285,7 @@ def test_geneval_export_layout(tmp_path):
         return torch.rand(len(prompts), 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
     out = tmp_path / "geneval"
-    summary = export_geneval(source, meta, out, n_samples=3, seed=10, progress=False)
+    summary = export_geneval(source, meta, out, n_samples=3, seed=10, progress=False, maker={"model": "m"})
     assert summary["written"] == 2 and calls == [(["a photo of a cat"] * 3, 10), (["a photo of a cat and a dog"] * 3, 11)]
     for i, rec in enumerate(lines):
         folder = out / f"{i:05d}"
@@ -274,11 +293,67 @@ def test_geneval_export_layout(tmp_path):
         assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png", "0002.png"]
         assert Image.open(folder / "samples" / "0000.png").size == (16, 16) and (folder / "grid.png").is_file()
     (out / "00001" / "metadata.jsonl").unlink()  # an interrupted folder is redone, a complete one skipped
-    assert export_geneval(source, meta, out, n_samples=3, seed=10, progress=False)["written"] == 1 and len(calls) == 3
+    assert export_geneval(source, meta, out, n_samples=3, seed=10, progress=False, maker={"model": "m"})["written"] == 1
+    assert len(calls) == 3
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"tag": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         read_geneval_metadata(bad)
+
+
+def test_geneval_rerun_never_keeps_stale_results(tmp_path):
+    from fluid.eval.geneval import GenEvalExportError, export_geneval
+
+    def source(prompts, seed):
+        return torch.rand(len(prompts), 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    def meta(name, prompts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"tag": "single_object", "prompt": p}) + "\n" for p in prompts))
+        return path
+
+    def folders(out):
+        return {p.name: ([json.loads(p.joinpath("metadata.jsonl").read_text())["prompt"]],
+                         sorted(x.name for x in (p / "samples").iterdir())) for p in sorted(out.iterdir()) if p.is_dir()}
+
+    out, a = tmp_path / "out", {"model": "a", "sample": {"cfg": 3.0}}
+    export_geneval(source, meta("one.jsonl", ["a cat", "a dog", "a cow"]), out, 4, progress=False, maker=a)
+    # Another model (or other sampling settings) into the same folder: refused, or replaced on request.
+    for other in ({"model": "b", "sample": {"cfg": 3.0}}, {"model": "a", "sample": {"cfg": 1.0}}):
+        with pytest.raises(GenEvalExportError, match="holds an export made by"):
+            export_geneval(source, meta("one.jsonl", ["a cat", "a dog", "a cow"]), out, 4, progress=False, maker=other)
+    with pytest.raises(GenEvalExportError, match="seed 0"):
+        export_geneval(source, tmp_path / "one.jsonl", out, 4, seed=5, progress=False, maker=a)
+    # Other prompts: changed folders are redone, folders past the new list removed.
+    summary = export_geneval(source, meta("two.jsonl", ["a cat", "a horse"]), out, 4, progress=False, maker=a)
+    assert (summary["kept"], summary["written"], summary["removed"]) == (1, 1, 1)
+    assert folders(out) == {"00000": (["a cat"], [f"{k:04d}.png" for k in range(4)]),
+                            "00001": (["a horse"], [f"{k:04d}.png" for k in range(4)])}
+    # Fewer samples per prompt: no extra image is left for GenEval to score.
+    export_geneval(source, tmp_path / "two.jsonl", out, 2, progress=False, maker=a)
+    assert all(samples == ["0000.png", "0001.png"] for _, samples in folders(out).values())
+    summary = export_geneval(source, tmp_path / "two.jsonl", out, 2, progress=False, maker={"model": "b"}, overwrite=True)
+    assert summary["written"] == 2 and json.loads((out / "fluid_export.json").read_text())["maker"] == {"model": "b"}
+    # A folder of numbered prompt folders that does not say what made them is not taken over either.
+    (tmp_path / "foreign" / "00000").mkdir(parents=True)
+    with pytest.raises(GenEvalExportError, match="does not say what made it"):
+        export_geneval(source, tmp_path / "two.jsonl", tmp_path / "foreign", 2, progress=False, maker=a)
+
+
+def test_fluid_eval_geneval_refuses_another_models_export(tmp_path, capsys):
+    from fluid.cli import main
+
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text('{"tag": "single_object", "prompt": "a photo of a circle"}\n')
+    common = ["--metrics", "geneval", "--geneval-metadata", str(meta), "--geneval-samples", "1",
+              "--geneval-out", str(tmp_path / "g"), "--device", "cpu", "--threads", "1", "--no-progress"]
+    assert main(["eval", "--variant", "discrete-raster", "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["eval", "--variant", "discrete-random", "--out", str(tmp_path / "b"), *common]) == 2
+    assert "discrete-raster" in capsys.readouterr().err and not (tmp_path / "b" / "metrics.json").exists()
+    assert main(["eval", "--variant", "discrete-random", "--out", str(tmp_path / "b"), *common, "--geneval-overwrite"]) == 0
+    rec = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert rec["metrics"]["geneval"]["written"] == 1
+    assert json.loads((tmp_path / "g" / "fluid_export.json").read_text())["maker"]["model"]["variant"] == "discrete-random"
 
 
 # ----------------------------------------------------------------------------- fluid eval

@@ -14,6 +14,7 @@ import fluid.model.generator as generator_module
 from fluid.config import SampleConfig
 from fluid.model.masking import random_orders, training_mask
 from fluid.sample.generate import generate, sample_from_head
+from fluid.sample.rng import ImageRNG
 
 
 @pytest.mark.parametrize("variant", ["continuous-random", "discrete-random"])
@@ -69,7 +70,7 @@ def test_every_sampler_generates_every_token_exactly_once(variant, confidence):
     emb, mask = text_batch()
     record = []
     cfg = SampleConfig(steps=6, cfg=2.0, confidence=confidence)
-    out = generate(model, emb, mask, cfg, torch.Generator().manual_seed(0), head_steps=3, record=record)
+    out = generate(model, emb, mask, cfg, ImageRNG.for_images(0, range(3)), head_steps=3, record=record)
     n = model.cfg.num_tokens
     written = torch.zeros(3, n, dtype=torch.long)
     previous_known = torch.zeros(3, n, dtype=torch.bool)
@@ -102,7 +103,8 @@ def test_guidance_is_uncond_plus_scale_times_cond_minus_uncond(variant, float64)
 
     def run(z, scale, guided):
         # One head step: the sampler's output is then an affine function of epsilon.
-        out, logp = sample_from_head(model, z, scale, cfg, guided, torch.Generator().manual_seed(1), head_steps=1)
+        rng = ImageRNG.for_images(1, range(len(zc)))  # the same draws in every call
+        out, logp = sample_from_head(model, z, scale, cfg, guided, rng, head_steps=1)
         return logp if logp is not None else out
 
     both = torch.cat([zc, zu])

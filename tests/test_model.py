@@ -10,6 +10,7 @@ from fluid.config import PRESETS, VARIANTS, SampleConfig, count_params, flops_pe
 from fluid.model import Generator
 from fluid.model.masking import cosine_mask_ratio, random_orders, tokens_per_step, training_mask
 from fluid.sample.generate import condition, generate
+from fluid.sample.rng import ImageRNG
 
 
 @pytest.fixture
@@ -134,14 +135,14 @@ def test_guidance_at_scale_one_equals_the_conditional_model(variant, float64):
     model = tiny(variant)
     emb, mask = text_batch()
     cfg = SampleConfig(steps=4, cfg=1.0, cfg_schedule="constant")
-    plain = generate(model, emb, mask, cfg, torch.Generator().manual_seed(3), head_steps=5)
-    guided = generate(model, emb, mask, cfg, torch.Generator().manual_seed(3), head_steps=5, force_guidance=True)
+    plain = generate(model, emb, mask, cfg, ImageRNG.for_images(3, range(len(emb))), head_steps=5)
+    guided = generate(model, emb, mask, cfg, ImageRNG.for_images(3, range(len(emb))), head_steps=5, force_guidance=True)
     if model.continuous:
         torch.testing.assert_close(plain, guided, atol=1e-8, rtol=1e-8)
     else:
         assert torch.equal(plain, guided)
     # ... and guidance does change the result at scale 4.
-    strong = generate(model, emb, mask, dataclasses.replace(cfg, cfg=4.0), torch.Generator().manual_seed(3), head_steps=5)
+    strong = generate(model, emb, mask, dataclasses.replace(cfg, cfg=4.0), ImageRNG.for_images(3, range(len(emb))), head_steps=5)
     assert not torch.equal(plain, strong)
 
 
@@ -151,8 +152,8 @@ def test_kv_cache_gives_the_tokens_of_prefix_recomputation(token_type, cfg_scale
     model = tiny(f"{token_type}-raster")
     emb, mask = text_batch()
     cfg = SampleConfig(cfg=cfg_scale)
-    cached = generate(model, emb, mask, cfg, torch.Generator().manual_seed(5), head_steps=8)
-    recomputed = generate(model, emb, mask, cfg, torch.Generator().manual_seed(5), head_steps=8, use_cache=False)
+    cached = generate(model, emb, mask, cfg, ImageRNG.for_images(5, range(len(emb))), head_steps=8)
+    recomputed = generate(model, emb, mask, cfg, ImageRNG.for_images(5, range(len(emb))), head_steps=8, use_cache=False)
     if model.continuous:
         torch.testing.assert_close(cached, recomputed, atol=1e-8, rtol=1e-8)
     else:
@@ -164,9 +165,9 @@ def test_seeds_make_sampling_reproducible(variant):
     model = tiny(variant)
     emb, mask = text_batch()
     cfg = SampleConfig(steps=4, cfg=2.0)
-    a = generate(model, emb, mask, cfg, torch.Generator().manual_seed(11), head_steps=5)
-    b = generate(model, emb, mask, cfg, torch.Generator().manual_seed(11), head_steps=5)
-    c = generate(model, emb, mask, cfg, torch.Generator().manual_seed(12), head_steps=5)
+    a = generate(model, emb, mask, cfg, ImageRNG.for_images(11, range(len(emb))), head_steps=5)
+    b = generate(model, emb, mask, cfg, ImageRNG.for_images(11, range(len(emb))), head_steps=5)
+    c = generate(model, emb, mask, cfg, ImageRNG.for_images(12, range(len(emb))), head_steps=5)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -185,7 +186,7 @@ def test_discrete_head_is_tied_to_the_input_embedding():
 def test_confidence_sampling_runs_and_fills_every_token():
     model = tiny("discrete-random")
     emb, mask = text_batch()
-    out = generate(model, emb, mask, SampleConfig(steps=6, confidence=True), torch.Generator().manual_seed(0))
+    out = generate(model, emb, mask, SampleConfig(steps=6, confidence=True), ImageRNG.for_images(0, range(len(emb))))
     assert out.shape == (3, 16) and out.min() >= 0 and out.max() < model.cfg.vocab_size
 
 
@@ -193,6 +194,6 @@ def test_record_shows_tokens_filling_in():
     model = tiny("continuous-random")
     emb, mask = text_batch()
     record = []
-    generate(model, emb, mask, SampleConfig(steps=16, cfg=1.0), torch.Generator().manual_seed(0), head_steps=3, record=record)
+    generate(model, emb, mask, SampleConfig(steps=16, cfg=1.0), ImageRNG.for_images(0, range(len(emb))), head_steps=3, record=record)
     known = [int(k[0].sum()) for _, _, k in record]
     assert known == sorted(known) and known[-1] == 16 and len(record) == 16

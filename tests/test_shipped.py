@@ -64,7 +64,7 @@ def test_cli_sample_writes_images_grid_and_json(tmp_path):
     record = json.loads((out / "samples.json").read_text())
     assert len(record["images"]) == 4 and (out / "grid.png").exists()
     assert all((out / r["file"]).exists() for r in record["images"])
-    # Same prompts and seed, same images (a seed fixes the random draws of the whole batch).
+    # Same prompt and seed, same image (the seed and the image's index fix its random draws).
     assert main(["sample", "--variant", "discrete-raster", "--prompt", "a red square", "--prompt", "",
                  "--seeds", "0", "--out", str(tmp_path / "t")]) == 0
     assert (out / "000-seed0.png").read_bytes() == (tmp_path / "t" / "000-seed0.png").read_bytes()

@@ -85,8 +85,41 @@ def test_same_prompt_same_embedding_whatever_the_batch(minilm):
         crowd, mask_crowd = minilm([PROMPTS[1], "a red circle", LONG[:200], ""])
     n = int(mask_alone[0].sum())
     assert int(mask_crowd[1].sum()) == n and crowd.shape[1] > n  # padded in the crowd
-    torch.testing.assert_close(crowd[1, :n], alone[0, :n], atol=1e-5, rtol=1e-5)
+    assert torch.equal(crowd[1, :n], alone[0, :n])
     assert (crowd[1, n:] == 0).all()
+
+
+def _same_rows(encoder, captions) -> bool:
+    alone = [encoder.rows([c])[0] for c in captions]
+    return all(torch.equal(row, alone[captions.index(c)])
+               for batch in (captions, captions[::-1], captions[3:11] + [PROMPTS[1]])
+               for c, row in zip(batch, encoder.rows(batch)) if c in captions)
+
+
+def test_embeddings_are_bit_identical_in_any_batch_on_one_thread(minilm):
+    # Exact, not close: sampling an image alone or in a batch must see the same text.
+    from fluid.data.shapes import all_captions
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _same_rows(minilm, all_captions()[::9][:40])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cached_embeddings_do_not_depend_on_the_first_batch(minilm):
+    # With the suite's threads: a cache keeps the embedding of the batch a caption first came
+    # in, so a resumed run (empty cache) would train on other numbers unless they all agree.
+    from fluid.data.shapes import all_captions
+
+    captions = all_captions()[::9][:40]
+    first, second = CachedTextEncoder(minilm), CachedTextEncoder(minilm)
+    for c in captions:
+        first([c])
+    second(captions[::-1][:20])
+    second(captions)
+    assert all(torch.equal(first._rows[c], second._rows[c]) for c in captions)
 
 
 def test_empty_and_whitespace_prompts_are_unconditional(minilm):
@@ -107,6 +140,19 @@ def test_long_prompt_truncated_with_one_warning(minilm):
         warnings.simplefilter("always")
         minilm([prompt])
     assert not [w for w in again if issubclass(w.category, PromptTruncatedWarning)]
+
+
+def test_truncation_warning_points_at_the_callers_line_and_reads_plainly(minilm):
+    from fluid.cli import _plain_warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        CachedTextEncoder(minilm)([LONG + " another tail"])
+    (w,) = [w for w in record if issubclass(w.category, PromptTruncatedWarning)]
+    assert w.filename == __file__  # this line, not a line inside fluid or transformers
+    _plain_warnings()
+    text = warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+    assert text.startswith("warning: prompt ") and text.count("\n") == 1
 
 
 def test_bad_input_is_a_type_error(minilm):

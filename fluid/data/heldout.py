@@ -59,7 +59,8 @@ def _from_cache(cache: Cache, split: str, n: int, tokenizer, text_encoder, resol
 
 @torch.no_grad()
 def _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size):
-    source = open_source(data_cfg.source, data_cfg.val_path, images=data_cfg.images)
+    source = open_source(data_cfg.source, data_cfg.val_path, images=data_cfg.images,
+                         outside_root=data_cfg.images_outside_root)
     policy = ImagePolicy.from_data_config(data_cfg)
     good: list[Decoded] = []
     for unit in range(len(source.sizes())):

@@ -13,7 +13,6 @@ import enum
 import io
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,8 +36,8 @@ class ImagePolicy:
     """Skip images whose long side exceeds this many times the short side (0: no limit):
     a center crop would keep too little of them."""
     max_pixels: int = 89_478_485
-    """Skip images with more pixels than this (a decompression bomb); Pillow's own default.
-    Pillow itself refuses images above twice its ``MAX_IMAGE_PIXELS`` before we see them."""
+    """Skip images with more pixels than this (a decompression bomb); the default is Pillow's.
+    Checked from the header, before decoding; Pillow's own limit does not apply here."""
     background: tuple[int, int, int] = (255, 255, 255)
     """RGB colour that transparent pixels are composited on."""
 
@@ -124,11 +123,13 @@ def load_image(source: bytes | str | os.PathLike, policy: ImagePolicy) -> tuple[
             raise RecordError(Skip.EMPTY_FILE, f"{name} has zero bytes")
         fp = name
     fixes: list[Fix] = []
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; we apply our own limit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(fp)
+        # Pillow warns above its MAX_IMAGE_PIXELS and refuses above twice that, in its own words
+        # and by its own number; ``policy.max_pixels`` is the limit here, checked as soon as the
+        # header gives the size (before any pixel is decoded), so Pillow's is off meanwhile.
+        Image.MAX_IMAGE_PIXELS = None
+        im = Image.open(fp)
         w, h = im.size
         if w * h > policy.max_pixels:
             raise RecordError(Skip.DECOMPRESSION_BOMB, f"{w}x{h} = {w * h} pixels > max_pixels={policy.max_pixels}")
@@ -147,10 +148,11 @@ def load_image(source: bytes | str | os.PathLike, policy: ImagePolicy) -> tuple[
         im.load()
         im = ImageOps.exif_transpose(im)
         im = _to_rgb(im, policy.background, fixes)
+        return center_crop_resize(im, r, fixes), fixes  # Pillow checks a crop's size against its limit too
     except RecordError:
         raise
-    except Image.DecompressionBombError as e:
-        raise RecordError(Skip.DECOMPRESSION_BOMB, str(e)) from None
+    except Image.DecompressionBombError:
+        raise RecordError(Skip.DECOMPRESSION_BOMB, f"{name}: more pixels than max_pixels={policy.max_pixels}") from None
     except UnidentifiedImageError:
         raise RecordError(Skip.UNREADABLE, f"{name}: not an image Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -158,7 +160,8 @@ def load_image(source: bytes | str | os.PathLike, policy: ImagePolicy) -> tuple[
         raise RecordError(reason, f"{name}: {e}") from None
     except Exception as e:  # any decoder failure is a bad record, never a crash
         raise RecordError(Skip.UNREADABLE, f"{name}: {type(e).__name__}: {e}") from None
-    return center_crop_resize(im, r, fixes), fixes
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def center_crop_resize(im: Image.Image, resolution: int, fixes: list[Fix] | None = None) -> np.ndarray:

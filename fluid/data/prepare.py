@@ -38,6 +38,7 @@ from fluid.data.images import ImagePolicy, to_tensor
 from fluid.data.pool import decoded
 from fluid.data.records import Decoded, Fix, flippable, stable_fraction
 from fluid.data.sources import Source
+from fluid.files import save_safetensors
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -107,6 +108,8 @@ def make_plan(source: Source, tokenizer, text_encoder, policy: ImagePolicy, opt:
         "text_encoder": {"identity": text_id, "hash": text_id.rpartition("-")[2],
                          "dim": int(text_encoder.dim), "max_length": int(text_encoder.max_length)},
         "dtype": opt.dtype,
+        # fp32 and bf16 encodings differ: shards of both must not end up in one cache.
+        "precision": resolve_precision(opt.precision, tokenizer.device).value,
         "views": list(VIEWS[: 2 if opt.flip else 1]),
         "val_fraction": opt.val_fraction,
     }
@@ -185,10 +188,8 @@ class _UnitWriter:
             store["flippable"] = torch.tensor([flippable(c) for c in self.captions], dtype=torch.uint8)
             store["split"] = torch.tensor(split, dtype=torch.uint8)
             meta = {"fluid": json.dumps({"unit": self.name, "keys": self.keys, "captions": self.captions})}
-            from safetensors.torch import save_file
-
             file = shard_file(self.unit)
-            _atomic_write(out / file, lambda p: save_file(store, str(p), metadata=meta))
+            _atomic_write(out / file, lambda p: save_safetensors(store, p, metadata=meta))
         else:
             (out / shard_file(self.unit)).unlink(missing_ok=True)  # a stale shard of an interrupted run
         stats = {"unit": self.name, "index": self.unit, "file": file, "seen": self.seen, "count": n,

@@ -24,6 +24,7 @@ class Skip(str, enum.Enum):
 
     BAD_METADATA = "bad_metadata"  # an index line / annotation that cannot be parsed, or has no image
     MISSING_FILE = "missing_file"  # the image file named by the index does not exist
+    OUTSIDE_ROOT = "outside_root"  # an image path that leads out of the images folder (absolute, or via ..)
     EMPTY_FILE = "empty_file"  # zero bytes
     UNREADABLE = "unreadable"  # not an image Pillow can identify, or a decoder error
     TRUNCATED = "truncated"  # the image data ends early

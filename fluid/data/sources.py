@@ -45,6 +45,22 @@ def file_digest(path: str | Path, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
+def image_path(root: Path, name: str, outside_root: bool = False) -> str | None:
+    """``root / name``, or None when ``name`` leads out of ``root`` (an absolute path, or one
+    through ``..``) and ``outside_root`` does not allow it: an index, often downloaded with
+    the data, must not make the loader open any file the user can read. The check is on the
+    path's text, so links inside ``root`` (a data folder on another disk) are followed."""
+    path = os.path.normpath(os.path.join(root, name))
+    if outside_root or path.startswith(os.path.join(str(root), "")):
+        return path
+    return None
+
+
+def _outside(where: str, name: str, root: Path) -> tuple:
+    return (Skip.OUTSIDE_ROOT, f"{where}: image path {name!r} leads outside the images folder {root} "
+                               f"(allow it with data.images_outside_root=true / --images-outside-root)")
+
+
 class Source:
     """Records grouped into units. Subclasses fill ``kind``, ``random_access`` and the methods."""
 
@@ -98,7 +114,8 @@ class _Indexed(Source):
 
 class FolderSource(_Indexed):
     """``path``: a JSONL file, or a folder holding one (``metadata.jsonl``, ``captions.jsonl``
-    or the only ``*.jsonl``). Image paths are relative to ``images`` (default: the JSONL's folder).
+    or the only ``*.jsonl``). Image paths are relative to ``images`` (default: the JSONL's folder)
+    and must stay inside it (:attr:`Skip.OUTSIDE_ROOT` otherwise) unless ``outside_root``.
 
     Each non-blank line is a record; a line that is not a JSON object with an ``image`` string
     becomes a :attr:`Skip.BAD_METADATA` record. The caption is ``caption`` (or ``text``).
@@ -108,7 +125,8 @@ class FolderSource(_Indexed):
 
     kind = SourceKind.FOLDER
 
-    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000):
+    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000,
+                 outside_root: bool = False):
         path = Path(path)
         if path.is_dir():
             path = self._find_index(path)
@@ -116,6 +134,7 @@ class FolderSource(_Indexed):
             raise FileNotFoundError(f"folder source: index file {path} does not exist")
         self.index = path.resolve()
         self.root = Path(images).resolve() if images else self.index.parent
+        self.outside_root = outside_root
         if not self.root.is_dir():
             raise FileNotFoundError(f"folder source: images folder {self.root} does not exist")
         super().__init__(self._parse(), shard_size)
@@ -151,13 +170,17 @@ class FolderSource(_Indexed):
                     records.append(RawRecord(key, error=(Skip.BAD_METADATA, f"line {lineno}: no 'image' path")))
                     continue
                 caption = item.get("caption", item.get("text"))
-                path = os.path.join(self.root, image)
+                path = image_path(self.root, image, self.outside_root)
+                if path is None:
+                    records.append(RawRecord(f"{key}:{image}", error=_outside(f"line {lineno}", image, self.root)))
+                    continue
                 records.append(RawRecord(f"{key}:{image}", caption, path=path, image_id=image))
         return records
 
     def describe(self) -> dict:
         return {"kind": self.kind.value, "index": str(self.index), "images": str(self.root),
-                "index_sha256": file_digest(self.index), "records": len(self.records), "shard_size": self.shard_size}
+                "index_sha256": file_digest(self.index), "records": len(self.records), "shard_size": self.shard_size,
+                **({"outside_root": True} if self.outside_root else {})}
 
 
 class CocoSource(_Indexed):
@@ -171,8 +194,10 @@ class CocoSource(_Indexed):
 
     kind = SourceKind.COCO
 
-    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000):
+    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000,
+                 outside_root: bool = False):
         self.annotations = Path(path).resolve()
+        self.outside_root = outside_root
         if not self.annotations.is_file():
             raise FileNotFoundError(f"coco source: annotation file {self.annotations} does not exist")
         try:
@@ -210,13 +235,17 @@ class CocoSource(_Indexed):
                 why = f"annotation {a.get('id')}: unknown image_id {a.get('image_id')!r}"
                 records.append(RawRecord(key, error=(Skip.BAD_METADATA, why)))
                 continue
-            records.append(RawRecord(f"{key}:{name}", a.get("caption"), path=os.path.join(self.root, name), image_id=name))
+            path = image_path(self.root, name, self.outside_root)
+            if path is None:
+                records.append(RawRecord(f"{key}:{name}", error=_outside(f"annotation {a.get('id')}", name, self.root)))
+                continue
+            records.append(RawRecord(f"{key}:{name}", a.get("caption"), path=path, image_id=name))
         return records
 
     def describe(self) -> dict:
         return {"kind": self.kind.value, "annotations": str(self.annotations), "images": str(self.root),
                 "annotations_sha256": file_digest(self.annotations), "records": len(self.records),
-                "shard_size": self.shard_size}
+                "shard_size": self.shard_size, **({"outside_root": True} if self.outside_root else {})}
 
 
 def expand_shards(pattern: str | os.PathLike | list) -> list[Path]:
@@ -380,8 +409,9 @@ class ShapesSource(_Indexed):
 
 def open_source(kind: str | SourceKind, path: str | os.PathLike | None, *, images: str | None = None,
                 shard_size: int = 1000, count: int | None = None, resolution: int = 64, split: str = "train",
-                holdout: bool = False) -> Source:
-    """A source by kind. ``count`` is required for ``shapes``."""
+                holdout: bool = False, outside_root: bool = False) -> Source:
+    """A source by kind. ``count`` is required for ``shapes``; ``outside_root`` lets a folder or
+    COCO index name images outside its images folder."""
     try:
         kind = SourceKind(kind)
     except ValueError:
@@ -393,7 +423,7 @@ def open_source(kind: str | SourceKind, path: str | os.PathLike | None, *, image
     if path is None:
         raise ValueError(f"the {kind.value} source needs a path (data.path / --path)")
     if kind == SourceKind.FOLDER:
-        return FolderSource(path, images, shard_size)
+        return FolderSource(path, images, shard_size, outside_root)
     if kind == SourceKind.COCO:
-        return CocoSource(path, images, shard_size)
+        return CocoSource(path, images, shard_size, outside_root)
     return WdsSource(path)

@@ -309,7 +309,7 @@ def open_stream(cfg, batch_size: int, rank: int = 0, world: int = 1, start: int 
         maker: BatchMaker = CacheBatches(cache, plan, batch_size, cfg.flip, cfg.seed)
     else:
         # Indexed sources are read one record per unit: every epoch is a full permutation.
-        source = open_source(cfg.source, cfg.path, images=cfg.images, shard_size=1)
+        source = open_source(cfg.source, cfg.path, images=cfg.images, shard_size=1, outside_root=cfg.images_outside_root)
         plan = Plan(source.sizes(), rank, world, cfg.shuffle_buffer, cfg.seed)
         maker = RawBatches(source, ImagePolicy.from_data_config(cfg), plan, batch_size, cfg.flip, cfg.seed)
     return DataStream(maker, start, cfg.num_workers, device)

@@ -179,12 +179,14 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model_fn: ModelFn, noise: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None, x0_clip: float = 0.0) -> torch.Tensor:
+               generator: torch.Generator | None = None, x0_clip: float = 0.0,
+               draw_noise: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """Ancestral sampling from x_T = ``noise`` down to x_0.
 
         ``temperature`` scales the noise added at every step (MAR's "temperature"), which
         sharpens (< 1) or flattens (> 1) each token's distribution. ``x0_clip``: see
-        :meth:`p_mean_variance`.
+        :meth:`p_mean_variance`. The noise of each step is ``draw_noise(*x.shape)`` when given
+        (e.g. one random stream per image), else ``torch.randn`` from ``generator``.
 
         Every row is at the same step, so the schedule enters as Python scalars: the same
         arithmetic as :meth:`p_mean_variance`, with a fraction of the tensor operations.
@@ -208,6 +210,9 @@ class GaussianDiffusion:
                 std = torch.exp(0.5 * (frac * log_beta + (1 - frac) * log_post))
             else:
                 std = math.exp(0.5 * fixed[i])
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if draw_noise is not None:
+                z = draw_noise(*x.shape).to(x.dtype)
+            else:
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = mean + std * z * temperature
         return x

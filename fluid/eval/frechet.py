@@ -14,7 +14,9 @@ with ``torch.load(weights_only=True)`` before torch-fidelity reads it, so a file
 run code when unpickled is refused.
 
 Reference statistics (of real images) are computed once per dataset, protocol and feature
-extractor and cached as ``.npz`` files (no pickles) under ``cache_dir()``.
+extractor and cached as ``.npz`` files (no pickles) under ``cache_dir()``. A file records the
+key it was made for (dataset fingerprint, size, resolution, extractor identity) and is used
+only if that record matches; a stale, foreign or unreadable file is recomputed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ class FeatureStats:
     def load(cls, path: str | Path) -> "FeatureStats":
         with np.load(Path(path), allow_pickle=False) as z:
             return cls(z["mu"], z["sigma"], int(z["n"]))
+
+    @staticmethod
+    def load_meta(path: str | Path) -> dict:
+        """The ``meta`` a file was saved with ({} if it has none)."""
+        with np.load(Path(path), allow_pickle=False) as z:
+            return json.loads(str(z["meta"])) if "meta" in z.files else {}
 
 
 def _psd_sqrt(m: np.ndarray) -> np.ndarray:
@@ -154,10 +162,20 @@ def cache_key(**parts) -> str:
 def cached_reference(key: str, compute: Callable[[], FeatureStats], directory: str | Path | None = None,
                      meta: dict | None = None) -> tuple[FeatureStats, Path, bool]:
     """Reference statistics for ``key``: read from the cache, or computed and stored.
-    Returns (stats, file, whether it was read from the cache)."""
+    Returns (stats, file, whether it was read from the cache).
+
+    The file is named after ``key`` and records it (with ``meta``); a file whose record does
+    not match (written by an older version, or for other data behind a shortened name) or
+    that cannot be read is recomputed and replaced, never trusted.
+    """
     path = Path(directory if directory is not None else cache_dir()) / f"{key}.npz"
+    record = {**(meta or {}), "key": key}
     if path.is_file():
-        return FeatureStats.load(path), path, True
+        try:
+            if FeatureStats.load_meta(path) == json.loads(json.dumps(record)):
+                return FeatureStats.load(path), path, True
+        except Exception:  # noqa: BLE001 -- truncated, not an npz, not ours: any unreadable file is recomputed
+            pass
     stats = compute()
-    stats.save(path, meta)
+    stats.save(path, record)
     return stats, path, False

@@ -63,6 +63,7 @@ class EvalOptions:
     geneval_metadata: str | None = None
     geneval_samples: int = 4
     geneval_out: str | None = None  # default: <out_dir>/geneval
+    geneval_overwrite: bool = False  # replace an export made by another model or with other settings
     cache_dir: str | None = None  # reference statistics (default: fluid.eval.frechet.cache_dir())
     device: str | None = None
     # sampling overrides (None: the checkpoint's sample config)
@@ -76,10 +77,6 @@ class EvalOptions:
         given = dict(cfg=self.cfg, temperature=self.temperature, steps=self.steps, head_steps=self.head_steps,
                      batch_size=self.batch_size)
         return {k: v for k, v in given.items() if v is not None}
-
-
-def _plain(x):
-    return x.value if isinstance(x, enum.Enum) else x
 
 
 def _resolve(checkpoint_or_variant: str | Path | None) -> tuple[Path | None, str | None]:
@@ -133,12 +130,21 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
     path, variant = _resolve(checkpoint_or_variant)
     pipe = _load_pipe(path, variant, device)
     cfg = pipe.cfg
+    used = pipe.settings(**opts.sample_overrides())  # checked before any sampling; the values used
     source = pipeline_source(pipe, **opts.sample_overrides())
-    sample = pipe.sample_config(**{k: v for k, v in opts.sample_overrides().items() if k != "head_steps"})
-    record = {"format": FORMAT, "checkpoint": checkpoint_identity(pipe, path, variant), "config": cfg.to_dict(),
+    identity = checkpoint_identity(pipe, path, variant)
+    # What makes the images: a GenEval export rerun into the same folder keeps only what this
+    # model made with these settings (the checkpoint folder's path or name is not part of it).
+    maker = {"model": {k: identity[k] for k in ("variant", "weights_sha256", "tokenizer", "text_encoder")},
+             "sample": used}
+    geneval_out = Path(opts.geneval_out) if opts.geneval_out else Path(out_dir) / "geneval"
+    if Metric.GENEVAL in wanted:
+        from fluid.eval.geneval import check_export
+
+        check_export(geneval_out, maker, overwrite=opts.geneval_overwrite)  # refuse before hours of sampling
+    record = {"format": FORMAT, "checkpoint": identity, "config": cfg.to_dict(),
               "eval": {"metrics": [m.value for m in wanted], **dataclasses.asdict(opts), "device": device,
-                       "sample": {k: _plain(v) for k, v in vars(sample).items()},
-                       "head_steps": opts.head_steps or cfg.model.head_sample_steps},
+                       "sample": used},
               "metrics": {}, "seconds_per_metric": {}}
     m, timing = record["metrics"], record["seconds_per_metric"]
     shapes, images = None, None
@@ -195,8 +201,8 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
         from fluid.eval.geneval import export_geneval
 
         t = time.perf_counter()
-        m["geneval"] = export_geneval(source, opts.geneval_metadata, opts.geneval_out or Path(out_dir) / "geneval",
-                                      opts.geneval_samples, progress=progress)
+        m["geneval"] = export_geneval(source, opts.geneval_metadata, geneval_out, opts.geneval_samples,
+                                      progress=progress, maker=maker, overwrite=opts.geneval_overwrite)
         timing["geneval"] = round(time.perf_counter() - t, 1)
 
     record["seconds"] = round(time.perf_counter() - t0, 1)
@@ -236,12 +242,34 @@ def shapes_fd(images: torch.Tensor, real: torch.Tensor, resolution: int, opts: E
     def compute() -> FeatureStats:
         return FeatureStats.from_features(torch.cat([feats(ds.batch(range(s, min(n, s + 500)))[0]) for s in range(0, n, 500)]))
 
-    key = cache_key(metric="shapes_fd", data="shapes-test", res=resolution, n=n, features=feats.identity())
-    ref, file, hit = cached_reference(key, compute, opts.cache_dir, {"key": key})
+    # The renders themselves are part of the key: a change to the shapes renderer makes new statistics.
+    key = cache_key(metric="shapes_fd", data=f"shapes-test:{shapes_fingerprint(ds)}", res=resolution, n=n,
+                    features=feats.identity())
+    ref, file, hit = cached_reference(key, compute, opts.cache_dir)
     return {"value": frechet_distance(FeatureStats.from_features(feats(images)), ref),
             "real": frechet_distance(FeatureStats.from_features(feats(real)), ref),
             "images": len(images), "reference": {"split": "test", "images": n, "file": str(file), "cached": hit},
             "features": feats.identity(), "note": "Frechet distance in our shapes feature space; not FID"}
+
+
+def shapes_fingerprint(ds, count: int = 8) -> str:
+    """A short hash of the first renders and captions of a shapes split."""
+    import hashlib
+
+    images, captions = ds.batch(range(count))
+    h = hashlib.sha256(((images + 1) * 127.5).round().to(torch.uint8).numpy().tobytes())
+    h.update("\n".join(captions).encode())
+    return h.hexdigest()[:12]
+
+
+def files_digest(paths) -> str:
+    """A short hash of files' names and sizes (reading 30k images' bytes would take minutes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{Path(p).name}\t{Path(p).stat().st_size}\n".encode())
+    return h.hexdigest()[:12]
 
 
 def coco_fid(source, resolution: int, opts: EvalOptions, device: str, progress: bool) -> dict:
@@ -254,14 +282,16 @@ def coco_fid(source, resolution: int, opts: EvalOptions, device: str, progress: 
     pairs = sample_coco_pairs(opts.coco_captions, opts.coco_images, opts.coco_size, opts.coco_seed)
     inception = InceptionFeatures(opts.inception_weights, device)
     digest = pairs_digest(pairs)
-    key = cache_key(metric="fid", data="coco2014", pairs=digest, n=len(pairs), res=resolution, features=inception.identity())
+    # Names and captions, and the files' sizes: resized or re-encoded copies of the images make new statistics.
+    key = cache_key(metric="fid", data="coco2014", pairs=digest, files=files_digest([p.image for p in pairs]),
+                    n=len(pairs), res=resolution, features=inception.identity())
 
     def compute() -> FeatureStats:
         batches = tqdm(image_batches(pairs, resolution), total=-(-len(pairs) // 64), desc="fid: reference",
                        disable=not progress)
         return FeatureStats.from_features(torch.cat([inception(b) for b in batches]))
 
-    ref, file, hit = cached_reference(key, compute, opts.cache_dir, {"key": key})
+    ref, file, hit = cached_reference(key, compute, opts.cache_dir)
     feats, chunk = [], 64
     for i, start in enumerate(tqdm(range(0, len(pairs), chunk), desc="fid: sampling", disable=not progress)):
         feats.append(inception(source([p.caption for p in pairs[start:start + chunk]], opts.coco_seed + i)))
@@ -294,6 +324,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--geneval-metadata", default=None, help="GenEval's evaluation_metadata.jsonl")
     p.add_argument("--geneval-samples", type=int, default=d.geneval_samples)
     p.add_argument("--geneval-out", default=None)
+    p.add_argument("--geneval-overwrite", action="store_true",
+                   help="replace a GenEval export made by another model or with other sampling settings")
     p.add_argument("--cache-dir", default=None, help="reference statistics cache (default ~/.cache/fluid/fd-stats)")
     p.add_argument("--cfg", type=float, default=None)
     p.add_argument("--temperature", type=float, default=None)

@@ -34,10 +34,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fluid.data.shapes import KINDS
 from fluid.eval.detector import UNKNOWN, Piece
+from fluid.files import save_safetensors
 
 PATCH = 32  # side of the patch the classifier reads
 WINDOW = 1.25  # the window is this many times the mask's longer side, plus WINDOW_PAD px
@@ -105,7 +106,7 @@ class ShapeClassifier(nn.Module):
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()}
         meta = {"width": str(self.features[0].out_channels), "threshold": str(self.threshold),
                 "classes": ",".join(CLASSES), "info": json.dumps(info or {})}
-        save_file(state, str(path), metadata=meta)
+        save_safetensors(state, path, metadata=meta)
         return path
 
 
@@ -129,6 +130,16 @@ def load_shape_classifier(path: str | Path | None = None, device: str | torch.de
 # ----------------------------------------------------------------------------- training
 
 
+def _file_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 -- an unreadable file is simply not reused
+        return {}
+
+
 def train(out: str | Path, epochs: int = 12, batch_size: int = 256, lr: float = 2e-3, seed: int = 0, width: int = 16,
           images: dict | None = None, patches: str | Path | None = None, progress: bool = True) -> dict:
     """Build the training patches (``fluid.eval.shape_data``; ``images`` scenes per
@@ -140,13 +151,16 @@ def train(out: str | Path, epochs: int = 12, batch_size: int = 256, lr: float = 
 
     t0 = time.perf_counter()
     images = images or DEFAULT_IMAGES
-    if patches is not None and Path(patches).is_file():
+    # The patches file is reused only if it was built from the same scenes and seed.
+    made_by = {"images": json.dumps({getattr(k, "value", k): v for k, v in images.items()}, sort_keys=True),
+               "seed": str(seed)}
+    if patches is not None and Path(patches).is_file() and _file_metadata(patches) == made_by:
         data = load_file(str(patches))
         x, y = data["x"], data["y"]
     else:
         x, y = training_patches(images, seed=seed, progress=progress)  # (n, 2, P, P), (n,)
         if patches is not None:
-            save_file({"x": x.contiguous(), "y": y}, str(patches))
+            save_safetensors({"x": x.contiguous(), "y": y}, patches, metadata=made_by)
     t_data = time.perf_counter() - t0
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=g)

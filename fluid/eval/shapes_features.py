@@ -29,9 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fluid.data.shapes import COLORS, FAMILIES, KINDS, ShapesDataset
+from fluid.files import save_safetensors
 from fluid.tokenizers.base import weights_hash
 
 RESOLUTION = 64  # the network's input side; other sizes are resized to it
@@ -168,7 +169,7 @@ def train(out: str | Path, steps: int = 600, batch_size: int = 128, lr: float = 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(out), metadata={"format": FORMAT, "width": str(width), "info": json.dumps(info)})
+    save_safetensors(state, out, metadata={"format": FORMAT, "width": str(width), "info": json.dumps(info)})
     return {**info, "identity": load_shapes_features(out).identity()}
 
 

@@ -66,7 +66,7 @@ def run_demo(out_dir: str | Path, variants: list[str], checkpoints: dict[str, st
         grid_file = f"grid-{variant}.png"
         grid.save(out / grid_file)
         entry = {"grid": grid_file, "seconds": round(time.perf_counter() - tv, 2),
-                 "sample": {k: (v.value if hasattr(v, "value") else v) for k, v in vars(pipe.sample_config(**sample)).items()}}
+                 "sample": pipe.settings(**sample)}
         strip = _progress_picture(pipe, [p for _, p in flat[:4]], seed=seeds[0])
         entry["progress"] = f"progress-{variant}.png"
         strip.save(out / entry["progress"])

@@ -10,6 +10,10 @@ Guidance batches the conditional and unconditional (null-text) branches together
 them where the head is applied: on the diffusion head's epsilon for continuous tokens, on
 the logits for discrete tokens. With the linear schedule the scale ramps from 1 to ``cfg``
 with the fraction of tokens generated.
+
+Every random draw comes from the image's own stream (:class:`~fluid.sample.rng.ImageRNG`),
+and the text is padded to the aligner's full length, so an image does not depend on the
+other images of its batch: not their randomness, nor (on one CPU thread) their arithmetic.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch.nn.functional as F
 
 from fluid.config import CFGSchedule, SampleConfig
 from fluid.model.generator import Generator
-from fluid.model.masking import random_orders, tokens_per_step
+from fluid.model.masking import tokens_per_step
+from fluid.sample.rng import ImageRNG
 
 
 @dataclass
@@ -41,7 +46,13 @@ def guidance_scale(cfg: SampleConfig, generated: int, total: int) -> float:
 
 
 def condition(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor, guided: bool) -> Conditioning:
-    b = text_emb.shape[0]
+    # Pad to the aligner's full length: padded to the batch's longest prompt instead, a
+    # prompt's attention would sum over a length set by the other prompts of its batch.
+    b, length = text_emb.shape[:2]
+    pad = model.aligner.max_length - length
+    if pad > 0:
+        text_emb = F.pad(text_emb, (0, 0, 0, pad))  # (B, max_length, Dt), zeros
+        text_mask = F.pad(text_mask, (0, pad))  # (B, max_length), False
     if guided:
         drop = torch.arange(2 * b, device=text_emb.device) >= b  # second half: null text
         text, mask = model.aligner(torch.cat([text_emb, text_emb]), torch.cat([text_mask, text_mask]), drop)
@@ -51,8 +62,9 @@ def condition(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor,
 
 
 def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: SampleConfig, guided: bool,
-                     generator: torch.Generator | None, head_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     rng: ImageRNG, head_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw one token per row of z: (M, W) or, guided, (2M, W) with the null branch second.
+    Rows are image-major (each image's rows together), as ``rng`` splits its draws.
 
     Returns the tokens (M, C) or (M,), and for discrete tokens the log-probabilities (M, V).
     """
@@ -62,7 +74,7 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
             cond, uncond = logits.chunk(2)
             logits = uncond + scale * (cond - uncond)
         logp = F.log_softmax(logits / max(cfg.temperature, 1e-6), dim=-1)
-        ids = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (M,)
+        ids = rng.multinomial(logp.exp())  # (M,)
         return ids, logp
     c = model.cfg.token_dim
     m = z.shape[0] // 2 if guided else z.shape[0]
@@ -82,8 +94,8 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
         eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
         return torch.cat([eps, cond[:, c:]], dim=-1)  # the variance comes from the conditional branch
 
-    noise = torch.randn(m, c, generator=generator, device=z.device)
-    return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, generator=generator, x0_clip=cfg.x0_clip), None
+    noise = rng.randn(m, c)  # (M, C)
+    return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, draw_noise=rng.randn), None
 
 
 def respaced(model: Generator, steps: int):
@@ -99,7 +111,7 @@ def _pair(x: torch.Tensor, guided: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, generator: torch.Generator | None,
+def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, rng: ImageRNG,
                     head_steps: int | None = None, record: list | None = None) -> torch.Tensor:
     """Random-order generation. ``record``, if given, receives (step, tokens, known) after each step."""
     b = cond.text.shape[0] // (2 if cond.guided else 1)
@@ -107,7 +119,7 @@ def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, gen
     shape = (b, n, model.cfg.token_dim) if model.continuous else (b, n)
     tokens = torch.zeros(shape, device=device, dtype=model.pos.dtype if model.continuous else torch.long)
     known = torch.zeros(b, n, dtype=torch.bool, device=device)
-    orders = random_orders(b, n, generator, device)  # (B, N)
+    orders = rng.rand(b, n).argsort(dim=1)  # (B, N): a random order per image
     text_kvs = model.text_kv(cond.text)
     rows = torch.arange(b, device=device)[:, None]
     done = 0
@@ -118,10 +130,10 @@ def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, gen
         if cfg.confidence and not model.continuous:
             # MaskGIT: sample every masked position, keep the `count` most confident ones
             # (annealed Gumbel noise on the log-probabilities keeps some diversity).
-            ids, logp = sample_from_head(model, h.reshape(-1, h.shape[-1]), scale, cfg, cond.guided, generator)
+            ids, logp = sample_from_head(model, h.reshape(-1, h.shape[-1]), scale, cfg, cond.guided, rng)
             ids = ids.view(b, n)
             conf = logp.gather(1, ids.view(-1, 1)).view(b, n)
-            u = torch.rand(b, n, generator=generator, device=device).clamp_(1e-20, 1.0)
+            u = rng.rand(b, n).clamp_(1e-20, 1.0)  # (B, N)
             conf = conf + 4.5 * (1 - (done + count) / n) * -torch.log(-torch.log(u))
             conf = conf.masked_fill(known, -math.inf)
             pos = conf.topk(count, dim=1).indices  # (B, count)
@@ -129,7 +141,7 @@ def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, gen
         else:
             pos = orders[:, done:done + count]  # (B, count)
             z = _gather_rows(h, pos, cond.guided)  # (B'*count, W)
-            new, _ = sample_from_head(model, z, scale, cfg, cond.guided, generator, head_steps)
+            new, _ = sample_from_head(model, z, scale, cfg, cond.guided, rng, head_steps)
             new = new.view(b, count, *shape[2:])
         tokens[rows, pos] = new.to(tokens.dtype)
         known[rows, pos] = True
@@ -146,7 +158,7 @@ def _gather_rows(h: torch.Tensor, pos: torch.Tensor, guided: bool) -> torch.Tens
 
 
 @torch.no_grad()
-def generate_raster(model: Generator, cond: Conditioning, cfg: SampleConfig, generator: torch.Generator | None,
+def generate_raster(model: Generator, cond: Conditioning, cfg: SampleConfig, rng: ImageRNG,
                     head_steps: int | None = None, use_cache: bool = True, record: list | None = None) -> torch.Tensor:
     """Raster-order generation, one token per step, with a KV cache (or recomputing the prefix)."""
     b = cond.text.shape[0] // (2 if cond.guided else 1)
@@ -164,7 +176,7 @@ def generate_raster(model: Generator, cond: Conditioning, cfg: SampleConfig, gen
         else:
             x = model.embed_shifted(_pair(tokens, cond.guided))[:, :i + 1]  # (B', i+1, W)
             h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)[:, -1]  # (B', W)
-        new, _ = sample_from_head(model, h, guidance_scale(cfg, i + 1, n), cfg, cond.guided, generator, head_steps)
+        new, _ = sample_from_head(model, h, guidance_scale(cfg, i + 1, n), cfg, cond.guided, rng, head_steps)
         tokens[:, i] = new.to(tokens.dtype)
         prev = _pair(tokens[:, i], cond.guided)
         if record is not None:
@@ -175,15 +187,18 @@ def generate_raster(model: Generator, cond: Conditioning, cfg: SampleConfig, gen
 
 
 def generate(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor, cfg: SampleConfig,
-             generator: torch.Generator | None = None, head_steps: int | None = None, force_guidance: bool = False,
+             rng: ImageRNG, head_steps: int | None = None, force_guidance: bool = False,
              record: list | None = None, use_cache: bool = True) -> torch.Tensor:
-    """Tokens for a batch of encoded prompts, by the model's order.
+    """Tokens for a batch of encoded prompts, by the model's order; ``rng`` has one stream
+    per prompt (``ImageRNG.for_images(seed, range(B))``).
 
     Guidance is skipped when it cannot change anything (scale 1 throughout) unless
     ``force_guidance`` (used by tests to check exactly that).
     """
+    if len(rng) != text_emb.shape[0]:
+        raise ValueError(f"{len(rng)} random streams for {text_emb.shape[0]} prompts")
     guided = force_guidance or cfg.cfg != 1.0
     cond = condition(model, text_emb, text_mask, guided)
     if model.causal:
-        return generate_raster(model, cond, cfg, generator, head_steps, use_cache=use_cache, record=record)
-    return generate_random(model, cond, cfg, generator, head_steps, record=record)
+        return generate_raster(model, cond, cfg, rng, head_steps, use_cache=use_cache, record=record)
+    return generate_random(model, cond, cfg, rng, head_steps, record=record)

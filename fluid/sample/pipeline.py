@@ -2,6 +2,10 @@
 
 The pipeline bundles the three frozen/trained parts that a checkpoint names: the text
 encoder (frozen), the generator (EMA weights by default) and the image tokenizer's decoder.
+
+A seed fixes each image: prompt ``i`` of a call is drawn from a random stream seeded by
+``(seed, first_index + i)`` (:mod:`fluid.sample.rng`), whatever the batch size, so a process
+given part of a prompt list makes the same images as one given all of it.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import torch
 from PIL import Image
 
 from fluid.assets import generator_path, tokenizer_path
-from fluid.config import FluidConfig, Precision, SampleConfig, resolve_precision
+from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, resolve_precision
 from fluid.model import Generator
 from fluid.sample.folder import bundled_tokenizer, resolve_source
 from fluid.sample.generate import generate
+from fluid.sample.rng import ImageRNG, check_seed
 from fluid.text.encoders import build_text_encoder
 from fluid.tokenizers.base import load_tokenizer
 from fluid.train import checkpoint as ckpt
@@ -68,20 +73,53 @@ class FluidPipeline:
         return save_pipeline(self, folder, dtype=dtype, metrics=metrics)
 
     def sample_config(self, **overrides) -> SampleConfig:
+        """The checkpoint's sample config with ``overrides`` (None keeps a value); its values are
+        checked (:class:`~fluid.config.ConfigError` for a NaN, a negative scale, zero steps...)."""
         given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(SampleConfig)})
+        if unknown:
+            raise TypeError(f"unknown sampling option(s): {', '.join(unknown)}")
         return dataclasses.replace(self.cfg.sample, **given)
+
+    def head_steps(self, head_steps: int | None = None) -> int | None:
+        """The diffusion head's sampling steps (checked); None for discrete tokens, which have no head."""
+        if not self.model.continuous:
+            return None
+        steps = self.cfg.model.head_sample_steps if head_steps is None else head_steps
+        limit = self.cfg.model.diffusion_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+            raise ConfigError(f"head_steps must be an integer in [1, {limit}] (the training timesteps), not {steps!r}")
+        return steps
+
+    def settings(self, head_steps: int | None = None, **sample_overrides) -> dict:
+        """The sampling values a call with these arguments uses, after checks and caps: what
+        ``samples.json`` and evaluation records hold (not merely what was asked)."""
+        scfg = self.sample_config(**sample_overrides)
+        m = self.cfg.model
+        random_order = m.order == Order.RANDOM
+        if scfg.confidence and (self.model.continuous or not random_order):
+            raise ConfigError(f"confidence selection is for discrete random-order models, not {m.variant}")
+        return {"cfg": scfg.cfg, "cfg_schedule": scfg.cfg_schedule.value, "temperature": scfg.temperature,
+                "steps": min(scfg.steps, m.num_tokens) if random_order else m.num_tokens,  # raster: one per token
+                "head_steps": self.head_steps(head_steps), "x0_clip": scfg.x0_clip if self.model.continuous else None,
+                "confidence": scfg.confidence, "batch_size": scfg.batch_size}
 
     @torch.no_grad()
     def generate_tokens(self, prompts: Sequence[str], seed: int = 0, record: list | None = None,
-                        head_steps: int | None = None, use_cache: bool = True, **sample_overrides) -> torch.Tensor:
-        """Tokens for ``prompts`` (one image each), in batches of ``sample.batch_size``."""
-        scfg = self.sample_config(**sample_overrides)
-        gen = torch.Generator(self.device).manual_seed(seed)
+                        head_steps: int | None = None, use_cache: bool = True, first_index: int = 0,
+                        **sample_overrides) -> torch.Tensor:
+        """Tokens for ``prompts`` (one image each), in batches of ``sample.batch_size``;
+        prompt ``i`` is image ``first_index + i`` of ``seed``."""
+        seed = check_seed(seed)
+        self.settings(head_steps, **sample_overrides)  # every value checked before any work
+        scfg, head_steps = self.sample_config(**sample_overrides), self.head_steps(head_steps)
         out = []
         for start in range(0, len(prompts), scfg.batch_size):
-            emb, mask = self.text_encoder(list(prompts[start:start + scfg.batch_size]))
+            batch = list(prompts[start:start + scfg.batch_size])
+            rng = ImageRNG.for_images(seed, range(first_index + start, first_index + start + len(batch)), self.device)
+            emb, mask = self.text_encoder(batch)
             with self.autocast():
-                out.append(generate(self.model, emb.to(self.device), mask.to(self.device), scfg, gen,
+                out.append(generate(self.model, emb.to(self.device), mask.to(self.device), scfg, rng,
                                     head_steps=head_steps, record=record, use_cache=use_cache))
         return torch.cat(out)
 
@@ -95,14 +133,21 @@ class FluidPipeline:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def __call__(self, prompts: str | Sequence[str], seed: int = 0, num_images_per_prompt: int = 1,
-                 output_type: str = "pil", **sample_overrides):
+                 output_type: str = "pil", first_index: int = 0, **sample_overrides):
         """Images for ``prompts``: a list of PIL images (or a (B, 3, H, W) tensor in [-1, 1]).
 
-        Keyword overrides of the sample config: ``cfg``, ``cfg_schedule``, ``temperature``,
-        ``steps``, ``confidence``, ``batch_size``; and ``head_steps`` for the diffusion head.
+        Image ``i`` (prompts repeated ``num_images_per_prompt`` times) is fixed by ``(seed,
+        first_index + i)``, whatever the batch size. Keyword overrides of the sample config:
+        ``cfg``, ``cfg_schedule``, ``temperature``, ``steps``, ``confidence``, ``batch_size``;
+        and ``head_steps`` for the diffusion head.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        n = num_images_per_prompt
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, not {n!r}")
+        if output_type not in ("pil", "tensor"):
+            raise ValueError(f"output_type must be 'pil' or 'tensor', not {output_type!r}")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        images = self.decode(self.generate_tokens(prompts, seed=seed, **sample_overrides))
+        images = self.decode(self.generate_tokens(prompts, seed=seed, first_index=first_index, **sample_overrides))
         return images if output_type == "tensor" else to_pil(images)

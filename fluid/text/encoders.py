@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -63,6 +64,16 @@ def check_prompts(prompts) -> list[str]:
         if not isinstance(p, str):
             raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str: {_shorten(repr(p))}")
     return prompts
+
+
+def _outside_fluid() -> int:
+    """The ``stacklevel`` of the first caller outside this package, for a warning raised by the
+    function that calls this: the pipeline, a cache or the CLI may sit between it and the user."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1  # level 1: the function that warns
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _shorten(text: str, n: int = 60) -> str:
@@ -205,7 +216,6 @@ class HFEncoder(TextEncoder):
         self.model = model.to(self.device).eval().requires_grad_(False)
         config = self.model.config
         self.dim = int(getattr(config, "d_model", None) or config.hidden_size)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # Tokens an empty prompt still gets ([CLS] [SEP] / </s>): a prompt with no more is empty.
         self.n_special = len(self.tokenizer("")["input_ids"])
         limit = getattr(config, "max_position_embeddings", None)  # None for T5 (relative positions)
@@ -257,7 +267,7 @@ class HFEncoder(TextEncoder):
             f"prompt {_shorten(prompt)!r} has {n_tokens} encoder tokens, more than text.max_length="
             f"{self.max_length}; it was truncated to {self.max_length} tokens",
             PromptTruncatedWarning,
-            stacklevel=5,  # the caller of encoder(prompts)
+            stacklevel=_outside_fluid(),  # the user's line that asked for it, however deep the call
         )
 
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -266,19 +276,22 @@ class HFEncoder(TextEncoder):
         L = max(1, int(lengths.max()) if ids else 0)
         emb = torch.zeros(len(ids), L, self.dim, device=self.device)  # (B, L, D)
         mask = (torch.arange(L)[None, :] < lengths[:, None]).to(self.device)  # (B, L)
-        rows = [i for i, x in enumerate(ids) if x]  # empty prompts never reach the model
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
-            Lc = max(len(ids[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), Lc), self.pad_id, dtype=torch.long)  # (b, Lc)
-            for j, i in enumerate(chunk):
-                input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
-            input_ids = input_ids.to(self.device)
-            attention = mask[chunk, :Lc]  # (b, Lc)
-            amp = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None)
-            with amp:
-                hidden = self.model(input_ids=input_ids, attention_mask=attention.long()).last_hidden_state
-            emb[chunk, :Lc] = hidden.float() * attention[..., None]  # zero the padding, (b, Lc, D)
+        # Prompts of one token length go through the model together, unpadded: padding to the
+        # batch's longest prompt would change a prompt's numbers in the last bits with the
+        # company it keeps. On one CPU thread a prompt's embedding is then exactly the same in
+        # any batch (with more threads, matmuls split their work by the batch size).
+        by_length: dict[int, list[int]] = {}
+        for i, x in enumerate(ids):
+            if x:  # empty prompts never reach the model
+                by_length.setdefault(len(x), []).append(i)
+        amp = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None)
+        for n, rows in sorted(by_length.items()):
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                input_ids = torch.tensor([ids[i] for i in chunk], dtype=torch.long, device=self.device)  # (b, n)
+                with amp:
+                    hidden = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+                emb[chunk, :n] = hidden.float()  # (b, n, D)
         return emb, mask
 
 
@@ -322,6 +335,7 @@ class T5Encoder(HFEncoder):
 
 class CachedTextEncoder(TextEncoder):
     """Memoises each caption's (len, dim) embedding, least recently used evicted first.
+    A caption's embedding is that of the caption encoded alone, whatever batch asked for it.
 
     The built-in data has a few hundred distinct captions, so after the first epoch the
     encoder never runs. ``dtype`` is the storage dtype (float32 keeps results identical to
@@ -347,7 +361,11 @@ class CachedTextEncoder(TextEncoder):
         missing = [p for p in dict.fromkeys(prompts) if p not in self._rows]
         self.misses += len(missing)
         self.hits += len(prompts) - len(missing)
-        fresh = dict(zip(missing, self.encoder.rows(missing))) if missing else {}
+        # Each new caption is encoded alone. In a batch its numbers can change in the last
+        # bits with the batch (a multi-threaded matmul splits its work by the batch's size),
+        # and a cache would keep whichever batch came first: a resumed run, whose cache
+        # starts empty, would then train on other embeddings than the uninterrupted run.
+        fresh = {p: self.encoder.rows([p])[0] for p in missing}
         rows = []
         for p in prompts:
             if p in fresh:
@@ -372,7 +390,7 @@ def save_embeddings(encoder: TextEncoder, captions: Iterable[str], path: str | P
     Meant for caption sets up to ~10^5 (the header holds them all); large datasets store
     embeddings in their prepared shards instead.
     """
-    from safetensors.torch import save_file
+    from fluid.files import save_safetensors
 
     captions = list(dict.fromkeys(check_prompts(captions)))
     rows = []
@@ -395,7 +413,7 @@ def save_embeddings(encoder: TextEncoder, captions: Iterable[str], path: str | P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"embeddings": stored.contiguous(), "offsets": offsets}, str(tmp), metadata={"fluid": json.dumps(meta)})
+    save_safetensors({"embeddings": stored.contiguous(), "offsets": offsets}, tmp, metadata={"fluid": json.dumps(meta)})
     os.replace(tmp, path)  # never leave a half-written file under the final name
     return path
 

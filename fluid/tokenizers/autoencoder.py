@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fluid.config import TokenType
+from fluid.files import save_safetensors
 from fluid.tokenizers.base import FLUID_FORMAT, ImageTokenizer, patchify, read_json, unpatchify, weights_hash
 from fluid.tokenizers.nets import Decoder, Encoder
 from fluid.tokenizers.presets import AEKind, AutoencoderConfig
@@ -66,7 +67,7 @@ class Autoencoder(ImageTokenizer):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS))
+        save_safetensors(state, folder / WEIGHTS)
         cfg = {"format": FLUID_FORMAT, **self.cfg.to_dict()}
         (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 

@@ -13,7 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from fluid.files import save_safetensors
 
 
 def halve(folder: str | Path) -> str:
@@ -23,7 +25,7 @@ def halve(folder: str | Path) -> str:
     folder = Path(folder)
     path = folder / "model.safetensors"
     state = load_file(str(path))
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(path))
+    save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
     identity = load_tokenizer(folder).identity()
     report = folder / "eval.json"
     if report.is_file():

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fluid.config import ConfigError, FluidConfig
+from fluid.files import save_safetensors
 
 REQUIRED = ("config.json", "model.safetensors", "ema.safetensors")
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -33,6 +34,19 @@ EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder that cannot be used: missing files, or weights that do not fit the config."""
+
+
+class RunWriteError(CheckpointError):
+    """The run folder cannot be written (a full disk, no permission): a checkpoint or a log
+    line was not saved. Checkpoints already written are untouched."""
+
+
+def write_failure(what: str, error: BaseException) -> str:
+    """A one-line reason for a failed write: the OS's words for OS errors (``No space left on
+    device``), the first line of anything else (torch.save reports a full disk as a RuntimeError)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot write {what}: {error.strerror}"
+    return f"cannot write {what}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -52,20 +66,37 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: str | Path, cfg: FluidConfig, model: nn.Module, ema: nn.Module | None = None,
                     training_state: dict | None = None, meta: dict | None = None) -> Path:
-    """Write a checkpoint atomically: into ``folder.tmp`` first, then renamed."""
+    """Write a checkpoint atomically: into ``folder.tmp`` first, then renamed.
+
+    A write that fails (full disk, no permission) removes the partial folder and raises
+    :class:`RunWriteError`; an existing ``folder`` is replaced only once the new one is whole.
+    """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    cfg.save(tmp / "config.json")
-    save_file(_state(model), str(tmp / "model.safetensors"))
-    save_file(_state(ema if ema is not None else model), str(tmp / "ema.safetensors"))
-    (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2) + "\n")
-    if training_state is not None:
-        torch.save(training_state, tmp / "training_state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        cfg.save(tmp / "config.json")
+        save_safetensors(_state(model), tmp / "model.safetensors")
+        save_safetensors(_state(ema if ema is not None else model), tmp / "ema.safetensors")
+        (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2) + "\n")
+        if training_state is not None:
+            torch.save(training_state, tmp / "training_state.pt")
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # leave no partial checkpoint to be mistaken for one
+        raise RunWriteError(write_failure(f"checkpoint {folder.name} in {folder.parent}", e)) from e
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():  # the same step saved again (a stop right after a resume): swap, then delete
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
     tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A finished checkpoint folder (not a ``.tmp`` being written or an ``.old`` being replaced)."""
+    return folder.is_dir() and folder.suffix not in (".tmp", ".old") and (folder / "config.json").is_file()
 
 
 def update_latest(run_dir: Path, ckpt: Path, keep: int) -> None:
@@ -76,7 +107,7 @@ def update_latest(run_dir: Path, ckpt: Path, keep: int) -> None:
         tmp.unlink()
     tmp.symlink_to(ckpt.name)
     os.replace(tmp, link)
-    steps = sorted(p for p in run_dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    steps = sorted(p for p in run_dir.glob("step-*") if is_checkpoint(p))
     for old in steps[:-keep] if keep > 0 else []:
         if old.resolve() != ckpt.resolve():
             shutil.rmtree(old, ignore_errors=True)
@@ -94,7 +125,7 @@ def resolve(path: str | Path) -> Path:
         return path
     if (path / "latest").exists():
         return (path / "latest").resolve()
-    steps = sorted(path.glob("step-*"))
+    steps = sorted(p for p in path.glob("step-*") if is_checkpoint(p))  # 'latest' missing or dangling
     if steps:
         return steps[-1]
     raise CheckpointError(f"{path} is neither a checkpoint folder (config.json, model.safetensors, "
@@ -154,8 +185,8 @@ def export(src: str | Path, dst: str | Path, dtype: str = "fp16") -> Path:
         raise CheckpointError(f"checkpoint {src}: cannot read ema.safetensors: {e}") from None
     dst.mkdir(parents=True, exist_ok=True)
     cfg.save(dst / "config.json")
-    save_file({k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
-              str(dst / "ema.safetensors"))
+    save_safetensors({k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
+                     dst / "ema.safetensors")
     meta = {**read_meta(src), "inference_only": True, "dtype": dtype}
     (dst / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return dst

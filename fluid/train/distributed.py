@@ -74,3 +74,13 @@ def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> float:
         dist.all_reduce(x)
         x /= info.world
     return float(x)
+
+
+def any_rank(flags: list[bool | torch.Tensor], info: DistInfo) -> list[bool]:
+    """Each flag, True if it is True on any rank: every rank takes the same branch (skip a
+    step, stop the run), or the next collective would wait forever for the ones that did not."""
+    x = torch.stack([torch.as_tensor(f, dtype=torch.float32).reshape(()).cpu() for f in flags])  # (F,)
+    if info.world > 1:
+        x = x.to(info._comm_device())
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in x.tolist()]

@@ -5,13 +5,22 @@ batches (tokens + text embeddings), keeps an EMA, logs ``metrics.jsonl``, evalua
 validation loss at an interval and writes checkpoint folders from which ``resume`` continues
 exactly: same weights as an uninterrupted run, on the same machine.
 
+Faults: a step whose loss or gradients are not finite is skipped (no update) and logged;
+``train.max_nonfinite`` of them in a row stop the run with :class:`NonFiniteError` after a
+checkpoint of the last good weights. SIGTERM / SIGINT save a checkpoint after the current
+step and return (:mod:`fluid.train.stop`). A run folder that cannot be written (full disk,
+permissions) raises :class:`~fluid.train.checkpoint.RunWriteError`; checkpoints already
+written stay loadable.
+
 Multi-GPU / multi-node runs go through ``torchrun`` (DDP); the model code stays single-device.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,9 +33,15 @@ from fluid.data.stream import TrainStream
 from fluid.eval.validation import ValidationSet, validation_loss
 from fluid.model import Generator
 from fluid.train import checkpoint as ckpt
-from fluid.train.distributed import DistInfo, all_reduce_mean, wrap_ddp
+from fluid.train.checkpoint import RunWriteError, write_failure
+from fluid.train.distributed import DistInfo, all_reduce_mean, any_rank, wrap_ddp
 from fluid.train.ema import EMA
 from fluid.train.optim import build_optimizer, build_scheduler
+from fluid.train.stop import StopSignals
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient: the run stopped."""
 
 
 def autocast(device: torch.device, precision: Precision):
@@ -69,10 +84,15 @@ class Trainer:
         # text dropout, orders, masks, timesteps, noise); its state is checkpointed.
         self.gen = torch.Generator(self.device).manual_seed(t.seed * 1_000_003 + 7919 * self.dist.rank + 1)
         self.step = 0
+        # Training-loss average over the current log window, and skipped (non-finite) steps:
+        # checkpointed, so that a resumed run logs what the uninterrupted one would.
+        self.loss_sum, self.loss_count = torch.zeros((), dtype=torch.float64), 0
+        self.nonfinite_total = self.nonfinite_in_a_row = 0
+        self.stopped_by: str | None = None  # the signal that stopped fit(), if one did
         if resume:
             self._resume()
         elif self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _make_writable(self.run_dir)
             if any(self.run_dir.glob("step-*")):
                 raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue "
                                       f"that run, or choose another output folder")
@@ -99,13 +119,42 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.gen.set_state(state["generators"][self.dist.rank])
         self.step = int(state["step"])
+        log = state.get("log", {})
+        self.loss_sum = log.get("loss_sum", self.loss_sum)
+        self.loss_count = int(log.get("loss_count", 0))
+        self.nonfinite_total = int(log.get("nonfinite_total", 0))
+        self.nonfinite_in_a_row = int(log.get("nonfinite_in_a_row", 0))
+        if self.dist.is_main:
+            _make_writable(self.run_dir)
+            self._forget_metrics_after(self.step)
+
+    def _forget_metrics_after(self, step: int) -> None:
+        """Drop ``metrics.jsonl`` lines past the checkpoint (a killed run logged them; the
+        resumed run logs them again), and a last line cut short by the kill."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
     def _training_state(self) -> dict:
         gens = self.dist.gather_states(self.gen.get_state())
+        log = {"loss_sum": self.loss_sum.cpu(), "loss_count": self.loss_count,
+               "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row}
         return {"step": self.step, "world": self.dist.world, "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "generators": gens}
+                "scheduler": self.sched.state_dict(), "generators": gens, "log": log}
 
     def save(self) -> Path | None:
+        """Write ``step-XXXXXXX`` and point ``latest`` at it; :class:`RunWriteError` if the
+        folder cannot be written (the previous checkpoints are left as they were)."""
         state = self._training_state()  # collective: every rank takes part
         if not self.dist.is_main:
             return None
@@ -113,9 +162,20 @@ class Trainer:
         meta = {"step": self.step, "variant": self.cfg.model.variant, "tokenizer": self.tokenizer.identity(),
                 "text_encoder": self.text_encoder.identity(),
                 "params": sum(p.numel() for p in self.model.parameters())}
-        ckpt.save_checkpoint(folder, self.cfg, self.model, self.ema.model, state, meta)
-        ckpt.update_latest(self.run_dir, folder, self.cfg.train.keep_checkpoints)
+        try:
+            ckpt.save_checkpoint(folder, self.cfg, self.model, self.ema.model, state, meta)
+            ckpt.update_latest(self.run_dir, folder, self.cfg.train.keep_checkpoints)
+        except RunWriteError as e:
+            raise RunWriteError(f"{e}; {self._last_good()}") from e
+        except OSError as e:
+            raise RunWriteError(f"{write_failure(f'the latest link in {self.run_dir}', e)}; {self._last_good()}") from e
         return folder
+
+    def _last_good(self) -> str:
+        try:
+            return f"the last good checkpoint, {ckpt.resolve(self.run_dir)}, is untouched (--resume continues from it)"
+        except ckpt.CheckpointError:
+            return "no checkpoint of this run was written yet"
 
     # ------------------------------------------------------------------------- loop
 
@@ -134,55 +194,116 @@ class Trainer:
         return out
 
     def fit(self, steps: int | None = None) -> dict:
-        """Train until ``steps`` (default: the config's) and return the last logged metrics."""
+        """Train until ``steps`` (default: the config's) and return the last logged metrics.
+
+        Returns early, after a checkpoint, when SIGTERM or SIGINT arrives (``stopped_by``).
+        """
         t = self.cfg.train
         total = steps if steps is not None else t.steps
         log_path = self.run_dir / "metrics.jsonl"
         bar = tqdm(total=total, initial=self.step, desc=f"train {self.cfg.model.variant}", unit="step",
                    disable=not self.show_progress, dynamic_ncols=True)
         last: dict = {}
-        loss_sum, n_loss, t0, images = torch.zeros((), device=self.device), 0, time.perf_counter(), 0
+        t0, images = time.perf_counter(), 0
         self.model.train()
         it = iter(self.stream)
-        while self.step < total:
-            item = next(it)
-            tokens, emb, mask = self.encode(*item) if isinstance(item[1], list) else item
-            with autocast(self.device, t.precision):
-                loss = self.train_model(tokens, emb, mask, self.gen)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.ema.update(self.model, self.step)
-            self.step += 1
-            loss_sum += loss.detach()
-            n_loss += 1
-            images += tokens.shape[0] * self.dist.world
-            bar.update(1)
+        with StopSignals() as signals:
+            while self.step < total:
+                item = next(it)
+                tokens, emb, mask = self.encode(*item) if isinstance(item[1], list) else item
+                with autocast(self.device, t.precision):
+                    loss = self.train_model(tokens, emb, mask, self.gen)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                # One small collective per step: every rank must skip the same steps and stop
+                # at the same step, or the next all-reduce would wait forever.
+                bad, stop = any_rank([~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)),
+                                      signals.requested], self.dist)
+                if bad:
+                    self._skip_step(loss, grad_norm, log_path)
+                else:
+                    self.opt.step()
+                    self.ema.update(self.model, self.step)
+                    self.loss_sum += loss.detach().double().cpu()
+                    self.loss_count += 1
+                    self.nonfinite_in_a_row = 0
+                self._step_scheduler(after_update=not bad)
+                self.opt.zero_grad(set_to_none=True)
+                self.step += 1
+                images += tokens.shape[0] * self.dist.world
+                bar.update(1)
 
-            if self.step % t.log_every == 0 or self.step == total:
-                elapsed = time.perf_counter() - t0
-                last = {"step": self.step, "loss": all_reduce_mean(loss_sum / n_loss, self.dist),
-                        "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm),
-                        "images_per_s": images / elapsed, "ema_decay": self.ema.decay_at(self.step)}
-                bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{last['images_per_s']:.0f}")
-                loss_sum.zero_()
-                n_loss, t0, images = 0, time.perf_counter(), 0
-                self._log(log_path, last)
-            if t.val_every and (self.step % t.val_every == 0 or self.step == total) and self.dist.is_main:
-                v = {"step": self.step, **self.validate()}
-                self._log(log_path, v)
-                last.update(v)
-                self.model.train()
-                t0 = time.perf_counter()  # validation time is not training throughput
-            if self.step % t.ckpt_every == 0 or self.step == total:
-                self.save()
-                t0 = time.perf_counter()
+                if self.step % t.log_every == 0 or self.step == total:
+                    elapsed = time.perf_counter() - t0
+                    mean = all_reduce_mean(self.loss_sum / max(1, self.loss_count), self.dist)
+                    last = {"step": self.step, "loss": mean if self.loss_count else None,  # None: all skipped
+                            "lr": self.sched.get_last_lr()[0],
+                            "grad_norm": float(grad_norm) if not bad else None,  # JSON has no NaN
+                            "images_per_s": images / elapsed, "ema_decay": self.ema.decay_at(self.step),
+                            "skipped_nonfinite": self.nonfinite_total}
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{last['images_per_s']:.0f}")
+                    self.loss_sum, self.loss_count = torch.zeros((), dtype=torch.float64), 0
+                    t0, images = time.perf_counter(), 0
+                    self._log(log_path, last)
+                if t.val_every and (self.step % t.val_every == 0 or self.step == total) and self.dist.is_main:
+                    v = {"step": self.step, **self.validate()}
+                    self._log(log_path, v)
+                    last.update(v)
+                    self.model.train()
+                    t0 = time.perf_counter()  # validation time is not training throughput
+                give_up = self.nonfinite_in_a_row >= t.max_nonfinite
+                if self.step % t.ckpt_every == 0 or self.step == total or stop or give_up:
+                    self.save()
+                    t0 = time.perf_counter()
+                if give_up:
+                    bar.close()
+                    raise NonFiniteError(
+                        f"the loss or the gradients were not finite for {self.nonfinite_in_a_row} steps in a row "
+                        f"(train.max_nonfinite={t.max_nonfinite}), up to step {self.step}; the run stopped. Those steps "
+                        f"changed nothing: the last good weights are saved in {self.run_dir / f'step-{self.step:07d}'}. "
+                        f"Continue with a lower learning rate: --resume --set train.lr=...")
+                if stop:
+                    self.stopped_by = signals.signal_name or "a signal on another rank"
+                    break
         bar.close()
         return last
 
+    def _skip_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, log_path: Path) -> None:
+        """A non-finite loss or gradient: no update of the weights, the optimizer or the EMA;
+        the batch is consumed and the step counted, so that a resumed run stays in step."""
+        self.nonfinite_total += 1
+        self.nonfinite_in_a_row += 1
+        loss = loss.detach()
+        value, what = (float(loss), "loss") if not torch.isfinite(loss) else (float(grad_norm), "gradient norm")
+        # JSON has no NaN or infinity: the value goes into the text.
+        self._log(log_path, {"step": self.step + 1, "skipped": f"{what} {value}",
+                             "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_nonfinite": self.nonfinite_total})
+
+    def _step_scheduler(self, after_update: bool) -> None:
+        # The learning rate follows the step count, skipped steps included; PyTorch warns when
+        # the schedule moves before the optimizer's first step, which a skipped first step does.
+        with warnings.catch_warnings():
+            if not after_update:
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.sched.step()
+
     def _log(self, path: Path, record: dict) -> None:
-        if self.dist.is_main:
+        if not self.dist.is_main:
+            return
+        try:
             with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise RunWriteError(f"{write_failure(path, e)}; {self._last_good()}") from e
+
+
+def _make_writable(run_dir: Path) -> None:
+    """Create the run folder and check that files can be written in it: better to fail now
+    than at the first checkpoint, hours later."""
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunWriteError(write_failure(f"in the run folder {run_dir}", e)) from e
