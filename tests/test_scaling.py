@@ -225,3 +225,16 @@ def test_analysis_of_synthetic_results_writes_fits_figures_and_report(tmp_path):
     assert "out of memory" in report and "agrees" in report
     for name in fits["figures"].values():
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_a_config_key_added_later_at_its_default_does_not_make_a_run_stale():
+    from fluid.scaling.runner import run_identity, same_identity
+
+    sweep = parse_sweep({"preset": "debug", "steps": 4, "axes": {"size": {"a": {"model.width": 32, "model.heads": 2}}}})
+    current = run_identity(sweep, sweep.runs[0])
+    old = json.loads(json.dumps(current))
+    del old["config"]["train"]["keep_checkpoints"]  # as if written before the key existed
+    assert same_identity(old, current)
+    old["config"]["model"]["width"] = 48  # a real change
+    assert not same_identity(old, current)
+    assert not same_identity(None, current)

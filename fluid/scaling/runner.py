@@ -109,6 +109,23 @@ def run_identity(sweep: Sweep, run: RunSpec) -> dict:
     return ident
 
 
+def _with_new_defaults(recorded: dict) -> dict:
+    """A recorded identity with config keys added since it was written filled in at their
+    defaults: a new option left at its default changes nothing a run did."""
+    from fluid.config import FluidConfig
+
+    if "config" not in recorded:
+        return recorded
+    defaults = FluidConfig().to_dict()
+    config = {section: ({**defaults[section], **values} if isinstance(values, dict) and isinstance(defaults.get(section), dict)
+                        else values) for section, values in recorded["config"].items()}
+    return {**recorded, "config": config}
+
+
+def same_identity(recorded: dict | None, current: dict) -> bool:
+    return recorded is not None and _with_new_defaults(recorded) == current
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -199,8 +216,8 @@ class Runner:
     def prepare(self, folder: RunFolder, identity: dict) -> dict:
         """The run's record: new, continued, or refused / archived when stale."""
         record = folder.read()
-        if record is not None and record.get("identity") != identity:
-            diff = _differences(record.get("identity", {}), identity)
+        if record is not None and not same_identity(record.get("identity"), identity):
+            diff = _differences(_with_new_defaults(record.get("identity", {})), identity)
             if not self.redo_stale:
                 raise StaleRunError(f"{folder.path} was made by another config or other data "
                                     f"({'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); "
@@ -210,6 +227,8 @@ class Runner:
             shutil.move(str(folder.path), str(archive))
             self.echo(f"  archived the stale run to {archive}")
             record = None
+        if record is not None:
+            record["identity"] = identity  # the same run, recorded with today's full config
         if record is None and folder.path.exists() and any(folder.path.iterdir()):
             if (folder.train / "latest").exists():
                 # A record lost to a kill, checkpoints intact: resuming needs the same config.
@@ -332,7 +351,7 @@ class Runner:
         if not self.redo_stale:
             for run in runs:
                 rec = RunFolder(self.out, run).read()
-                if rec is not None and rec.get("identity") != run_identity(self.sweep, run):
+                if rec is not None and not same_identity(rec.get("identity"), run_identity(self.sweep, run)):
                     self.prepare(RunFolder(self.out, run), run_identity(self.sweep, run))
         records = []
         with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
