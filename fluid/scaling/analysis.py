@@ -108,6 +108,11 @@ def _style(ax, xlabel: str, ylabel: str, logx: bool = True, logy: bool = False):
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty panel (no variant of that kind) gets none
+        ax.legend(fontsize=7)
+
+
 def _save(fig, out: Path, name: str, title: str) -> str:
     import matplotlib.pyplot as plt
 
@@ -149,7 +154,7 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
                 ax.fill_between(grid, lo, hi, color=colors[v], alpha=0.15)
         _style(ax, "parameters (trained generator)", "validation loss", logy=True)
         ax.set_title(f"{token_type} tokens")
-        ax.legend(fontsize=7)
+        _legend(ax)
     files["loss_vs_params"] = _save(fig, out, "fig5-loss-vs-params.png", "Validation loss vs model size (paper Fig. 5)")
 
     # Fig. 6: metrics vs parameters.
@@ -162,7 +167,7 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
                 if len(x):
                     ax.plot(x, y, "o-", color=colors[v], label=v)
             _style(ax, "parameters", METRICS[m])
-            ax.legend(fontsize=7)
+            _legend(ax)
         files["metrics_vs_params"] = _save(fig, out, "fig6-metrics-vs-params.png",
                                            "Evaluation metrics vs model size (paper Fig. 6)")
 
@@ -203,7 +208,7 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
                     ax.plot(grid, fit["intercept"] + fit["slope"] * grid, "-", color=colors[v],
                             label=f"{v}: r = {fit['pearson_r']:.3f}")
                 _style(ax, f"validation loss ({token_type})", METRICS[m], logx=False)
-                ax.legend(fontsize=7)
+                _legend(ax)
         files["metrics_vs_loss"] = _save(fig, out, "fig8-metrics-vs-loss.png", "Metrics vs validation loss (paper Fig. 8)")
     return files
 
