@@ -175,10 +175,6 @@ def _checkpoint_plan(run: RunSpec, cfg: FluidConfig) -> tuple[int, int]:
     return every, run.steps // every + 1
 
 
-def _command(base: list[str], args: list[str]) -> list[str]:
-    return [*base, *args]
-
-
 class Runner:
     def __init__(self, sweep: Sweep, out: str | Path, *, launcher: str | None = None, device: str | None = None,
                  threads: int | None = None, redo_stale: bool = False, python: str | None = None,
@@ -260,7 +256,7 @@ class Runner:
             args += ["--text-embeddings", self.sweep.text_embeddings]
         if self.device:
             args += ["--device", self.device]
-        self._call(_command(self._fluid(train=True), args), folder.path / "train.log")
+        self._call([*self._fluid(train=True), *args], folder.path / "train.log")
 
     def evaluate(self, folder: RunFolder) -> dict[int, dict]:
         """``fluid eval`` of every evaluated step's checkpoint (skipping those already done
@@ -289,7 +285,7 @@ class Runner:
                 args += ["--device", self.device]
             if self.threads:
                 args += ["--threads", str(self.threads)]
-            self._call(_command(self._fluid(train=False), args), folder.path / "eval.log")
+            self._call([*self._fluid(train=False), *args], folder.path / "eval.log")
             rec = json.loads(metrics_file.read_text())
             rec["sweep_eval"] = self.sweep.eval  # the options this evaluation answered
             metrics_file.write_text(json.dumps(rec, indent=2) + "\n")

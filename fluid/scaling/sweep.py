@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from fluid.config import FluidConfig, apply_overrides, get_preset, parse_variant
+from fluid.config import FluidConfig, get_preset, parse_variant
 
 SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"
 SPECIAL = ("preset", "variant", "steps")
@@ -167,6 +167,3 @@ def parse_sweep(d: dict, default_name: str = "sweep") -> Sweep:
                  runs=runs, eval=dict(d.get("eval") or {}), tokenizers=dict(d.get("tokenizers") or {}),
                  text_embeddings=d.get("text_embeddings"))
 
-
-def with_overrides(cfg: FluidConfig, overrides: dict) -> FluidConfig:
-    return apply_overrides(cfg, overrides) if overrides else cfg
