@@ -64,3 +64,32 @@ class WordHashEncoder:
         for i, r in enumerate(rows):
             emb[i, :len(r)], mask[i, :len(r)] = r, True
         return emb, mask
+
+
+def random_inception_file(path, seed: int = 0) -> dict:
+    """A random state dict with the keys and shapes of torch-fidelity's own InceptionV3
+    module, saved where a user would keep the real weights (FID without a download). The
+    module is built on the meta device (no memory, no init) with its weight download stubbed out."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    class Blank(fe.FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # the real one would need real tensors
+            return None
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), torch.device("meta"):
+        model = Blank("inception-v3-compat", ["2048"])
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in model.state_dict().items():
+        if v.dtype == torch.long:  # num_batches_tracked
+            state[k] = torch.zeros(v.shape, dtype=torch.long)
+        elif v.dim() > 1:  # conv and fc weights, He-scaled so that the signal survives 90 layers
+            state[k] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
+        elif k.endswith(("running_var", "bn.weight")):
+            state[k] = torch.ones(v.shape)
+        else:  # biases, running means
+            state[k] = torch.zeros(v.shape)
+    torch.save(state, path)
+    return state

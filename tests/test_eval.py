@@ -11,7 +11,8 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from conftest import make_tokenizer, tiny_config
+from conftest import make_tokenizer, random_inception_file, tiny_config
+from tiny_data import fake_coco
 from fluid.eval.frechet import FeatureStats, InceptionFeatures, cache_key, cached_reference, frechet_distance
 
 
@@ -96,37 +97,10 @@ def test_reference_keys_follow_the_data(tmp_path):
 # ----------------------------------------------------------------------------- Inception (FID)
 
 
-def _random_inception_file(path: Path, seed: int = 0) -> dict:
-    """A random state dict with the keys and shapes of torch-fidelity's own InceptionV3
-    module, saved where a user would keep the real weights. The module is built on the meta
-    device (no memory, no init) with its weight download stubbed out."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    class Blank(fe.FeatureExtractorInceptionV3):
-        def load_state_dict(self, *args, **kwargs):  # the real one would need real tensors
-            return None
-
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), torch.device("meta"):
-        model = Blank("inception-v3-compat", ["2048"])
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, v in model.state_dict().items():
-        if v.dtype == torch.long:  # num_batches_tracked
-            state[k] = torch.zeros(v.shape, dtype=torch.long)
-        elif v.dim() > 1:  # conv and fc weights, He-scaled so that the signal survives 90 layers
-            state[k] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
-        elif k.endswith(("running_var", "bn.weight")):
-            state[k] = torch.ones(v.shape)
-        else:  # biases, running means
-            state[k] = torch.zeros(v.shape)
-    torch.save(state, path)
-    return state
-
-
 @pytest.mark.slow
 def test_inception_features_load_from_a_local_file(tmp_path):
     path = tmp_path / "inception.pth"
-    state = _random_inception_file(path)
+    state = random_inception_file(path)
     with mock.patch("torch.hub.load_state_dict_from_url", side_effect=AssertionError("no downloads")):
         ext = InceptionFeatures(path)
     loaded = ext.model.state_dict()
@@ -138,7 +112,7 @@ def test_inception_features_load_from_a_local_file(tmp_path):
     # the whole COCO FID path on a fake 2-pair COCO (grey generated images: FID > 0)
     from fluid.eval.run import EvalOptions, coco_fid
 
-    captions, images = _fake_coco(tmp_path)
+    captions, images = fake_coco(tmp_path)
     opts = EvalOptions(inception_weights=str(path), coco_captions=str(captions), coco_images=str(images), coco_size=2,
                        cache_dir=str(tmp_path / "cache"))
     fid = coco_fid(lambda prompts, seed: torch.zeros(len(prompts), 3, 16, 16), 16, opts, "cpu", progress=False)
@@ -236,24 +210,10 @@ def test_validation_loss_is_identical_across_calls(minilm):
 # ----------------------------------------------------------------------------- COCO and GenEval
 
 
-def _fake_coco(tmp_path: Path, n: int = 6) -> tuple[Path, Path]:
-    images = tmp_path / "val2014"
-    images.mkdir()
-    data = {"images": [], "annotations": []}
-    for i in range(n):
-        name = f"COCO_val2014_{i:012d}.jpg"
-        Image.new("RGB", (40 + 4 * i, 30), (10 * i, 100, 200)).save(images / name)
-        data["images"].append({"id": 100 + i, "file_name": name})
-        data["annotations"] += [{"image_id": 100 + i, "caption": f"photo {i} caption {c}"} for c in range(3)]
-    data["images"].append({"id": 999, "file_name": "uncaptioned.jpg"})
-    (tmp_path / "captions.json").write_text(json.dumps(data))
-    return tmp_path / "captions.json", images
-
-
 def test_coco_protocol_sample_is_fixed_and_well_formed(tmp_path):
     from fluid.eval.coco import image_batches, load_image, pairs_digest, sample_coco_pairs
 
-    captions, images = _fake_coco(tmp_path)
+    captions, images = fake_coco(tmp_path)
     a, b = sample_coco_pairs(captions, images, 4, seed=0), sample_coco_pairs(captions, images, 4, seed=0)
     assert a == b and pairs_digest(a) == pairs_digest(b)
     assert len({p.image_id for p in a}) == 4 and all(p.caption.startswith(f"photo {p.image_id - 100} ") for p in a)

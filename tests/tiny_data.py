@@ -171,3 +171,20 @@ def write_wds(root: Path, items: list[Item], per_shard: int = 7, broken: bool = 
         path.write_bytes(path.read_bytes()[: last.offset_data + last.size // 2])  # cut inside it
         shards.append(path)
     return shards
+
+
+def fake_coco(root: Path, n: int = 6) -> tuple[Path, Path]:
+    """A COCO-2014-style validation set: ``val2014/`` with ``n`` captioned JPEGs (three
+    captions each) and ``captions.json``, which also lists one image without captions.
+    Returns (captions file, images folder)."""
+    images = root / "val2014"
+    images.mkdir()
+    data = {"images": [], "annotations": []}
+    for i in range(n):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (40 + 4 * i, 30), (10 * i, 100, 200)).save(images / name)
+        data["images"].append({"id": 100 + i, "file_name": name})
+        data["annotations"] += [{"image_id": 100 + i, "caption": f"photo {i} caption {c}"} for c in range(3)]
+    data["images"].append({"id": 999, "file_name": "uncaptioned.jpg"})
+    (root / "captions.json").write_text(json.dumps(data))
+    return root / "captions.json", images

@@ -1,0 +1,177 @@
+"""The command line as a user meets it: the main commands chained through the installed
+``fluid`` entry point in subprocesses, and the smaller commands (`presets`, `export`,
+`train-tokenizer`, `embed-captions`) with what they promise in the README."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import WordHashEncoder, make_tokenizer, random_inception_file, tiny_config
+from tiny_data import fake_coco
+
+from fluid.cli import main
+from fluid.config import PRESETS, count_params, get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fluid_command() -> list[str]:
+    """The installed ``fluid`` script beside this Python (a virtual environment's bin/), or
+    ``python -m fluid.cli`` where the package is not installed with its script."""
+    script = Path(sys.executable).with_name("fluid")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "fluid.cli"]
+
+
+def run_fluid(*args) -> str:
+    """``fluid ARGS`` in a child process that imports this checkout; its stdout, or a failure
+    that shows its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([*fluid_command(), *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"fluid {args[0]} exited with {done.returncode}:\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_installed_fluid_prepares_trains_samples_exports_evaluates_and_demos(tmp_path, minilm):
+    """One tiny project through the entry point, each command reading what the one before
+    wrote: prepare a cache -> train from it -> sample and export the run -> evaluate the export
+    (validation loss, FID with a local Inception file, GenEval export) -> the demo page."""
+    from fluid.data.shapes import all_captions
+    from fluid.text.encoders import save_embeddings
+
+    make_tokenizer("kl").save(tmp_path / "tok")
+    coco_captions, coco_images = fake_coco(tmp_path)
+    random_inception_file(tmp_path / "inception.pth")
+    geneval = tmp_path / "evaluation_metadata.jsonl"
+    geneval.write_text(json.dumps({"tag": "colors", "prompt": "a red square"}) + "\n")
+    # Precomputed caption embeddings: the children need not load a text encoder.
+    captions = all_captions() + [a["caption"] for a in json.loads(coco_captions.read_text())["annotations"]]
+    emb = save_embeddings(minilm, captions, tmp_path / "emb.safetensors")
+    common = ["--preset", "debug", "--tokenizer", tmp_path / "tok", "--set", "data.resolution=32", f"text.encoder={emb}"]
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    prepared = json.loads(run_fluid("prepare", *common, "--source", "shapes", "--count", 24, "--shard-size", 8,
+                                    "--val-fraction", 0.25, "--workers", 0, "--out", cache).splitlines()[-1])
+    assert prepared["written"] == 24 and prepared["tokenizer"] == make_tokenizer("kl").identity()
+
+    trained = json.loads(run_fluid("train", *common, "data.source=cache", f"data.path={cache}", "train.val_every=0",
+                                   "--steps", 2, "--batch-size", 4, "--out", run).splitlines()[-1])
+    assert trained["steps"] == 2 and (run / "latest" / "ema.safetensors").is_file()
+    assert json.loads((run / "latest" / "config.json").read_text())["data"]["path"] == str(cache)
+
+    run_fluid("sample", "--checkpoint", run, "--prompt", "a red square", "--prompt", "a blue circle", "--seeds", 0, 1,
+              "--out", tmp_path / "samples")
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["checkpoint"] == str(run) and len(record["images"]) == 4
+    # 32 px: the run's own model drew them, not the shipped 64 px one.
+    assert {Image.open(tmp_path / "samples" / r["file"]).size for r in record["images"]} == {(32, 32)}
+
+    run_fluid("export", run, "--out", tmp_path / "export")
+    exported = load_file(str(tmp_path / "export" / "ema.safetensors"))
+    assert {v.dtype for v in exported.values() if v.is_floating_point()} == {torch.float16}
+
+    run_fluid("eval", "--checkpoint", tmp_path / "export", "--out", tmp_path / "eval",
+              "--metrics", "val_loss", "fid", "geneval", "--val-size", 4,
+              "--inception-weights", tmp_path / "inception.pth", "--coco-captions", coco_captions,
+              "--coco-images", coco_images, "--coco-size", 2, "--geneval-metadata", geneval, "--geneval-samples", 1,
+              "--geneval-out", tmp_path / "geneval", "--cache-dir", tmp_path / "stats", "--threads", 1, "--no-progress")
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert m["fid"]["pairs"] == 2 and m["fid"]["value"] > 0 and m["val_loss"]["value"] > 0
+    assert m["geneval"]["written"] == 1
+    assert len(list((tmp_path / "geneval" / "00000" / "samples").glob("*.png"))) == 1
+
+    out = run_fluid("demo", "--variants", "discrete-raster", "--out", tmp_path / "demo")
+    assert "demo written to" in out
+    demo = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    entry = demo["variants"]["discrete-raster"]
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert entry["grid"] in page and entry["progress"] in page
+    grid = Image.open(tmp_path / "demo" / entry["grid"])
+    assert grid.width > 4 * 64 and grid.height > len(demo["prompts"]) * 64  # prompts x seeds of 64 px images
+
+
+def test_presets_command_prints_every_preset_with_the_sizes_the_readme_states(capsys):
+    assert main(["presets"]) == 0
+    printed = {line.split()[0]: float(line.split()[1].rstrip("M")) for line in capsys.readouterr().out.splitlines()}
+    assert list(printed) == list(PRESETS)
+    for name, millions in printed.items():
+        cfg = get_preset(name)
+        assert millions == pytest.approx(count_params(cfg.model, cfg.text)["total"] / 1e6, abs=0.006), name
+    # The README's preset table (rows "| `name` | 3.84M |") states the same sizes.
+    readme = (ROOT / "README.md").read_text()
+    table = dict(re.findall(r"^\| `([\w.-]+)` \| ([\d.]+)M \|", readme, flags=re.M))
+    assert {"debug", "shapes-small", "shapes-quick", "shapes-base", "ref-512"} <= set(table)
+    for name, stated in table.items():
+        digits = len(stated.split(".")[1]) if "." in stated else 0
+        assert round(printed[name], digits) == float(stated), (name, printed[name], stated)
+
+
+def test_export_writes_the_fp16_inference_only_form_of_the_shipped_models(tmp_path, capsys):
+    from fluid.assets import generator_path
+    from fluid.sample.pipeline import FluidPipeline
+    from fluid.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(steps=2, ckpt_every=2), run, make_tokenizer("kl"), WordHashEncoder(), show_progress=False).fit()
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    files = {p.name for p in (tmp_path / "export").iterdir()}
+    assert files == {"config.json", "ema.safetensors", "meta.json"}  # no raw weights, no optimizer state
+    assert files <= {p.name for p in generator_path("continuous-random").iterdir()}  # the shipped form
+    ema, exported = load_file(str(run / "latest" / "ema.safetensors")), load_file(str(tmp_path / "export" / "ema.safetensors"))
+    assert exported.keys() == ema.keys()
+    for k, v in ema.items():
+        assert exported[k].dtype == (torch.float16 if v.is_floating_point() else v.dtype)
+        assert torch.equal(exported[k], v.to(exported[k].dtype)), k  # the EMA weights, not the raw ones
+    meta = json.loads((tmp_path / "export" / "meta.json").read_text())
+    assert meta["inference_only"] and meta["dtype"] == "fp16" and meta["step"] == 2
+    # The export samples as the checkpoint does, up to fp16 rounding of the weights.
+    kw = dict(tokenizer=make_tokenizer("kl"), text_encoder=WordHashEncoder(), device="cpu")
+    a = FluidPipeline.from_pretrained(run, **kw)(["a red square"], seed=0, output_type="tensor", head_steps=5)
+    b = FluidPipeline.from_pretrained(tmp_path / "export", **kw)(["a red square"], seed=0, output_type="tensor", head_steps=5)
+    assert (a - b).abs().max() < 0.1
+    assert main(["export", str(run), "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    assert {v.dtype for v in load_file(str(tmp_path / "bf16" / "ema.safetensors")).values()} >= {torch.bfloat16}
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_tokenizer_command_writes_a_loadable_tokenizer(tmp_path, capsys):
+    from fluid.tokenizers.base import load_tokenizer
+
+    out = tmp_path / "tok"
+    assert main(["train-tokenizer", "--preset", "debug-vq", "--set", "codebook_size=32", "--steps", "3",
+                 "--batch-size", "4", "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tok = load_tokenizer(out)
+    assert result["tokenizer"] == tok.identity() and tok.cfg.codebook_size == 32  # the --set override was applied
+    images = torch.rand(2, 3, tok.cfg.resolution, tok.cfg.resolution) * 2 - 1
+    codes = tok.encode(images)
+    assert codes.shape == (2, 16) and int(codes.max()) < 32
+    assert (out / "metrics.jsonl").read_text().strip()
+
+
+def test_embed_captions_command_stores_the_encoders_embeddings(tmp_path, minilm, capsys):
+    from fluid.text.encoders import PrecomputedTextEncoder, UnknownCaptionError
+
+    captions = ["a red square", "two blue circles", "a cross left of a triangle"]
+    (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
+    assert main(["embed-captions", "--captions", str(tmp_path / "captions.txt"), "--out", str(tmp_path / "emb.safetensors"),
+                 "--device", "cpu"]) == 0
+    assert "wrote 3 caption embeddings" in capsys.readouterr().out
+    stored = PrecomputedTextEncoder(tmp_path / "emb.safetensors")
+    for order in (captions, captions[::-1]):  # each caption gets its own embedding, whatever the order asked
+        (emb, mask), (ref, ref_mask) = stored(order), minilm(order)
+        assert torch.equal(mask, ref_mask)
+        torch.testing.assert_close(emb.float()[mask], ref.float()[ref_mask], atol=2e-3, rtol=1e-2)
+    with pytest.raises(UnknownCaptionError):
+        stored(["a caption that was never embedded"])
