@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_config
+from conftest import WordHashEncoder, make_tokenizer, tiny_config
 from tiny_data import (
     BOMB_PIXELS,
     build_items,
@@ -173,6 +173,39 @@ def test_validation_sets_from_a_held_out_split_or_a_val_path(data, minilm):
     no_split = apply_overrides(cfg, {"data.path": str(data.root / "cache-vq")})
     with pytest.raises(ValueError, match="no held-out records"):
         ValidationSet.build(no_split, data.vq, minilm)
+
+
+def test_the_rendered_pool_that_trained_the_shipped_models_draws_from_it_and_resumes_exactly(tmp_path):
+    """``data.pool`` (the shipped models' recipe, 100,000 scenes rendered once): every batch
+    holds pool items, drawn by (rank, step), so a resumed run sees the batches it would have
+    seen, and two ranks draw different ones."""
+    from fluid.data.shapes import ShapesDataset
+
+    pool = 24
+    data_cfg = apply_overrides(tiny_config(), {"data.pool": pool}).data
+    stream = TrainStream(data_cfg, 6)
+    batches = [b for _, b in zip(range(8), stream)]
+    drawn = [stream.indices(k) for k in range(8)]
+    assert all(0 <= i < pool for idx in drawn for i in idx) and len({i for idx in drawn for i in idx}) > pool // 2
+    for batch, idx in zip(batches, drawn):  # the images and captions of those train items (kept as uint8)
+        images, captions = ShapesDataset("train", 32).batch(idx)
+        assert isinstance(batch, RawBatch) and batch.captions == captions
+        assert (batch.images - images).abs().max() <= 0.5 / 127.5 + 1e-6
+    later = next(iter(TrainStream(data_cfg, 6, start=5)))
+    assert torch.equal(later.images, batches[5].images) and later.captions == batches[5].captions
+    assert TrainStream(data_cfg, 6, rank=1, world=2).indices(0) != TrainStream(data_cfg, 6, rank=0, world=2).indices(0)
+
+    def cfg():
+        return apply_overrides(tiny_config(steps=4, batch_size=4, ckpt_every=2), {"data.pool": pool})
+
+    tok, enc = make_tokenizer("kl"), WordHashEncoder()
+    Trainer(cfg(), tmp_path / "a", tok, enc, show_progress=False).fit()
+    Trainer(cfg(), tmp_path / "b", tok, enc, show_progress=False).fit(steps=2)
+    Trainer(cfg(), tmp_path / "b", tok, enc, resume=True, show_progress=False).fit()
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "a/latest/model.safetensors")), load_file(str(tmp_path / "b/latest/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])

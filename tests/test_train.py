@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tokenizer, tiny_config
+from conftest import WordHashEncoder, make_tokenizer, tiny_config
 from fluid.config import VARIANTS, LRSchedule, SampleConfig
 from fluid.sample.generate import generate
 from fluid.sample.pipeline import FluidPipeline
@@ -72,6 +72,24 @@ def test_checkpoint_round_trip_gives_identical_samples(tmp_path, minilm, variant
         with torch.no_grad():
             pipe.model.token_in.weight[3] += 1.0
         assert not torch.allclose(before[:, 3], pipe.model.logits(h)[:, 3])
+
+
+def test_checkpoint_rotation_keeps_the_newest_and_latest_resumes(tmp_path):
+    """``train.keep_checkpoints``: only the newest k step folders stay, ``latest`` names the
+    newest, and a run resumes from it; 0 keeps every checkpoint."""
+    tok, enc = make_tokenizer("kl"), WordHashEncoder()
+    run = tmp_path / "run"
+    Trainer(tiny_config(steps=5, batch_size=2, ckpt_every=1, keep_checkpoints=2), run, tok, enc, show_progress=False).fit()
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-0000004", "step-0000005"]
+    assert ckpt.resolve(run).name == "step-0000005"
+    resumed = Trainer(tiny_config(steps=6, batch_size=2, ckpt_every=1, keep_checkpoints=2), run, tok, enc, resume=True,
+                      show_progress=False)
+    assert resumed.step == 5
+    resumed.fit()
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-0000005", "step-0000006"]
+    Trainer(tiny_config(steps=3, batch_size=2, ckpt_every=1, keep_checkpoints=0), tmp_path / "all", tok, enc,
+            show_progress=False).fit()
+    assert len(list((tmp_path / "all").glob("step-*"))) == 3
 
 
 def test_broken_checkpoints_fail_with_clear_errors(tmp_path, minilm):
