@@ -42,3 +42,27 @@ def test_two_process_ddp_training(tmp_path):
     assert saved["world"] == 2 and len(saved["generators"]) == 2 and saved["step"] == 4
     # The two ranks drew different data and different masks: their generator states differ.
     assert not torch.equal(saved["generators"][0], saved["generators"][1])
+
+
+def test_setup_reads_the_process_group_that_torchrun_describes(monkeypatch):
+    """``torchrun`` passes the job through RANK, WORLD_SIZE and LOCAL_RANK: the global rank
+    names the process, the local rank its GPU; gloo on CPU, NCCL on GPUs; no group alone."""
+    from fluid.train import distributed
+
+    joined = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: joined.append(backend))
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.setup("cpu") == distributed.DistInfo(0, 1, 0, "cpu") and joined == []  # plain `fluid train`
+
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = distributed.setup("cpu")
+    assert info == distributed.DistInfo(rank=5, world=8, local_rank=1, device="cpu") and joined == ["gloo"]
+    assert not info.is_main
+    devices = []
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    info = distributed.setup("cuda")
+    assert info.device == "cuda:1" and devices == [1] and joined == ["gloo", "nccl"]

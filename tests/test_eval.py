@@ -340,3 +340,26 @@ def test_fluid_eval_end_to_end(tmp_path):
     assert "ShapesEval" in report and "shapes_eval/counting.png" in report and (out / "shapes_eval" / "counting.png").is_file()
     assert list((tmp_path / "c").glob("*.npz"))  # the shapes_fd reference was cached
     assert main(["eval", "--variant", "discrete-random", "--out", str(out), "--metrics", "fid"]) == 2  # inputs missing
+
+
+def test_fluid_eval_variant_all_evaluates_each_shipped_model_into_its_own_folder(tmp_path, capsys):
+    from fluid.assets import generator_path
+    from fluid.cli import main
+    from fluid.config import VARIANTS
+    from fluid.train.checkpoint import read_meta
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--variant", "all", "--out", str(out), "--metrics", "val_loss", "--val-size", "4",
+                 "--device", "cpu", "--threads", "1", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary) == 4 and (out / "summary.md").is_file()
+    losses = {}
+    for variant in VARIANTS:
+        rec = json.loads((out / variant / "metrics.json").read_text())
+        assert rec["checkpoint"]["variant"] == variant and rec["metrics"]["val_loss"]["pairs"] == 4
+        assert rec["config"]["model"]["token_type"] == variant.split("-")[0]
+        losses[variant] = rec["metrics"]["val_loss"]["value"]
+        # Each folder scored the shipped weights of its own variant.
+        assert rec["checkpoint"]["step"] == read_meta(generator_path(variant))["step"]
+    assert len(set(losses.values())) == 4
+    assert [row["val_loss"] for row in summary.values()] == pytest.approx(list(losses.values()), abs=1e-4)
