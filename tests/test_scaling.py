@@ -102,6 +102,26 @@ def test_named_sweeps_load():
         assert load_sweep(name).runs
 
 
+def test_scale_list_prints_the_cpu_mini_grid_with_sizes_and_compute(capsys):
+    """`fluid scale --sweep cpu-mini --list`: 4 variants x 4 sizes, each with its parameters
+    and training FLOPs, and nothing trained."""
+    from fluid.cli import main
+    from fluid.scaling.compute import compute_summary
+    from fluid.scaling.runner import fitted_config
+
+    sweep = load_sweep("cpu-mini")
+    assert main(["scale", "--sweep", "cpu-mini", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("sweep cpu-mini: 16 runs") and len(lines) == 17
+    sizes = {}
+    for run, line in zip(sweep.runs, lines[1:]):
+        cfg = fitted_config(sweep, run)
+        c = compute_summary(cfg)
+        assert line.split()[0] == run.name and f"{c['params'] / 1e6:.2f}M" in line and f"{c['train_flops']:.2e}" in line
+        sizes.setdefault(cfg.model.variant, set()).add(c["params"])
+    assert len(sizes) == 4 and all(len(v) == 4 for v in sizes.values())
+
+
 MICRO = """
 name: micro
 preset: debug

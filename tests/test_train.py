@@ -92,6 +92,36 @@ def test_checkpoint_rotation_keeps_the_newest_and_latest_resumes(tmp_path):
     assert len(list((tmp_path / "all").glob("step-*"))) == 3
 
 
+def test_metrics_log_holds_what_the_readme_lists(tmp_path):
+    """metrics.jsonl: loss, learning rate, gradient norm, images/s and EMA decay per logged
+    step; validation loss of the EMA and of the raw weights every ``train.val_every`` steps."""
+    cfg = tiny_config(steps=4, batch_size=2, ckpt_every=4, val_every=2, val_size=4)
+    trainer = Trainer(cfg, tmp_path, make_tokenizer("kl"), WordHashEncoder(), show_progress=False)
+    trainer.fit()
+    rows = read_metrics(tmp_path)
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for r in train:
+        assert r["loss"] > 0 and r["grad_norm"] > 0 and r["images_per_s"] > 0
+        assert r["ema_decay"] == pytest.approx(trainer.ema.decay_at(r["step"]))
+    assert [r["lr"] for r in train] == sorted(r["lr"] for r in train) and train[0]["lr"] < train[-1]["lr"]  # warm-up
+    val = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in val] == [2, 4]
+    assert all(r["val_loss"] > 0 and r["val_loss_raw"] > 0 and r["val_loss"] != r["val_loss_raw"] for r in val)
+
+
+def test_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch):
+    from fluid.config import Precision, resolve_precision
+
+    assert resolve_precision("auto", "cuda") == Precision.BF16
+    assert resolve_precision("fp32", "cuda") == Precision.FP32 and resolve_precision("bf16", "cpu") == Precision.BF16
+    for amx, avx512_bf16, expected in [(False, False, Precision.FP32), (True, False, Precision.BF16),
+                                       (False, True, Precision.BF16)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        assert resolve_precision("auto", "cpu") == expected
+
+
 def test_broken_checkpoints_fail_with_clear_errors(tmp_path, minilm):
     tok = make_tokenizer("kl")
     Trainer(tiny_config(steps=2, batch_size=2, ckpt_every=2), tmp_path / "run", tok, minilm, show_progress=False).fit()
