@@ -89,14 +89,18 @@ def test_installed_fluid_prepares_trains_samples_exports_evaluates_and_demos(tmp
     assert m["geneval"]["written"] == 1
     assert len(list((tmp_path / "geneval" / "00000" / "samples").glob("*.png"))) == 1
 
-    out = run_fluid("demo", "--variants", "discrete-raster", "--out", tmp_path / "demo")
+    # The two fastest shipped models (the page and its record are the same for all four).
+    out = run_fluid("demo", "--variants", "discrete-raster", "discrete-random", "--out", tmp_path / "demo")
     assert "demo written to" in out
     demo = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    entry = demo["variants"]["discrete-raster"]
     page = (tmp_path / "demo" / "index.html").read_text()
-    assert entry["grid"] in page and entry["progress"] in page
-    grid = Image.open(tmp_path / "demo" / entry["grid"])
-    assert grid.width > 4 * 64 and grid.height > len(demo["prompts"]) * 64  # prompts x seeds of 64 px images
+    assert list(demo["variants"]) == ["discrete-raster", "discrete-random"] and demo["side_by_side"] in page
+    for entry in demo["variants"].values():
+        assert entry["grid"] in page and entry["progress"] in page
+        grid = Image.open(tmp_path / "demo" / entry["grid"])
+        assert grid.width > len(demo["seeds"]) * 64 and grid.height > len(demo["prompts"]) * 64  # prompts x seeds, 64 px
+    assert {p["family"] for p in demo["prompts"]} == {"single_object", "two_object", "counting", "colors", "position",
+                                                      "color_attr"}  # GenEval's six task families
 
 
 def test_presets_command_prints_every_preset_with_the_sizes_the_readme_states(capsys):
@@ -143,6 +147,24 @@ def test_export_writes_the_fp16_inference_only_form_of_the_shipped_models(tmp_pa
     capsys.readouterr()
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_save_pretrained_command_writes_a_model_folder_that_samples_like_the_run(tmp_path, capsys):
+    from fluid.sample.pipeline import FluidPipeline
+    from fluid.train.trainer import Trainer
+
+    run, folder = tmp_path / "run", tmp_path / "fluid-tiny"
+    make_tokenizer("kl").save(tmp_path / "tok")
+    cfg = tiny_config(steps=2, ckpt_every=2)
+    cfg.tokenizer.path = str(tmp_path / "tok")  # what `fluid train --tokenizer` records
+    Trainer(cfg, run, make_tokenizer("kl"), WordHashEncoder(), show_progress=False).fit()
+    assert main(["save-pretrained", str(run), "--out", str(folder)]) == 0
+    assert {"model_index.json", "generator", "tokenizer", "README.md"} <= {p.name for p in folder.iterdir()}
+    kw = dict(text_encoder=WordHashEncoder(), device="cpu")
+    a = FluidPipeline.from_pretrained(run, **kw)(["a red square"], seed=0, output_type="tensor", head_steps=5)
+    (tmp_path / "tok").rename(tmp_path / "gone")  # the folder must not need it
+    b = FluidPipeline.from_pretrained(folder, **kw)(["a red square"], seed=0, output_type="tensor", head_steps=5)
+    assert torch.equal(a, b)  # the folder carries the weights and the tokenizer: no other source needed
 
 
 def test_train_tokenizer_command_writes_a_loadable_tokenizer(tmp_path, capsys):
