@@ -155,3 +155,31 @@ def test_ema_warmup_follows_the_weights_early():
         ema.update(model, step)
     # With warm-up the average has all but forgotten the initial weights after 200 steps.
     assert torch.allclose(ema.model.weight, torch.ones(2, 2), atol=0.06)
+
+
+def test_steps_is_the_runs_length_and_resuming_longer_says_when_the_schedule_changes(tmp_path, minilm, capsys):
+    """`--steps 2` then `--steps 3 --resume` equals an uninterrupted 3-step run under the
+    constant schedule (continuous variants); under the cosine one (discrete) it cannot, and
+    the command says so."""
+    from fluid.cli import main
+    from fluid.data.shapes import all_captions
+    from fluid.text.encoders import save_embeddings
+
+    emb = save_embeddings(minilm, all_captions(), tmp_path / "emb.safetensors")
+    for kind, variant in (("kl", "continuous-random"), ("vq", "discrete-raster")):
+        make_tokenizer(kind).save(tmp_path / kind)
+
+        def train(run, *extra):
+            return main(["train", "--preset", "debug", "--variant", variant, "--tokenizer", str(tmp_path / kind),
+                         "--set", "data.resolution=32", f"text.encoder={emb}", "train.val_every=0", "train.warmup_steps=1",
+                         "--batch-size", "2", "--out", str(tmp_path / run), *extra])
+
+        assert train(f"{kind}-once", "--steps", "3") == 0
+        assert train(f"{kind}-twice", "--steps", "2") == 0
+        capsys.readouterr()
+        assert main(["train", "--out", str(tmp_path / f"{kind}-twice"), "--resume", "--steps", "3"]) == 0
+        note = "changes the cosine learning-rate schedule" in capsys.readouterr().err
+        a = load_file(str(tmp_path / f"{kind}-once" / "latest" / "model.safetensors"))
+        b = load_file(str(tmp_path / f"{kind}-twice" / "latest" / "model.safetensors"))
+        same = all(torch.equal(a[k], b[k]) for k in a)
+        assert (note, same) == ((False, True) if kind == "kl" else (True, False)), variant
