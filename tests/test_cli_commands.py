@@ -33,8 +33,8 @@ def fluid_command() -> list[str]:
 def run_fluid(*args) -> str:
     """``fluid ARGS`` in a child process that imports this checkout; its stdout, or a failure
     that shows its stderr."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([*fluid_command(), *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"fluid {args[0]} exited with {done.returncode}:\n{done.stderr[-4000:]}"
     return done.stdout
