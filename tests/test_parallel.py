@@ -230,3 +230,65 @@ def test_missing_validation_data_fails_at_start_up(tmp_path):
     with pytest.raises(ValueError, match="needs held-out pairs"):
         Trainer(cfg, tmp_path / "run", make_tokenizer("kl"), WordHashEncoder(), show_progress=False)
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+# ----------------------------------------------------------------------------- memory at the paper's size
+
+
+def test_fluid_10_5b_sharded_over_8_ranks_matches_the_docs_table():
+    """fluid-10.5b built on the meta device and sharded by FSDP2 over a fake 8-rank mesh:
+    rank 0's shards, x 5 fp32 copies (weights, gradients, two AdamW moments, EMA), are the
+    'FSDP sharded' figure of docs/distributed.md."""
+    import re
+    from pathlib import Path
+
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from fluid.model import Generator
+    from fluid.train.distributed import DistInfo
+    from fluid.train.memory import GIB, state_bytes
+    from fluid.train.parallel import shard_fsdp
+
+    cfg = get_preset("fluid-10.5b")
+    with torch.device("meta"):
+        model = Generator(cfg.model, cfg.text)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=8)
+    try:
+        shard_fsdp(model, DistInfo(0, 8, 0, "cpu"), cfg.train.precision)
+        local = sum(p.to_local().numel() for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+    full = sum(p.numel() for p in model.parameters())
+    assert full / 8 <= local < full / 8 * 1.01  # an eighth, plus the padding of dim 0
+    assert state_bytes(cfg, 8)["fsdp_sharded"] == 20 * local
+    doc = (Path(__file__).parents[1] / "docs" / "distributed.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| fluid-10.5b |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert re.fullmatch(r"[\d.]+ GiB", cells[3]) and float(cells[3].split()[0]) == round(20 * local / GIB, 2)
+    assert float(cells[2].split()[0]) == round(24 * full / GIB, 2)  # DDP: 24 bytes per parameter
+
+
+def _hang(rank: int, world: int, init_file: str, out: str) -> None:
+    import time
+    from datetime import timedelta
+
+    from fluid.train.distributed import CollectiveTimeout, DistInfo, explain_timeouts
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=3))
+    if rank == 1:
+        time.sleep(8)  # a hung rank: never joins the all-reduce
+        return
+    try:
+        with explain_timeouts(3, DistInfo(rank, world, 0, "cpu")):
+            dist.all_reduce(torch.ones(1))
+    except CollectiveTimeout as e:
+        with open(out, "w") as f:
+            f.write(str(e))
+
+
+@pytest.mark.slow
+def test_a_hung_rank_fails_the_job_with_a_clear_message(tmp_path):
+    out = tmp_path / "message.txt"
+    mp.spawn(_hang, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    assert "train.dist_timeout_s=3" in out.read_text() and "hung or died" in out.read_text()
