@@ -70,6 +70,37 @@ def state_bytes(cfg: FluidConfig, world: int) -> dict[str, float]:
             "fsdp": 20 * shard + gathered}
 
 
+def activation_bytes(cfg: FluidConfig, micro: int, checkpointing: bool, bf16: bool = True) -> dict[str, float]:
+    """A real training step of ``micro`` random images on the CPU, measured with PyTorch's
+    tracker of live tensor storages: activations the forward pass leaves for the backward
+    pass, and the peak of the whole step (weights, activations, gradients). Slow for the
+    large presets (a real forward and backward)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from fluid.model import Generator
+    from fluid.train.parallel import apply_activation_checkpointing
+
+    torch.manual_seed(0)
+    model = Generator(cfg.model, cfg.text)
+    if checkpointing:
+        apply_activation_checkpointing(model)
+    g = torch.Generator().manual_seed(0)
+    m, t = cfg.model, cfg.text
+    tokens = torch.randn(micro, m.num_tokens, m.token_dim, generator=g)  # (B, N, C)
+    emb = torch.randn(micro, t.max_length, t.dim, generator=g)  # (B, L, Dt)
+    tracker = MemTracker()
+    tracker.track_external(model)
+    cpu = torch.device("cpu")
+    with tracker:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(tokens, emb, torch.ones(micro, t.max_length, dtype=torch.bool), g)
+        held = tracker.get_tracker_snapshot("current")[cpu]
+        loss.backward()
+    peak = tracker.get_tracker_snapshot("peak")[cpu]
+    kind = lambda snap, name: sum(v for k, v in snap.items() if str(k).split(".")[-1].upper() == name)  # noqa: E731
+    return {"held_for_backward": kind(held, "ACT"), "peak": kind(peak, "TOTAL") or sum(peak.values())}
+
+
 def table(presets: list[str], world: int, text_params: int | None = None) -> str:
     text_params = t5_xxl_params() if text_params is None else text_params
     rows = ["| preset | parameters | DDP | FSDP sharded | FSDP gathered | FSDP total | + T5-XXL bf16 |",
@@ -85,7 +116,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description="fixed training state per GPU, from meta-device builds")
     p.add_argument("--world", type=int, default=8)
     p.add_argument("--presets", nargs="*", default=["fluid-166m", "fluid-369m", "fluid-665m", "fluid-3.1b", "fluid-10.5b"])
+    p.add_argument("--activations", type=int, default=0, metavar="MICRO",
+                   help="instead: measure a real CPU step of MICRO images per preset, with and without checkpointing")
     args = p.parse_args()
+    if args.activations:
+        torch.set_num_threads(1)
+        for name in args.presets:
+            for ac in (False, True):
+                r = activation_bytes(get_preset(name), args.activations, ac)
+                print(f"{name} micro-batch {args.activations} checkpointing={ac}: activations held for backward "
+                      f"{r['held_for_backward'] / 2**20:.1f} MiB, step peak {r['peak'] / 2**20:.1f} MiB", flush=True)
+        return
     print(f"T5-XXL encoder: {t5_xxl_params() / 1e9:.3f}B parameters; world = {args.world}")
     print(table(args.presets, args.world))
 

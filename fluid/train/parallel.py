@@ -25,7 +25,6 @@ import hashlib
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
@@ -129,11 +128,3 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     norm = nn.utils.clip_grad_norm_(params, max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
-
-def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
-    """Sums over the ranks, in float64."""
-    x = torch.tensor(values, dtype=torch.float64)
-    if info.world > 1:
-        x = x.to(info._comm_device())
-        dist.all_reduce(x)
-    return x.cpu().tolist()
