@@ -316,3 +316,19 @@ def test_webdataset_shards_from_pipes_and_urls(tmp_path):
     urls = expand_shards("https://host/train-{000..002}.tar")
     assert [u.url for u in urls] == [f"https://host/train-00{i}.tar" for i in range(3)]
     assert [u.name for u in urls] == [f"train-00{i}.tar" for i in range(3)]
+
+
+def test_presets_pick_their_engine_and_the_text_encoder_its_dtype():
+    from fluid.config import Parallel
+    from fluid.train.text_side import encoder_dtype
+
+    assert get_preset("fluid-166m").train.parallel == Parallel.DDP
+    for name in ("fluid-3.1b", "fluid-10.5b"):
+        t = get_preset(name).train
+        assert t.parallel == Parallel.FSDP and t.activation_checkpointing
+    cfg = get_preset("fluid-10.5b")
+    assert encoder_dtype(cfg, "cuda") == torch.bfloat16 and encoder_dtype(cfg, "cpu") == torch.float32
+    cfg.text.dtype = "bf16"
+    assert encoder_dtype(cfg, "cpu") == torch.bfloat16
+    with pytest.raises(ConfigError, match="text.dtype"):
+        get_preset("debug", overrides={"text.dtype": "fp16"})
