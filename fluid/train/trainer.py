@@ -122,10 +122,13 @@ class Trainer:
     def _resume(self) -> None:
         folder = ckpt.resolve(self.run_dir)
         state = ckpt.load_training_state(folder)
-        if "global_batch" not in state and state.get("world", 1) != 1:
-            raise ValueError(f"{folder} was written by {state['world']} processes when train.batch_size was per "
-                             f"process; it is now the global batch: resume with --set train.batch_size="
-                             f"{self.cfg.train.batch_size * state['world']} on {state['world']} processes")
+        old_world = state.get("world", 1)
+        if "global_batch" not in state and old_world != 1:  # written when train.batch_size was per process
+            per_process = ckpt.read_config(folder).train.batch_size
+            if self.cfg.train.batch_size != per_process * old_world:
+                raise ValueError(f"{folder} was written by {old_world} processes when train.batch_size was per "
+                                 f"process; it is now the global batch: resume with --set train.batch_size="
+                                 f"{per_process * old_world}")
         if dcp.is_sharded_checkpoint(folder):
             dcp.load_sharded(folder, self.model, self.ema.model, self.opt)
         elif is_sharded(self.model):
