@@ -332,3 +332,20 @@ def test_presets_pick_their_engine_and_the_text_encoder_its_dtype():
     assert encoder_dtype(cfg, "cpu") == torch.bfloat16
     with pytest.raises(ConfigError, match="text.dtype"):
         get_preset("debug", overrides={"text.dtype": "fp16"})
+
+
+def test_a_checkpoint_from_before_the_global_batch_names_the_batch_to_resume_with(tmp_path):
+    from fluid.train import checkpoint as ckpt
+    from fluid.train.trainer import Trainer
+
+    tok, enc = make_tokenizer("kl"), WordHashEncoder()
+    Trainer(tiny_config(steps=1, batch_size=4), tmp_path / "run", tok, enc, show_progress=False).fit()
+    path = ckpt.resolve(tmp_path / "run") / "training_state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["global_batch"]
+    state["world"] = 2  # as written by 2 processes of 4 images each, when batch_size was per process
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="train.batch_size=8"):
+        Trainer(tiny_config(steps=2, batch_size=4), tmp_path / "run", tok, enc, resume=True, show_progress=False)
+    assert Trainer(tiny_config(steps=2, batch_size=8), tmp_path / "run", tok, enc, resume=True,
+                   show_progress=False).step == 1
