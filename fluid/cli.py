@@ -56,11 +56,9 @@ def _threads(n: int | None) -> None:
 
 
 def _text_encoder(cfg: FluidConfig, device: str, embeddings: str | None = None):
-    from fluid.text.encoders import CachedTextEncoder, PrecomputedTextEncoder, build_text_encoder
+    from fluid.train.text_side import training_text_encoder
 
-    if embeddings:
-        return PrecomputedTextEncoder(embeddings)
-    return CachedTextEncoder(build_text_encoder(cfg.text, device=device))
+    return training_text_encoder(cfg, device, embeddings)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -89,7 +87,7 @@ def cmd_train(args) -> int:
         cfg.train.batch_size = args.batch_size
     if args.tokenizer:
         cfg.tokenizer.path = str(Path(args.tokenizer).resolve())
-    dist = setup(args.device)
+    dist = setup(args.device, cfg.train.dist_timeout_s)
     tokenizer = load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size)
     text_encoder = _text_encoder(cfg, dist.device, args.text_embeddings)
     trainer = Trainer(cfg, out, tokenizer, text_encoder, resume=args.resume, dist=dist)
@@ -395,7 +393,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="the global batch (over every process)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shipped one)")
     p.add_argument("--text-embeddings", default=None, help="precomputed caption embeddings (safetensors)")
     p.add_argument("--device", default=None)

@@ -49,6 +49,12 @@ class LRSchedule(str, enum.Enum):
     COSINE = "cosine"  # linear warm-up, then cosine decay to zero (discrete variants)
 
 
+class Parallel(str, enum.Enum):
+    NONE = "none"  # one process, or every rank a plain replica (no gradient averaging: tests only)
+    DDP = "ddp"  # a full replica per rank, gradients all-reduced: small models
+    FSDP = "fsdp"  # FSDP2: weights, gradients, AdamW state and EMA sharded per block over the ranks
+
+
 class Precision(str, enum.Enum):
     AUTO = "auto"  # bf16 where it is fast (CUDA, CPUs with AMX or AVX512-BF16), else fp32
     BF16 = "bf16"
@@ -175,6 +181,13 @@ class TextConfig:
     """Width of the frozen encoder's token embeddings (384 for MiniLM-L6, 4096 for T5-XXL)."""
     aligner_depth: int = 6
     """Trainable transformer blocks on top of the frozen encoder (the text aligner)."""
+    dtype: str = "auto"
+    """Weights of the frozen encoder: ``fp32``, ``bf16`` or ``auto`` (bf16 on CUDA, where
+    T5-XXL's 4.7B weights take 9.5 GB instead of 19 GB; fp32 on CPU)."""
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"text.dtype must be auto, fp32 or bf16, not {self.dtype!r}")
 
 
 @dataclass
@@ -242,6 +255,20 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 20_000
     batch_size: int = 64
+    """The global batch: images per optimizer step, summed over every process and
+    gradient-accumulation micro-step (the paper: 2048). The same config trains the same way on
+    1, 2 or 8 processes."""
+    micro_batch_size: int = 0
+    """Images per process per forward/backward; ``batch_size / (processes x micro_batch_size)``
+    micro-steps are accumulated per optimizer step. 0: ``batch_size / processes`` (no accumulation)."""
+    parallel: Parallel = Parallel.DDP
+    """How several processes share the model: ``ddp`` (replicas), ``fsdp`` (FSDP2 sharding,
+    for models whose training state does not fit one device) or ``none``."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass instead of
+    keeping them: less memory, about a third more compute."""
+    dist_timeout_s: int = 900
+    """A collective that waits this long (a hung or dead rank) fails the job with an error."""
     lr: float = 1e-4
     """Peak learning rate (the paper: 1e-4 at batch 2048; scale with the batch)."""
     lr_schedule: LRSchedule | None = None
@@ -274,12 +301,15 @@ class TrainConfig:
         if self.lr_schedule is not None:
             self.lr_schedule = LRSchedule(self.lr_schedule)
         self.precision = Precision(self.precision)
+        self.parallel = Parallel(self.parallel)
         self.betas = tuple(self.betas)
         if self.max_nonfinite < 1:
             raise ConfigError(f"train.max_nonfinite must be >= 1, not {self.max_nonfinite}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"train.seed must be an integer in [0, 2**32), not {self.seed}")
-        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"train.micro_batch_size must be >= 0 (0: no accumulation), not {self.micro_batch_size}")
+        for name in ("steps", "batch_size", "log_every", "ckpt_every", "dist_timeout_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, not {getattr(self, name)}")
 
@@ -477,7 +507,7 @@ def _set(d: dict, key: str, value) -> None:
 
 def _paper(width: int, depth: int, heads: int, **train) -> FluidConfig:
     """The paper's setup at one size: 256x256 images, SD-VAE / VQGAN tokens (256 per
-    image), frozen T5-XXL + 6-block aligner, batch 2048, 1M steps."""
+    image), frozen T5-XXL + 6-block aligner, global batch 2048, 1M steps."""
     return FluidConfig(
         model=ModelConfig(width=width, depth=depth, heads=heads, num_tokens=256, token_dim=16, vocab_size=8192),
         text=TextConfig(encoder="t5", name_or_path="google/t5-v1_1-xxl", max_length=128, dim=4096),
@@ -530,8 +560,10 @@ PRESETS: dict[str, callable] = {
     "fluid-166m": lambda: _paper(768, 11, 12),  # 170.3M
     "fluid-369m": lambda: _paper(1024, 15, 16),  # 368.2M
     "fluid-665m": lambda: _paper(1280, 18, 20),  # 652.3M
-    "fluid-3.1b": lambda: _paper(2048, 39, 16),  # 3.07B
-    "fluid-10.5b": lambda: _paper(4096, 32, 32),  # 10.39B
+    # DDP keeps ~16 bytes of training state per parameter on every GPU (docs/distributed.md):
+    # past ~1B parameters the weights are sharded (FSDP2) with per-block recomputation.
+    "fluid-3.1b": lambda: _paper(2048, 39, 16, parallel=Parallel.FSDP, activation_checkpointing=True),  # 3.07B
+    "fluid-10.5b": lambda: _paper(4096, 32, 32, parallel=Parallel.FSDP, activation_checkpointing=True),  # 10.39B
 }
 
 

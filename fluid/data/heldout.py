@@ -29,18 +29,31 @@ from fluid.text.encoders import pad_rows
 def heldout_pairs(data_cfg, n: int, tokenizer, text_encoder, device="cpu", seed: int = 0,
                   batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens (V, N, C) or (V, N), text_emb (V, L, Dt), text_mask (V, L)) for up to ``n`` pairs, on ``device``."""
+    where = check_heldout(data_cfg)
+    if where == "val_cache":
+        return _from_cache(Cache(data_cfg.val_path), "all", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
+    if where == "val_source":
+        return _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size)
+    return _from_cache(Cache(data_cfg.path), "val", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
+
+
+def check_heldout(data_cfg) -> str:
+    """Where the held-out pairs come from (``shapes``, ``val_cache``, ``val_source`` or
+    ``cache_split``), or ValueError saying what to set. Cheap: a trainer calls it at start-up,
+    so that a run without validation data fails at once, not at its first validation."""
+    if data_cfg.source == "shapes":
+        return "shapes"
     if data_cfg.val_path:
         if is_cache(data_cfg.val_path):
-            return _from_cache(Cache(data_cfg.val_path), "all", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
+            return "val_cache"
         if data_cfg.source == "cache":
             raise ValueError(f"data.val_path={data_cfg.val_path} is not a prepared cache (data.source=cache needs one)")
-        return _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size)
+        return "val_source"
     if data_cfg.source == "cache":
-        cache = Cache(data_cfg.path)
-        if sum(cache.sizes("val")) == 0:
+        if sum(Cache(data_cfg.path).sizes("val")) == 0:
             raise ValueError(f"cache {data_cfg.path} has no held-out records: prepare it with --val-fraction, set "
                              f"data.val_path to a validation cache, or train without validation (train.val_every=0)")
-        return _from_cache(cache, "val", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
+        return "cache_split"
     raise ValueError(f"validation on data.source={data_cfg.source} needs held-out pairs: set data.val_path to a "
                      f"prepared cache or a {data_cfg.source} source, or train.val_every=0")
 

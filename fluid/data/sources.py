@@ -248,14 +248,54 @@ class CocoSource(_Indexed):
                 "shard_size": self.shard_size, **({"outside_root": True} if self.outside_root else {})}
 
 
-def expand_shards(pattern: str | os.PathLike | list) -> list[Path]:
+class RemoteShard:
+    """A tar shard read as a stream: ``http(s)://...`` (fetched with urllib) or ``pipe:CMD``
+    (the standard output of a shell command, e.g. ``pipe:aws s3 cp s3://b/x.tar -``)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.name = url.rstrip("/").rpartition("/")[2].split("?")[0] or url
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RemoteShard) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def open(self):
+        if self.url.startswith("pipe:"):
+            import subprocess
+
+            return subprocess.Popen(self.url[5:], shell=True, stdout=subprocess.PIPE).stdout
+        import urllib.request
+
+        return urllib.request.urlopen(self.url)
+
+
+def is_remote(item: str) -> bool:
+    return item.startswith(("pipe:", "http://", "https://"))
+
+
+def _open_shard(shard: "Path | RemoteShard"):
+    return shard.open() if isinstance(shard, RemoteShard) else open(shard, "rb")
+
+
+def expand_shards(pattern: str | os.PathLike | list) -> list["Path | RemoteShard"]:
     """Shard paths from a folder (its ``*.tar``), brace patterns (``data-{000..099}.tar``),
-    globs, or several of these separated by commas / given as a list."""
+    globs, remote URLs (``https://host/data-{000..099}.tar``, ``pipe:curl -s URL``), or several
+    of these separated by commas / given as a list."""
     import braceexpand
 
     items = pattern if isinstance(pattern, (list, tuple)) else [p for p in str(pattern).split(",") if p.strip()]
     paths: list[Path] = []
+    remote: list[RemoteShard] = []
     for item in items:
+        if is_remote(str(item).strip()):
+            remote += [RemoteShard(u) for u in braceexpand.braceexpand(str(item).strip())]
+            continue
         item = os.path.expanduser(str(item).strip())
         if os.path.isdir(item):
             paths += sorted(Path(item).glob("*.tar"))
@@ -266,12 +306,12 @@ def expand_shards(pattern: str | os.PathLike | list) -> list[Path]:
             else:
                 paths.append(Path(name))
     paths = list(dict.fromkeys(p.resolve() for p in paths))
-    if not paths:
+    if not paths and not remote:
         raise FileNotFoundError(f"wds source: no tar shards match {pattern!r}")
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"wds source: {len(missing)} shard(s) do not exist, e.g. {missing[0]}")
-    return paths
+    return paths + list(dict.fromkeys(remote))
 
 
 def _split_name(name: str) -> tuple[str | None, str]:
@@ -306,11 +346,13 @@ class WdsSource(Source):
         return self._sizes
 
     @staticmethod
-    def _count(path: Path) -> int:
-        """Samples in a tar from its headers alone (seeks over the data)."""
+    def _count(path: "Path | RemoteShard") -> int:
+        """Samples in a tar from its headers alone (seeks over the data; a remote shard is
+        streamed through once)."""
         n, last = 0, None
         try:
-            with tarfile.open(path, "r:*") as tar:
+            stream = path.open() if isinstance(path, RemoteShard) else None
+            with tarfile.open(path, "r:*") if stream is None else tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for info in tar:
                     key, _ = _split_name(info.name)
                     if info.isreg() and key is not None and not key.startswith("__") and key != last:
@@ -325,7 +367,7 @@ class WdsSource(Source):
         path = self.shards[unit]
         i, sample = 0, None
         try:
-            with open(path, "rb") as f:
+            with _open_shard(path) as f:
                 for member in tar_file_iterator(f):
                     key, ext = _split_name(member["fname"])
                     if key is None:
@@ -364,7 +406,7 @@ class WdsSource(Source):
 
     def describe(self) -> dict:
         return {"kind": self.kind.value, "shards": [str(p) for p in self.shards],
-                "bytes": [p.stat().st_size for p in self.shards]}
+                "bytes": [None if isinstance(p, RemoteShard) else p.stat().st_size for p in self.shards]}
 
 
 class ShapesSource(_Indexed):

@@ -6,7 +6,9 @@ from a prepared cache).
 
 For the built-in data, batch ``k`` of rank ``r`` in a ``world``-process run holds items
 ``k * B * world + r * B + [0, B)`` of the train split: no two ranks or steps share an item,
-and the position to resume from is just the step.
+and the position to resume from is just the step. With ``accum`` micro-batches per optimizer
+step, batch ``k`` is micro-batch ``k % accum`` of step ``k // accum``, so a step holds the same
+items (and, from a pool, the same draws) on any number of processes.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ class EncodedBatch(NamedTuple):
 
 class ShapesStream:
     def __init__(self, cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
-                 device: str | torch.device = "cpu", tokenizer=None, text_encoder=None):
+                 device: str | torch.device = "cpu", tokenizer=None, text_encoder=None, accum: int = 1):
         self.dataset = ShapesDataset("train", cfg.resolution, holdout=cfg.holdout)
-        self.cfg, self.batch_size, self.rank, self.world = cfg, batch_size, rank, world
+        self.cfg, self.batch_size, self.rank, self.world, self.accum = cfg, batch_size, rank, world, accum
         self.step, self.device = start, device
 
         self.pool_images, self.pool_captions = self._render_pool(cfg.pool) if cfg.pool else (None, None)
@@ -67,10 +69,14 @@ class ShapesStream:
             captions += cap
         return torch.cat(images), captions
 
+    def slot(self, k: int) -> tuple[int, int]:
+        """(optimizer step, slot in its global batch) of this rank's batch ``k``."""
+        return k // self.accum, (k % self.accum) * self.world + self.rank
+
     def indices(self, step: int) -> list[int]:
         if self.pool_captions is not None:  # a pool, rendered or encoded
-            # Draws with replacement, seeded by (step, rank): the same after a resume.
-            g = torch.Generator().manual_seed(item_seed(f"pool-{self.rank}", step))
+            # Draws with replacement, seeded by (step, slot): the same after a resume.
+            g = torch.Generator().manual_seed(item_seed(f"pool-{self.slot(step)[1]}", self.slot(step)[0]))
             return torch.randint(len(self.pool_captions), (self.batch_size,), generator=g).tolist()
         first = (step * self.world + self.rank) * self.batch_size
         return list(range(first, first + self.batch_size))
@@ -89,7 +95,8 @@ class ShapesStream:
             tokens = self.pool_tokens["codes"][sel]  # (B, N)
         else:
             # A fresh posterior sample per batch, seeded by (rank, step): the same after a resume.
-            g = torch.Generator(sel.device).manual_seed(item_seed(f"posterior-{self.rank}", self.step))
+            step, slot = self.slot(self.step)
+            g = torch.Generator(sel.device).manual_seed(item_seed(f"posterior-{slot}", step))
             tokens = sample_tokens(self.pool_tokens["mean"][sel], self.pool_tokens["logvar"][sel], g)  # (B, N, D)
         emb, mask = self.text_encoder([self.pool_captions[i] for i in idx])
         return EncodedBatch(tokens.to(self.device), emb.to(self.device), mask.to(self.device))
@@ -114,15 +121,19 @@ class ShapesStream:
 
 
 def TrainStream(cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
-                device: str | torch.device = "cpu", tokenizer=None, text_encoder=None):
-    """The training stream for ``cfg.source``, positioned at step ``start``.
+                device: str | torch.device = "cpu", tokenizer=None, text_encoder=None, accum: int = 1):
+    """The training stream for ``cfg.source``, positioned at batch ``start`` (of ``accum``
+    per optimizer step).
+
+    Streaming sources give each rank a contiguous part of every epoch: resumed on another
+    number of processes, a run continues at the same point of the epoch, in another order.
 
     ``shapes`` renders in this process; ``cache`` (EncodedBatch), ``folder``, ``coco`` and
     ``wds`` (RawBatch) stream through :mod:`fluid.data.streaming`, in an order that is a pure
     function of the step. A cache is checked against ``tokenizer`` / ``text_encoder`` when given.
     """
     if cfg.source == "shapes":
-        return ShapesStream(cfg, batch_size, rank, world, start, device, tokenizer, text_encoder)
+        return ShapesStream(cfg, batch_size, rank, world, start, device, tokenizer, text_encoder, accum)
     from fluid.data.streaming import open_stream
 
     return open_stream(cfg, batch_size, rank, world, start, device, tokenizer=tokenizer, text_encoder=text_encoder)

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
 from fluid.data.shapes import ShapesDataset
@@ -28,6 +29,10 @@ class ValidationSet:
     text_emb: torch.Tensor  # (V, L, Dt)
     text_mask: torch.Tensor  # (V, L)
     batch_size: int = 64
+    batches: list[int] | None = None
+    """After :meth:`shard`: which batches of the whole set these rows are (None: all)."""
+    num_batches: int | None = None
+    """After :meth:`shard`: how many batches the whole set has."""
 
     @classmethod
     @torch.no_grad()
@@ -60,6 +65,17 @@ class ValidationSet:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def shard(self, rank: int, world: int) -> "ValidationSet":
+        """Rank ``rank``'s share, batches ``rank, rank + world, ...``, kept in host memory
+        (each batch goes to the device when it is evaluated)."""
+        total = -(-len(self) // self.batch_size)
+        mine = list(range(rank, total, world))
+        # A rank with no batch keeps the first one, evaluated uncounted to join the collectives.
+        rows = torch.cat([torch.arange(i * self.batch_size, min(len(self), (i + 1) * self.batch_size))
+                          for i in (mine or [0])])
+        pick = lambda x: x.cpu()[rows].clone()  # noqa: E731  (clone: do not pin the whole set)
+        return ValidationSet(pick(self.tokens), pick(self.text_emb), pick(self.text_mask), self.batch_size, mine, total)
+
 
 def loss_name(token_type: TokenType | str) -> str:
     """What ``validation_loss`` measures for a token type (the two are not on one scale)."""
@@ -70,23 +86,39 @@ def loss_name(token_type: TokenType | str) -> str:
 
 @torch.no_grad()
 def validation_loss(model, valset: ValidationSet, precision: Precision = Precision.AUTO,
-                    vlb_weight: float | None = None) -> float:
+                    vlb_weight: float | None = None, device: torch.device | str | None = None) -> float:
     """Mean loss over the validation set, weighted by batch size; deterministic.
 
-    ``vlb_weight`` overrides the model's (continuous tokens; 0 measures the epsilon MSE alone)."""
+    ``vlb_weight`` overrides the model's (continuous tokens; 0 measures the epsilon MSE alone).
+    ``device``: where the model runs (default: where the set is). A set from
+    :meth:`ValidationSet.shard` is a collective: every rank evaluates its batches (all ranks
+    the same number of forward passes, which a sharded model needs) and the sums are
+    all-reduced, giving every rank the loss of the whole set."""
     was_training = model.training
     model.eval()
-    device = valset.tokens.device
+    device = torch.device(device) if device is not None else valset.tokens.device
     total, count = 0.0, 0
     bf16 = resolve_precision(precision, device) == Precision.BF16
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    for i, start in enumerate(range(0, len(valset), valset.batch_size)):
-        sl = slice(start, start + valset.batch_size)
+    sharded = valset.batches is not None
+    batches = valset.batches if sharded else list(range(-(-len(valset) // valset.batch_size)))
+    world = 1 if not sharded or not dist.is_initialized() else dist.get_world_size()
+    rounds = -(-valset.num_batches // world) if sharded else len(batches)
+    for j in range(rounds):
+        real = j < len(batches)  # ranks with fewer batches repeat their first, uncounted
+        sl = slice(j * valset.batch_size if real else 0, (j + 1) * valset.batch_size if real else valset.batch_size)
+        i = batches[j] if real else 0
         gen = torch.Generator(device).manual_seed(VAL_SEED + i)  # the same draws for every model
         with ctx:
-            loss = model(valset.tokens[sl], valset.text_emb[sl], valset.text_mask[sl], generator=gen, text_dropout=0.0,
-                         vlb_weight=vlb_weight)
+            loss = model(*(x[sl].to(device) for x in (valset.tokens, valset.text_emb, valset.text_mask)),
+                         generator=gen, text_dropout=0.0, vlb_weight=vlb_weight)
         b = valset.tokens[sl].shape[0]
-        total, count = total + float(loss) * b, count + b
+        if real:
+            total, count = total + float(loss) * b, count + b
+    if world > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64,
+                            device=device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(sums)
+        total, count = sums.tolist()
     model.train(was_training)
     return total / count

@@ -370,7 +370,8 @@ class CachedTextEncoder(TextEncoder):
         for p in prompts:
             if p in fresh:
                 row = fresh[p]
-                self._rows[p] = row.to(self.dtype).clone()  # clone: do not pin the whole batch tensor
+                # In host memory (a T5-XXL row is up to 128 x 4096 floats); clone: do not pin the batch.
+                self._rows[p] = row.to("cpu", self.dtype).clone()
             else:
                 row = self._rows[p]
                 self._rows.move_to_end(p)

@@ -6,8 +6,12 @@ A checkpoint is a folder holding
 * ``model.safetensors``   raw weights (unwrapped: no DDP/compile prefixes),
 * ``ema.safetensors``     EMA weights (used for sampling and evaluation),
 * ``meta.json``           step, identities of the tokenizer and text encoder, counts,
-* ``training_state.pt``   optimizer, scheduler, RNG and data position, for ``--resume``
-                          (tensors and plain data only: read with ``weights_only=True``).
+* ``training_state.pt``   step (the data position and the random state follow from it),
+                          optimizer, scheduler, log, for ``--resume`` (tensors and plain
+                          data only: read with ``weights_only=True``).
+
+FSDP runs keep the weights, EMA and optimizer state as shards in ``sharded/`` instead
+(:mod:`fluid.train.dcp`); everything that reads weights reads both forms.
 
 A run folder holds ``step-XXXXXXX`` checkpoints, a ``latest`` link to the newest, and
 ``metrics.jsonl``. Loading never unpickles code.
@@ -64,21 +68,25 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_checkpoint(folder: str | Path, cfg: FluidConfig, model: nn.Module, ema: nn.Module | None = None,
-                    training_state: dict | None = None, meta: dict | None = None) -> Path:
+def save_checkpoint(folder: str | Path, cfg: FluidConfig, model: nn.Module | None, ema: nn.Module | None = None,
+                    training_state: dict | None = None, meta: dict | None = None, tmp: Path | None = None) -> Path:
     """Write a checkpoint atomically: into ``folder.tmp`` first, then renamed.
 
     A write that fails (full disk, no permission) removes the partial folder and raises
     :class:`RunWriteError`; an existing ``folder`` is replaced only once the new one is whole.
+    ``model=None`` with ``tmp``: the weights are already in ``tmp`` (sharded, :mod:`fluid.train.dcp`).
     """
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
+    fresh = tmp is None
+    tmp = folder.with_name(folder.name + ".tmp") if fresh else Path(tmp)
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if fresh:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         cfg.save(tmp / "config.json")
-        save_safetensors(_state(model), tmp / "model.safetensors")
-        save_safetensors(_state(ema if ema is not None else model), tmp / "ema.safetensors")
+        if model is not None:
+            save_safetensors(_state(model), tmp / "model.safetensors")
+            save_safetensors(_state(ema if ema is not None else model), tmp / "ema.safetensors")
         (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2) + "\n")
         if training_state is not None:
             torch.save(training_state, tmp / "training_state.pt")
@@ -152,14 +160,8 @@ def load_weights(model: nn.Module, folder: str | Path, ema: bool = True) -> None
     when a file is missing or the weights do not fit the model built from the config."""
     folder = resolve(folder)
     name = "ema.safetensors" if ema else "model.safetensors"
-    missing = [f for f in ("config.json", name) if not (folder / f).exists()]
-    if missing:
-        raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
-    try:
-        state = load_file(str(folder / name))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint {folder}: cannot read {name}: {e}") from None
     own = unwrap(model).state_dict()
+    state = read_weights(folder, ema, own)
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]
     problems += [f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
@@ -168,6 +170,33 @@ def load_weights(model: nn.Module, folder: str | Path, ema: bool = True) -> None
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise CheckpointError(f"checkpoint {folder}: {name} does not match config.json ({shown})")
     unwrap(model).load_state_dict(state)
+
+
+def read_weights(folder: Path, ema: bool = True, shapes: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The EMA (or raw) weights of a checkpoint folder as a CPU state dict: from its
+    safetensors file, or gathered from the shards of an FSDP run (``shapes``, the state dict
+    of a model built from its config, possibly on the meta device, names what to read)."""
+    from fluid.train import dcp
+
+    name = "ema.safetensors" if ema else "model.safetensors"
+    if not (folder / name).exists() and dcp.is_sharded_checkpoint(folder) and (folder / "config.json").exists():
+        if shapes is None:
+            from fluid.model import Generator
+
+            cfg = read_config(folder)
+            with torch.device("meta"):
+                shapes = Generator(cfg.model, cfg.text).state_dict()
+        try:
+            return dcp.read_full(folder, shapes, ema=ema)
+        except Exception as e:  # DCP wraps reader errors in its own types
+            raise CheckpointError(f"checkpoint {folder}: cannot read the sharded weights: {str(e).splitlines()[0]}") from None
+    missing = [f for f in ("config.json", name) if not (folder / f).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
+    try:
+        return load_file(str(folder / name))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {folder}: cannot read {name}: {e}") from None
 
 
 def export(src: str | Path, dst: str | Path, dtype: str = "fp16") -> Path:
@@ -179,10 +208,7 @@ def export(src: str | Path, dst: str | Path, dtype: str = "fp16") -> Path:
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, not {dtype!r}")
     cfg = read_config(src)
-    try:
-        state = load_file(str(src / "ema.safetensors"))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint {src}: cannot read ema.safetensors: {e}") from None
+    state = read_weights(src, ema=True)
     dst.mkdir(parents=True, exist_ok=True)
     cfg.save(dst / "config.json")
     save_safetensors({k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},

@@ -7,7 +7,9 @@ Launch: ``torchrun --nproc_per_node=8 -m fluid.cli train ...`` (NCCL on GPUs, gl
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,8 +43,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def setup(device: str | None = None) -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
+def setup(device: str | None = None, timeout_s: float = 900) -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    A collective that waits more than ``timeout_s`` (a rank hung or died) raises instead of
+    stalling the job (see :func:`explain_timeouts`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = device or default_device()
     if world == 1:
@@ -52,7 +57,7 @@ def setup(device: str | None = None) -> DistInfo:
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local_rank, device)
 
 
@@ -66,6 +71,24 @@ def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
         return model
     ids = [torch.device(info.device).index] if info.device.startswith("cuda") else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective operation timed out: another rank hung, died or is far slower."""
+
+
+@contextmanager
+def explain_timeouts(timeout_s: float, info: DistInfo):
+    """Turn a backend's timeout error into one that says what happened and what to do."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as e:
+        if info.world == 1 or "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+            raise
+        raise CollectiveTimeout(
+            f"rank {info.rank} of {info.world} waited more than train.dist_timeout_s={timeout_s:g} s for the other "
+            f"ranks: one of them hung or died (see its log). Restart from the last checkpoint with --resume; raise "
+            f"train.dist_timeout_s if steps are legitimately that slow. Backend said: {str(e).splitlines()[0]}") from e
 
 
 def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> float:

@@ -12,7 +12,10 @@ step and return (:mod:`fluid.train.stop`). A run folder that cannot be written (
 permissions) raises :class:`~fluid.train.checkpoint.RunWriteError`; checkpoints already
 written stay loadable.
 
-Multi-GPU / multi-node runs go through ``torchrun`` (DDP); the model code stays single-device.
+Multi-GPU / multi-node runs go through ``torchrun``; ``train.batch_size`` is the global batch,
+split over the processes and gradient-accumulation micro-steps, with DDP or FSDP2 applied
+around the single-device model (:mod:`fluid.train.parallel`). FSDP2 runs write sharded
+checkpoints (:mod:`fluid.train.dcp`); every run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -25,18 +28,20 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from tqdm.auto import tqdm
 
 from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
+from fluid.data.heldout import check_heldout
 from fluid.data.stream import TrainStream
 from fluid.eval.validation import ValidationSet, validation_loss
 from fluid.model import Generator
 from fluid.train import checkpoint as ckpt
+from fluid.train import dcp
 from fluid.train.checkpoint import RunWriteError, write_failure
-from fluid.train.distributed import DistInfo, all_reduce_mean, any_rank, wrap_ddp
+from fluid.train.distributed import DistInfo, all_reduce_mean, any_rank, explain_timeouts
 from fluid.train.ema import EMA
 from fluid.train.optim import build_optimizer, build_scheduler
+from fluid.train.parallel import batch_split, clip_grad_norm, gradient_sync, is_sharded, parallelize, slot_seed
 from fluid.train.stop import StopSignals
 
 
@@ -75,14 +80,22 @@ class Trainer:
         self.show_progress = show_progress and self.dist.is_main
         t = cfg.train
 
+        # Each process runs `accum` micro-batches of `micro` images per step: the global batch
+        # t.batch_size is the same on any number of processes.
+        self.micro, self.accum = batch_split(t, self.dist.world)
+        if t.val_every:
+            check_heldout(cfg.data)  # fail now, not at the first validation hours later
+
         torch.manual_seed(t.seed)  # initial weights: identical on every rank
         self.model = Generator(cfg.model, cfg.text).to(self.device)
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
+        self.train_model = parallelize(self.model, self.ema.model, self.dist, t)  # before the optimizer (FSDP2)
         self.opt = build_optimizer(self.model, t)
         self.sched = build_scheduler(self.opt, t, cfg.lr_schedule)
-        # One generator per rank drives every random choice of training (posterior samples,
-        # text dropout, orders, masks, timesteps, noise); its state is checkpointed.
-        self.gen = torch.Generator(self.device).manual_seed(t.seed * 1_000_003 + 7919 * self.dist.rank + 1)
+        # One generator drives every random choice of training (posterior samples, text
+        # dropout, orders, masks, timesteps, noise); it is reseeded for each micro-batch from
+        # (seed, step, slot), so a step's draws do not depend on the number of processes.
+        self.gen = torch.Generator(self.device)
         self.step = 0
         # Training-loss average over the current log window, and skipped (non-finite) steps:
         # checkpointed, so that a resumed run logs what the uninterrupted one would.
@@ -97,10 +110,9 @@ class Trainer:
                 raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue "
                                       f"that run, or choose another output folder")
         # The stream refuses a prepared cache made by another tokenizer or text encoder.
-        self.stream = TrainStream(cfg.data, t.batch_size, rank=self.dist.rank, world=self.dist.world,
-                                  start=self.step, device=self.device, tokenizer=self.tokenizer,
-                                  text_encoder=self.text_encoder)
-        self.train_model = wrap_ddp(self.model, self.dist)
+        self.stream = TrainStream(cfg.data, self.micro, rank=self.dist.rank, world=self.dist.world,
+                                  start=self.step * self.accum, device=self.device, tokenizer=self.tokenizer,
+                                  text_encoder=self.text_encoder, accum=self.accum)
         if t.compile:
             self.train_model = torch.compile(self.train_model, dynamic=True)
         self.valset = None
@@ -109,15 +121,23 @@ class Trainer:
 
     def _resume(self) -> None:
         folder = ckpt.resolve(self.run_dir)
-        ckpt.load_weights(self.model, folder, ema=False)
-        ckpt.load_weights(self.ema.model, folder, ema=True)
         state = ckpt.load_training_state(folder)
-        if state.get("world", 1) != self.dist.world:
-            raise ValueError(f"{folder} was written by a run of {state.get('world', 1)} processes; "
-                             f"resume it with the same number (got {self.dist.world})")
-        self.opt.load_state_dict(state["optimizer"])
+        old_world = state.get("world", 1)
+        if "global_batch" not in state and old_world != 1:  # written when train.batch_size was per process
+            per_process = ckpt.read_config(folder).train.batch_size
+            if self.cfg.train.batch_size != per_process * old_world:
+                raise ValueError(f"{folder} was written by {old_world} processes when train.batch_size was per "
+                                 f"process; it is now the global batch: resume with --set train.batch_size="
+                                 f"{per_process * old_world}")
+        if dcp.is_sharded_checkpoint(folder):
+            dcp.load_sharded(folder, self.model, self.ema.model, self.opt)
+        elif is_sharded(self.model):
+            raise ValueError(f"{folder} is a train.parallel=ddp checkpoint: resume it with --set train.parallel=ddp")
+        else:
+            ckpt.load_weights(self.model, folder, ema=False)
+            ckpt.load_weights(self.ema.model, folder, ema=True)
+            self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        self.gen.set_state(state["generators"][self.dist.rank])
         self.step = int(state["step"])
         log = state.get("log", {})
         self.loss_sum = log.get("loss_sum", self.loss_sum)
@@ -146,24 +166,31 @@ class Trainer:
         os.replace(tmp, path)
 
     def _training_state(self) -> dict:
-        gens = self.dist.gather_states(self.gen.get_state())
+        # No random state: a step's draws are a function of (seed, step, slot), its data of the step.
         log = {"loss_sum": self.loss_sum.cpu(), "loss_count": self.loss_count,
                "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row}
-        return {"step": self.step, "world": self.dist.world, "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "generators": gens, "log": log}
+        state = {"step": self.step, "world": self.dist.world, "global_batch": self.cfg.train.batch_size,
+                 "micro_batch": self.micro, "scheduler": self.sched.state_dict(), "log": log}
+        if not is_sharded(self.model):
+            state["optimizer"] = self.opt.state_dict()  # sharded runs keep it in the DCP shards
+        return state
 
     def save(self) -> Path | None:
         """Write ``step-XXXXXXX`` and point ``latest`` at it; :class:`RunWriteError` if the
         folder cannot be written (the previous checkpoints are left as they were)."""
-        state = self._training_state()  # collective: every rank takes part
-        if not self.dist.is_main:
-            return None
         folder = self.run_dir / f"step-{self.step:07d}"
+        state = self._training_state()
         meta = {"step": self.step, "variant": self.cfg.model.variant, "tokenizer": self.tokenizer.identity(),
                 "text_encoder": self.text_encoder.identity(),
-                "params": sum(p.numel() for p in self.model.parameters())}
+                "params": sum(p.numel() for p in self.model.parameters())}  # DTensors count their global size
         try:
-            ckpt.save_checkpoint(folder, self.cfg, self.model, self.ema.model, state, meta)
+            if is_sharded(self.model):  # every rank writes its shards
+                dcp.save_sharded(folder, self.model, self.ema.model, self.opt, self.dist.is_main,
+                                 lambda tmp: ckpt.save_checkpoint(folder, self.cfg, None, None, state, meta, tmp=tmp))
+            elif self.dist.is_main:
+                ckpt.save_checkpoint(folder, self.cfg, self.model, self.ema.model, state, meta)
+            if not self.dist.is_main:
+                return None
             ckpt.update_latest(self.run_dir, folder, self.cfg.train.keep_checkpoints)
         except RunWriteError as e:
             raise RunWriteError(f"{e}; {self._last_good()}") from e
@@ -187,10 +214,14 @@ class Trainer:
         return tokens.float() if tokens.is_floating_point() else tokens, emb.to(self.device), mask.to(self.device)
 
     def validate(self) -> dict:
+        """Validation loss of the EMA and raw weights; every rank evaluates its share of the
+        batches (kept in host memory) and the sums are all-reduced."""
         if self.valset is None:
-            self.valset = ValidationSet.build(self.cfg, self.tokenizer, self.text_encoder, self.device)
-        out = {"val_loss": validation_loss(self.ema.model, self.valset, self.cfg.train.precision)}
-        out["val_loss_raw"] = validation_loss(self.model, self.valset, self.cfg.train.precision)
+            full = ValidationSet.build(self.cfg, self.tokenizer, self.text_encoder, self.device)
+            self.valset = full.shard(self.dist.rank, self.dist.world)
+        kw = {"precision": self.cfg.train.precision, "device": self.device}
+        out = {"val_loss": validation_loss(self.ema.model, self.valset, **kw)}
+        out["val_loss_raw"] = validation_loss(self.model, self.valset, **kw)
         return out
 
     def fit(self, steps: int | None = None) -> dict:
@@ -207,14 +238,10 @@ class Trainer:
         t0, images = time.perf_counter(), 0
         self.model.train()
         it = iter(self.stream)
-        with StopSignals() as signals:
+        with StopSignals() as signals, explain_timeouts(t.dist_timeout_s, self.dist):
             while self.step < total:
-                item = next(it)
-                tokens, emb, mask = self.encode(*item) if isinstance(item[1], list) else item
-                with autocast(self.device, t.precision):
-                    loss = self.train_model(tokens, emb, mask, self.gen)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                loss = self.accumulate(it)
+                grad_norm = clip_grad_norm(self.model, t.grad_clip)
                 # One small collective per step: every rank must skip the same steps and stop
                 # at the same step, or the next all-reduce would wait forever.
                 bad, stop = any_rank([~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)),
@@ -230,7 +257,7 @@ class Trainer:
                 self._step_scheduler(after_update=not bad)
                 self.opt.zero_grad(set_to_none=True)
                 self.step += 1
-                images += tokens.shape[0] * self.dist.world
+                images += t.batch_size
                 bar.update(1)
 
                 if self.step % t.log_every == 0 or self.step == total:
@@ -245,7 +272,7 @@ class Trainer:
                     self.loss_sum, self.loss_count = torch.zeros((), dtype=torch.float64), 0
                     t0, images = time.perf_counter(), 0
                     self._log(log_path, last)
-                if t.val_every and (self.step % t.val_every == 0 or self.step == total) and self.dist.is_main:
+                if t.val_every and (self.step % t.val_every == 0 or self.step == total):  # every rank: sharded
                     v = {"step": self.step, **self.validate()}
                     self._log(log_path, v)
                     last.update(v)
@@ -267,6 +294,24 @@ class Trainer:
                     break
         bar.close()
         return last
+
+    def accumulate(self, it) -> torch.Tensor:
+        """Forward and backward of this process's micro-batches of one step; gradients are
+        summed locally and averaged over the ranks on the last one. Returns the mean loss.
+
+        Micro-batch ``a`` of rank ``r`` fills slot ``a * world + r`` of the global batch: its
+        data and its random draws depend on (seed, step, slot) only."""
+        losses = []
+        for a in range(self.accum):
+            self.gen.manual_seed(slot_seed(self.cfg.train.seed, self.step, a * self.dist.world + self.dist.rank))
+            item = next(it)
+            tokens, emb, mask = self.encode(*item) if isinstance(item[1], list) else item
+            with gradient_sync(self.train_model, self.model, sync=a == self.accum - 1):
+                with autocast(self.device, self.cfg.train.precision):
+                    loss = self.train_model(tokens, emb, mask, self.gen)
+                (loss / self.accum).backward()
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
 
     def _skip_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, log_path: Path) -> None:
         """A non-finite loss or gradient: no update of the weights, the optimizer or the EMA;
