@@ -502,7 +502,21 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)
+
+    # Its options are benchmarks/bench.py's own: main() hands every argument after "bench" over.
+    sub.add_parser("bench", help="training and sampling speed, MFU, head share (fluid bench --help)")
     return parser
+
+
+def cmd_bench(argv: list[str]) -> int:
+    root = Path(__file__).resolve().parents[1]  # the source checkout: benchmarks/ beside fluid/
+    if not (root / "benchmarks" / "bench.py").is_file():
+        print("fluid bench: needs a source checkout (benchmarks/bench.py beside fluid/)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from benchmarks.bench import main as bench_main
+
+    return bench_main(argv)
 
 
 def _plain_warnings() -> None:
@@ -519,6 +533,9 @@ def _plain_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     args = make_parser().parse_args(argv)
     if args.command == "scale" and not args.list and not args.out:
         print("fluid scale: --out is required (unless --list)", file=sys.stderr)
