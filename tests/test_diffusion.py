@@ -237,7 +237,8 @@ def test_ddim_step_by_step_matches_its_closed_form_on_unit_variance_data():
         ab = d.alphas_cumprod.tolist()[::-1] + [1.0]  # x_T first, the clean end last
         shrink = math.prod(math.sqrt(ab[j] * ab[j + 1]) + math.sqrt((1 - ab[j]) * (1 - ab[j + 1])) for j in range(k))
         expected = mu + shrink * (noise - math.sqrt(ab[0]) * mu)
-        torch.testing.assert_close(d.sample_ode(eps_fn, noise, order=1), expected, atol=1e-9, rtol=0)
+        # 1e-6: at alpha-bar_T ~ 1e-8 the x_0 estimate cancels ~8 digits of float64
+        torch.testing.assert_close(d.sample_ode(eps_fn, noise, order=1), expected, atol=1e-6, rtol=0)
 
 
 def test_ode_samplers_converge_to_the_exact_flow_of_gaussian_data():
@@ -251,12 +252,14 @@ def test_ode_samplers_converge_to_the_exact_flow_of_gaussian_data():
     ab_T = base.alphas_cumprod[-1]
     exact = mu + s * (noise - ab_T.sqrt() * mu) / (ab_T * s**2 + 1 - ab_T).sqrt()
     err = {(k, order): (base.respace(k).sample_ode(eps_fn, noise, order=order) - exact).abs().max().item()
-           for k in (50, 100, 1000) for order in (1, 2)}
+           for k in (50, 100, 400, 1000) for order in (1, 2)}
     assert err[1000, 1] < 5e-3 and err[1000, 2] < 1.5e-3, err
     assert err[100, 1] < 0.05 and err[100, 2] < 0.015, err
-    for k in (50, 100, 1000):
+    for k in (50, 100, 400, 1000):
         assert err[k, 2] < 0.7 * err[k, 1], err  # second order beats first at every budget
-    assert 5 < err[100, 1] / err[1000, 1] < 15, err  # first order: 10x the steps, ~1/10 the error
+    # The order of convergence, 4x the steps: first order ~1/4 the error, second order far less
+    # (a wrong extrapolation weight, e.g. r for 1/r, still converges, but at first order).
+    assert 3 < err[100, 1] / err[400, 1] < 5 and err[100, 2] / err[400, 2] > 10, err
 
 
 def test_ode_sampler_lands_on_a_point_mass_and_refuses_other_orders():
