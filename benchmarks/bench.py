@@ -264,9 +264,11 @@ def bench_sampling(presets, variants, precs, heads, args, device) -> list[dict]:
                 torch.manual_seed(0)
                 models[preset, variant] = (cfg, Generator(cfg.model, cfg.text).to(device).eval())
             cfg, model = models[preset, variant]
-            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=args.gen_steps,
+            # Repeat 0 warms up with 2 generation steps and at most 2 head steps.
+            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=args.gen_steps if r else 2,
                                 head_sampler=sampler or HeadSampler.DDPM)
-            out = sample_once(model, cfg, scfg, steps, args.sample_batch, prec, device)
+            out = sample_once(model, cfg, scfg, (steps if r else min(2, steps)) if steps else None,
+                              args.sample_batch, prec, device)
             if r:
                 runs[c].append(out)
     rows = []
