@@ -56,7 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="shapes-small")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=None, help="default: the preset's token count")
     p.add_argument("--long-tokens", type=int, default=256)
     p.add_argument("--long-batch-size", type=int, default=4)
     p.add_argument("--head-steps", type=int, default=100)
@@ -65,7 +65,8 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [bench(v, args.preset, args.tokens, args.batch_size, args.repeats, args.head_steps) for v in VARIANTS]
+    tokens = args.tokens or get_preset(args.preset).model.num_tokens
+    rows = [bench(v, args.preset, tokens, args.batch_size, args.repeats, args.head_steps) for v in VARIANTS]
     cache = []
     for v in ("discrete-raster", "continuous-raster"):
         with_cache = bench(v, args.preset, args.long_tokens, args.long_batch_size, 1, args.head_steps, True)

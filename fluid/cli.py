@@ -17,6 +17,7 @@ if os.environ.get("FLUID_ONLINE") != "1":
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, LRSchedule, apply_overrides, get_preset  # noqa: E402
+from fluid.config import HeadSampler  # noqa: E402
 from fluid.train.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -130,7 +131,8 @@ def cmd_sample(args) -> int:
     pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device=_device(args.device),
                                          use_ema=not args.raw_weights)
     overrides = dict(cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature, steps=args.steps,
-                     confidence=args.confidence or None, head_steps=args.head_steps, batch_size=args.batch_size)
+                     confidence=args.confidence or None, head_steps=args.head_steps, batch_size=args.batch_size,
+                     head_sampler=args.head_sampler)
     used = pipe.settings(**overrides)  # checks every value before any sampling
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -410,6 +412,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--steps", type=int, default=None, help="random-order generation steps")
     p.add_argument("--head-steps", type=int, default=None, help="diffusion head sampling steps")
+    p.add_argument("--head-sampler", choices=[h.value for h in HeadSampler], default=None,
+                   help="diffusion head sampler (ddim / dpm++2m: deterministic, few steps)")
     p.add_argument("--confidence", action="store_true", help="discrete random order: MaskGIT confidence selection")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (does not change the images)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
@@ -496,7 +500,21 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)
+
+    # Its options are benchmarks/bench.py's own: main() hands every argument after "bench" over.
+    sub.add_parser("bench", help="training and sampling speed, MFU, head share (fluid bench --help)")
     return parser
+
+
+def cmd_bench(argv: list[str]) -> int:
+    root = Path(__file__).resolve().parents[1]  # the source checkout: benchmarks/ beside fluid/
+    if not (root / "benchmarks" / "bench.py").is_file():
+        print("fluid bench: needs a source checkout (benchmarks/bench.py beside fluid/)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from benchmarks.bench import main as bench_main
+
+    return bench_main(argv)
 
 
 def _plain_warnings() -> None:
@@ -513,6 +531,9 @@ def _plain_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     args = make_parser().parse_args(argv)
     if args.command == "scale" and not args.list and not args.out:
         print("fluid scale: --out is required (unless --list)", file=sys.stderr)

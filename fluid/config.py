@@ -44,6 +44,14 @@ class CFGSchedule(str, enum.Enum):
     LINEAR = "linear"  # scale ramps from 1 with the fraction of tokens already generated
 
 
+class HeadSampler(str, enum.Enum):
+    """How the diffusion head draws a token (see ``fluid.diffusion.gaussian``)."""
+
+    DDPM = "ddpm"  # ancestral, with the learned variance; temperature scales every step's noise
+    DDIM = "ddim"  # deterministic (eta 0), first order; temperature scales the initial noise
+    DPM_SOLVER = "dpm++2m"  # deterministic DPM-Solver++(2M), second order; temperature as DDIM
+
+
 class LRSchedule(str, enum.Enum):
     CONSTANT = "constant"  # linear warm-up, then constant (continuous variants)
     COSINE = "cosine"  # linear warm-up, then cosine decay to zero (discrete variants)
@@ -331,9 +339,14 @@ class SampleConfig:
     confidence: bool = False
     """Discrete random order: MaskGIT confidence-based selection instead of the random order."""
     batch_size: int = 16
+    head_sampler: HeadSampler = HeadSampler.DDPM
+    """Diffusion head: ``ddpm`` (ancestral, ``model.head_sample_steps`` ~100 steps) or a
+    deterministic ODE sampler that needs few steps, ``ddim`` or ``dpm++2m`` (set the head
+    steps to 10-25); the ODE samplers apply the temperature to the initial noise only."""
 
     def __post_init__(self):
         self.cfg_schedule = CFGSchedule(self.cfg_schedule)
+        self.head_sampler = HeadSampler(self.head_sampler)
         for name in ("cfg", "temperature", "x0_clip"):
             _check_number(f"sample.{name}", getattr(self, name), minimum=0.0)
         for name in ("steps", "batch_size"):

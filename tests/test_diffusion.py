@@ -212,3 +212,68 @@ def test_hybrid_loss_is_iddpm_lt_with_lambda_times_T():
                                                                                    (v_net + 1) / 2)
         # The loss is computed in float32 (as in training), hence the tolerance.
         assert abs(loss.item() - expected) < 1e-5 * max(1.0, abs(expected)), (t, loss.item(), expected)
+
+
+def _gaussian_data_eps(mu: torch.Tensor, s: torch.Tensor):
+    """The exact epsilon (E[eps | x_t]) for data x_0 ~ N(mu, diag(s^2)): x_t ~ N(alpha mu,
+    alpha^2 s^2 + sigma^2), so E[eps | x_t] = sigma (x_t - alpha mu) / (alpha^2 s^2 + sigma^2)."""
+    base = GaussianDiffusion.cosine(1000)
+
+    def eps_fn(x, t):  # the model sees original timesteps; the variance half is unused
+        ab = base.alphas_cumprod[t][:, None]
+        a, sg = ab.sqrt(), (1 - ab).sqrt()
+        return torch.cat([sg * (x - a * mu) / (a**2 * s**2 + sg**2), torch.zeros_like(x)], 1)
+
+    return base, eps_fn
+
+
+def test_ddim_step_by_step_matches_its_closed_form_on_unit_variance_data():
+    """For N(mu, I) data each DDIM step maps x_t = alpha_t mu + c z to alpha_s mu +
+    (alpha_s alpha_t + sigma_s sigma_t) c z: the sampler's output is known in closed form for
+    any spacing (the coefficients' product falls short of 1: DDIM's first-order error)."""
+    mu = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    base, eps_fn = _gaussian_data_eps(mu, torch.ones(2, dtype=torch.float64))
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for k in (1, 7, 25):
+        d = base.respace(k)
+        ab = d.alphas_cumprod.tolist()[::-1] + [1.0]  # x_T first, the clean end last
+        shrink = math.prod(math.sqrt(ab[j] * ab[j + 1]) + math.sqrt((1 - ab[j]) * (1 - ab[j + 1])) for j in range(k))
+        expected = mu + shrink * (noise - math.sqrt(ab[0]) * mu)
+        # 1e-6: at alpha-bar_T ~ 1e-8 the x_0 estimate cancels ~8 digits of float64
+        torch.testing.assert_close(d.sample_ode(eps_fn, noise, order=1), expected, atol=1e-6, rtol=0)
+
+
+def test_ode_samplers_converge_to_the_exact_flow_of_gaussian_data():
+    """The probability-flow ODE maps x_T to mu + s z, z = (x_T - alpha_T mu) / sqrt(var_T), for
+    N(mu, diag(s^2)) data. DDIM (first order) and DPM-Solver++(2M) (second order) approach it
+    as the steps grow, the second-order solver faster."""
+    mu = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    s = torch.tensor([0.2, 1.0, 0.05], dtype=torch.float64)
+    base, eps_fn = _gaussian_data_eps(mu, s)
+    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ab_T = base.alphas_cumprod[-1]
+    exact = mu + s * (noise - ab_T.sqrt() * mu) / (ab_T * s**2 + 1 - ab_T).sqrt()
+    err = {(k, order): (base.respace(k).sample_ode(eps_fn, noise, order=order) - exact).abs().max().item()
+           for k in (50, 100, 400, 1000) for order in (1, 2)}
+    assert err[1000, 1] < 5e-3 and err[1000, 2] < 1.5e-3, err
+    assert err[100, 1] < 0.05 and err[100, 2] < 0.015, err
+    for k in (50, 100, 400, 1000):
+        assert err[k, 2] < 0.7 * err[k, 1], err  # second order beats first at every budget
+    # The order of convergence, 4x the steps: first order ~1/4 the error, second order far less
+    # (a wrong extrapolation weight, e.g. r for 1/r, still converges, but at first order).
+    assert 3 < err[100, 1] / err[400, 1] < 5 and err[100, 2] / err[400, 2] > 10, err
+
+
+def test_ode_sampler_lands_on_a_point_mass_and_refuses_other_orders():
+    d = GaussianDiffusion.cosine(1000).respace(3)
+    mu = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def eps_fn(x, t):  # exact epsilon when every data point is mu
+        ab = GaussianDiffusion.cosine(1000).alphas_cumprod[t][:, None]
+        return torch.cat([(x - ab.sqrt() * mu) / (1 - ab).sqrt(), torch.zeros_like(x)], 1)
+
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for order in (1, 2):
+        torch.testing.assert_close(d.sample_ode(eps_fn, noise, order=order), mu.expand(8, 2), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="order"):
+        d.sample_ode(eps_fn, noise, order=3)

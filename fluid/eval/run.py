@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from fluid.config import VARIANTS
+from fluid.config import VARIANTS, HeadSampler
 
 FORMAT = "fluid-eval/1"
 
@@ -71,11 +71,12 @@ class EvalOptions:
     temperature: float | None = None
     steps: int | None = None
     head_steps: int | None = None
+    head_sampler: str | None = None
     batch_size: int | None = None
 
     def sample_overrides(self) -> dict:
         given = dict(cfg=self.cfg, temperature=self.temperature, steps=self.steps, head_steps=self.head_steps,
-                     batch_size=self.batch_size)
+                     head_sampler=self.head_sampler, batch_size=self.batch_size)
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -331,6 +332,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--steps", type=int, default=None, help="random-order generation steps")
     p.add_argument("--head-steps", type=int, default=None, help="diffusion head sampling steps")
+    p.add_argument("--head-sampler", choices=[h.value for h in HeadSampler], default=None,
+                   help="diffusion head sampler (ddim / dpm++2m: deterministic, few steps)")
     p.add_argument("--batch-size", type=int, default=None, help="sampling batch size")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fluid.config import CFGSchedule, SampleConfig
+from fluid.config import CFGSchedule, HeadSampler, SampleConfig
 from fluid.model.generator import Generator
 from fluid.model.masking import tokens_per_step
 from fluid.sample.rng import ImageRNG
@@ -95,7 +95,11 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
         return torch.cat([eps, cond[:, c:]], dim=-1)  # the variance comes from the conditional branch
 
     noise = rng.randn(m, c)  # (M, C)
-    return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, draw_noise=rng.randn), None
+    if cfg.head_sampler == HeadSampler.DDPM:
+        return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, draw_noise=rng.randn), None
+    # A deterministic sampler has no later noise to scale: the temperature narrows the start.
+    order = 2 if cfg.head_sampler == HeadSampler.DPM_SOLVER else 1
+    return diffusion.sample_ode(eps_fn, noise * cfg.temperature, order=order, x0_clip=cfg.x0_clip), None
 
 
 def respaced(model: Generator, steps: int):

@@ -1,0 +1,387 @@
+"""``fluid bench``: training and sampling speed per preset and variant, one JSON file and one
+Markdown table, with the machine and every setting recorded beside the figures.
+
+    fluid bench --out bench/                 # ref-512, the four variants, fp32 and the native bf16
+    fluid bench --quick --out bench-quick/   # tiny settings: that it runs (seconds)
+
+Accounting:
+
+* Training runs the trainer's own step (``Trainer.fit``: autocast, backward, gradient
+  clipping, AdamW, EMA, LR schedule) on one pre-encoded batch of random tokens and text
+  that the stream hands out again and again, so the tokenizer, the text encoder and data
+  loading are not part of it. Images/s is the trainer's own log over the measured steps,
+  after warm-up steps.
+* FLOPs per image are ``fluid.config.flops_per_image`` (matmuls, 2 per MAC; forward +
+  backward; the head on the mask schedule's mean share of tokens), which the tests check
+  against ``torch.utils.flop_counter`` on built models.
+* MFU = model FLOP/s over a square matmul's FLOP/s (``--matmul`` size, median of repeats)
+  measured in the same run, in the same precision and thread count.
+* Sampling: ``generate`` with CFG (linear, scale 3), at the preset's token count, random-order
+  steps min(64, tokens), per head sampler; the head's share is the time spent in
+  ``sample_from_head`` (every head step of every token, CFG included).
+* Configurations are interleaved within each repeat and the median repeat is reported, so
+  ratios survive a busy machine better than absolute figures do. Each rate is also given
+  per process CPU second (and MFU against the matmul's rate per CPU second): on a shared
+  CPU with fixed threads, that is the closer estimate of what a quiet machine would do.
+* Peak memory: the process's peak resident set after each measurement (CPU; monotonic, so
+  an upper bound for later rows), or the CUDA allocator's peak for that measurement.
+
+Weights are random: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import fluid.sample.generate as generate_module
+from fluid.config import (VARIANTS, HeadSampler, Precision, SampleConfig, TokenType, apply_overrides, flops_per_image,
+                          get_preset, resolve_precision)
+from fluid.model import Generator
+from fluid.sample.rng import ImageRNG
+from fluid.train.trainer import Trainer
+
+TEXT_LEN = 12  # prompt tokens of the random text (shapes captions are ~8-12 MiniLM tokens)
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine(device: torch.device) -> dict:
+    """What the figures were measured on."""
+    info = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        lscpu = ""
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    info["cpu"] = fields.get("Model name", platform.processor() or platform.machine()).strip()
+    flags = set(fields.get("Flags", "").split())
+    info["cpu_flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma"})
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def precisions(device: torch.device, asked: list[str] | None) -> list[str]:
+    """fp32, and bf16 where it is native (what ``precision=auto`` would pick)."""
+    if asked:
+        return asked
+    native = resolve_precision(Precision.AUTO, device) == Precision.BF16
+    return ["fp32", "bf16"] if native else ["fp32"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(precision: str, device: torch.device, n: int, repeats: int) -> dict:
+    """FLOP/s of an n x n x n matmul in ``precision`` (bf16: autocast, as training uses it),
+    per wall second and per process CPU second (medians)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    wall, cpu = [], []
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for i in range(repeats + 1):
+            _sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            a @ b
+            _sync(device)
+            if i:  # the first is warm-up
+                wall.append(2 * n**3 / (time.perf_counter() - t))
+                cpu.append(2 * n**3 / max(time.process_time() - c, 1e-9))
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+
+
+@contextmanager
+def peak_memory(device: torch.device, out: dict):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield
+    if device.type == "cuda":
+        out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    else:  # ru_maxrss is in KiB on Linux
+        out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _Geometry:
+    """Stands in for the tokenizer, which the trainer only asks for the token geometry here
+    (the batches come pre-encoded): the preset's own, not a shipped tokenizer's."""
+
+    def __init__(self, m):
+        self.token_type, self.token_dim, self.vocab_size, self._n = m.token_type, m.token_dim, m.vocab_size, m.num_tokens
+
+    def num_tokens(self, resolution: int) -> int:
+        return self._n
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, flag: bool):
+        return self
+
+
+class _SameBatch:
+    """A training stream that hands out one pre-encoded batch (tokens, text, mask) forever."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+
+def random_batch(cfg, batch: int, device: torch.device, seed: int = 0):
+    m, g = cfg.model, torch.Generator().manual_seed(seed)
+    if m.token_type == TokenType.CONTINUOUS:
+        tokens = torch.randn(batch, m.num_tokens, m.token_dim, generator=g)
+    else:
+        tokens = torch.randint(0, m.vocab_size, (batch, m.num_tokens), generator=g)
+    emb = torch.randn(batch, TEXT_LEN, cfg.text.dim, generator=g)
+    return tokens.to(device), emb.to(device), torch.ones(batch, TEXT_LEN, dtype=torch.bool, device=device)
+
+
+def train_once(cfg, precision: str, batch: int, steps: int, warmup: int, device: torch.device, run_dir: Path) -> dict:
+    """Images/s of the trainer's step over ``steps`` steps after ``warmup`` steps."""
+    cfg = apply_overrides(cfg, {"train.precision": precision, "train.batch_size": batch, "train.log_every": 10**9,
+                                "train.val_every": 0, "train.ckpt_every": 10**9, "data.pool": 0,
+                                "data.pool_encoded": False})
+    row: dict = {}
+    with peak_memory(device, row):
+        trainer = Trainer(cfg, run_dir, _Geometry(cfg.model), text_encoder=None, device=device, show_progress=False)
+        trainer.stream = _SameBatch(random_batch(cfg, batch, device))
+        trainer.save = lambda: None  # no checkpoints: not part of a step
+        trainer.fit(warmup)
+        cpu = time.process_time()
+        last = trainer.fit(warmup + steps)
+        cpu = time.process_time() - cpu
+    row["images_per_s"] = last["images_per_s"]
+    row["images_per_cpu_s"] = batch * steps / cpu
+    return row
+
+
+def bench_training(presets, variants, precs, args, device, peaks) -> list[dict]:
+    configs = [(p, v, prec) for p in presets for v in variants for prec in precs]
+    runs: dict = {c: [] for c in configs}
+    with tempfile.TemporaryDirectory(prefix="fluid-bench-") as tmp:
+        for r in range(args.repeats):
+            for i, (preset, variant, prec) in enumerate(configs):
+                cfg = get_preset(preset, variant=variant)
+                runs[preset, variant, prec].append(
+                    train_once(cfg, prec, args.train_batch or cfg.train.batch_size, args.train_steps, args.warmup,
+                               device, Path(tmp) / f"run-{r}-{i}"))
+    rows = []
+    for (preset, variant, prec), reps in runs.items():
+        cfg = get_preset(preset, variant=variant)
+        best = sorted(reps, key=lambda x: x["images_per_s"])[len(reps) // 2]  # the median repeat
+        flops = flops_per_image(cfg.model, cfg.text, text_len=TEXT_LEN)
+        ips, ipc = best["images_per_s"], best["images_per_cpu_s"]
+        rows.append({"preset": preset, "variant": variant, "precision": prec,
+                     "batch": args.train_batch or cfg.train.batch_size, "images_per_s": round(ips, 2),
+                     "runs_images_per_s": [round(x["images_per_s"], 2) for x in reps],
+                     "gflop_per_image": round(flops / 1e9, 4), "model_gflop_per_s": round(ips * flops / 1e9, 2),
+                     "peak_gflop_per_s": round(peaks[prec]["wall"] / 1e9, 2),
+                     "mfu": round(ips * flops / peaks[prec]["wall"], 4),
+                     # The same per CPU second: what a busy machine's wall clock cannot show.
+                     "images_per_cpu_s": round(ipc, 2), "mfu_cpu_time": round(ipc * flops / peaks[prec]["cpu"], 4),
+                     **{k: v for k, v in best.items() if k not in ("images_per_s", "images_per_cpu_s")}})
+    return rows
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def parse_head(spec: str) -> tuple[HeadSampler, int]:
+    """'ddpm:100' -> (DDPM, 100)."""
+    name, _, steps = spec.partition(":")
+    try:
+        return HeadSampler(name), int(steps or 100)
+    except ValueError:
+        raise SystemExit(f"fluid bench: --head-samplers takes SAMPLER:STEPS (e.g. ddpm:100 dpm++2m:20), not {spec!r}")
+
+
+def sample_once(model, cfg, scfg: SampleConfig, head_steps: int, batch: int, precision: str, device) -> dict:
+    emb, mask = random_batch(cfg, batch, device)[1:]
+    head = [0.0]
+    inner = generate_module.sample_from_head
+
+    def timed_head(*a, **k):
+        _sync(device)
+        t = time.perf_counter()
+        out = inner(*a, **k)
+        _sync(device)
+        head[0] += time.perf_counter() - t
+        return out
+
+    row: dict = {}
+    generate_module.sample_from_head = timed_head
+    try:
+        with peak_memory(device, row), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            _sync(device)
+            t, cpu = time.perf_counter(), time.process_time()
+            generate_module.generate(model, emb, mask, scfg, ImageRNG.for_images(0, range(batch), device),
+                                     head_steps=head_steps)
+            _sync(device)
+            seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    finally:
+        generate_module.sample_from_head = inner
+    return {"seconds": seconds, "cpu_seconds": round(cpu, 3), "head_share": head[0] / seconds, **row}
+
+
+def bench_sampling(presets, variants, precs, heads, args, device) -> list[dict]:
+    configs = []
+    for preset in presets:
+        for variant in variants:
+            continuous = variant.startswith("continuous")
+            for prec in precs:
+                for sampler, steps in (heads if continuous else [(None, None)]):
+                    configs.append((preset, variant, prec, sampler, steps))
+    models, runs = {}, {c: [] for c in configs}
+    for r in range(args.repeats + 1):  # repeat 0 warms every configuration up
+        for c in configs:
+            preset, variant, prec, sampler, steps = c
+            if (preset, variant) not in models:
+                cfg = get_preset(preset, variant=variant)
+                torch.manual_seed(0)
+                models[preset, variant] = (cfg, Generator(cfg.model, cfg.text).to(device).eval())
+            cfg, model = models[preset, variant]
+            # Repeat 0 warms up with 2 generation steps and at most 2 head steps.
+            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=args.gen_steps if r else 2,
+                                head_sampler=sampler or HeadSampler.DDPM)
+            out = sample_once(model, cfg, scfg, (steps if r else min(2, steps)) if steps else None,
+                              args.sample_batch, prec, device)
+            if r:
+                runs[c].append(out)
+    rows = []
+    for (preset, variant, prec, sampler, steps), reps in runs.items():
+        cfg = models[preset, variant][0]
+        best = sorted(reps, key=lambda x: x["seconds"])[len(reps) // 2]
+        b, n = args.sample_batch, cfg.model.num_tokens
+        rows.append({"preset": preset, "variant": variant, "precision": prec,
+                     "head_sampler": sampler.value if sampler else None, "head_steps": steps, "batch": b, "tokens": n,
+                     "generation_steps": min(args.gen_steps, n) if cfg.model.order.value == "random" else n,
+                     "images_per_s": round(b / best["seconds"], 3), "latency_s": round(best["seconds"], 3),
+                     "latency_per_image_s": round(best["seconds"] / b, 4),
+                     "runs_s": [round(x["seconds"], 3) for x in reps],
+                     "head_share": round(best["head_share"], 3) if sampler else None,
+                     **{k: v for k, v in best.items() if k not in ("seconds", "head_share")}})
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown(result: dict) -> str:
+    mc, s = result["machine"], result["settings"]
+    lines = [f"# fluid bench{' --quick' if s['quick'] else ''}", "",
+             f"{mc['cpu']} ({', '.join(mc['cpu_flags']) or 'no vector flags read'}; torch {mc['torch']}, "
+             f"capability {mc['cpu_capability']}), {mc['threads']} threads, device {mc['device']}, "
+             f"load average {mc['load_average_1min']} at the start; {s['repeats']} interleaved repeats, median.", "",
+             "Matmul peak (" + f"{s['matmul']}^3, median of {s['matmul_repeats']}): "
+             + ", ".join(f"{p} {v['wall'] / 1e9:.1f} GFLOP/s ({v['cpu'] / 1e9:.1f} per CPU second)"
+                        for p, v in result["peak_flops"].items()) + ".", "",
+             "## Training (the trainer's step)", "",
+             "| preset | variant | precision | batch | images/s | GFLOP/image | GFLOP/s | MFU | images/CPU-s | MFU (CPU time) "
+             "| peak memory MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["training"]:
+        mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
+        lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {r['batch']} | {r['images_per_s']} | "
+                     f"{r['gflop_per_image']} | {r['model_gflop_per_s']} | {r['mfu']:.1%} | {r['images_per_cpu_s']} | "
+                     f"{r['mfu_cpu_time']:.1%} | {mem} |")
+    lines += ["", "## Sampling (CFG 3, linear)", "",
+              "| preset | variant | precision | head sampler | head steps | batch | tokens | gen. steps | images/s | "
+              "latency s | CPU s | head share | peak memory MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["sampling"]:
+        mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
+        share = f"{r['head_share']:.0%}" if r["head_share"] is not None else "-"
+        lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {r['head_sampler'] or '-'} | "
+                     f"{r['head_steps'] or '-'} | {r['batch']} | {r['tokens']} | {r['generation_steps']} | "
+                     f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fluid bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
+    p.add_argument("--quick", action="store_true", help="tiny settings (debug preset, a few steps): that it runs")
+    p.add_argument("--presets", nargs="+", default=None, help="default: ref-512 (quick: debug)")
+    p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS, help="default: all four")
+    p.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
+                   help="default: fp32, and bf16 where native")
+    p.add_argument("--head-samplers", nargs="+", default=None,
+                   help="SAMPLER:STEPS for continuous variants (default: ddpm:100 dpm++2m:20)")
+    p.add_argument("--train-batch", type=int, default=None, help="default: the preset's")
+    p.add_argument("--train-steps", type=int, default=None, help="measured steps per run (default 10; quick 2)")
+    p.add_argument("--warmup", type=int, default=None, help="steps before measuring (default 3; quick 1)")
+    p.add_argument("--sample-batch", type=int, default=None, help="default 16 (quick 2)")
+    p.add_argument("--gen-steps", type=int, default=64, help="random-order generation steps (capped at the tokens)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; quick 1)")
+    p.add_argument("--matmul", type=int, default=None, help="matmul size for the peak (default 2048; quick 256)")
+    p.add_argument("--matmul-repeats", type=int, default=None, help="default 10 (quick 3)")
+    p.add_argument("--skip", nargs="+", default=[], choices=["training", "sampling"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    q = args.quick
+    defaults = {"presets": ["debug"] if q else ["ref-512"], "variants": ["continuous-random", "discrete-raster"] if q
+                else list(VARIANTS), "head_samplers": ["ddpm:5", "ddim:2"] if q else ["ddpm:100", "dpm++2m:20"],
+                "train_batch": 4 if q else None, "train_steps": 2 if q else 10, "warmup": 1 if q else 3,
+                "sample_batch": 2 if q else 16, "repeats": 1 if q else 3, "matmul": 256 if q else 2048,
+                "matmul_repeats": 3 if q else 10}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = fill_defaults(make_parser().parse_args(argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    heads = [parse_head(h) for h in args.head_samplers]
+    precs = precisions(device, args.precisions)
+    result = {"benchmark": "fluid-bench/1", "machine": machine(device),
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device")},
+              "precisions": precs, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result["peak_flops"] = {p: matmul_peak(p, device, args.matmul, args.matmul_repeats) for p in precs}
+    result["training"] = [] if "training" in args.skip else bench_training(args.presets, args.variants, precs, args, device,
+                                                                           result["peak_flops"])
+    result["sampling"] = [] if "sampling" in args.skip else bench_sampling(args.presets, args.variants, precs, heads,
+                                                                           args, device)
+    result["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
