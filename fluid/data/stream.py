@@ -11,24 +11,14 @@ and the position to resume from is just the step.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
+from fluid.data.batches import EncodedBatch, RawBatch
 from fluid.data.shapes import ShapesDataset, flip_caption, item_seed
-
-
-class RawBatch(NamedTuple):
-    images: torch.Tensor  # (B, 3, H, W) in [-1, 1]
-    captions: list[str]
-
-
-class EncodedBatch(NamedTuple):
-    tokens: torch.Tensor  # (B, N, C) float or (B, N) long
-    text_emb: torch.Tensor  # (B, L, Dt)
-    text_mask: torch.Tensor  # (B, L) bool
 
 
 class ShapesStream:
