@@ -67,8 +67,7 @@ def _text_encoder(cfg: FluidConfig, device: str, embeddings: str | None = None):
 
 
 def cmd_train(args) -> int:
-    from fluid.sample.pipeline import resolve_tokenizer
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
     from fluid.train import checkpoint as ckpt
     from fluid.train.distributed import setup, teardown
     from fluid.train.trainer import Trainer
@@ -277,9 +276,8 @@ def cmd_prepare(args) -> int:
     from fluid.data.images import ImagePolicy
     from fluid.data.prepare import PrepareOptions, prepare
     from fluid.data.sources import open_source
-    from fluid.sample.pipeline import resolve_tokenizer
     from fluid.text.encoders import build_text_encoder
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
 
     cfg = build_config(args)
     if args.resolution is not None:

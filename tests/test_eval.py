@@ -192,7 +192,7 @@ def test_learned_detector_reads_round_trips_and_rejects_blobs():
 
 def make_shipped(token_type: str):
     from fluid.assets import tokenizer_path
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer
 
     return load_tokenizer(tokenizer_path(token_type)).eval()
 

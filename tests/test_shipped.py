@@ -12,7 +12,7 @@ from fluid.data.shapes import ShapesDataset
 from fluid.eval.detector import detect, score
 from fluid.eval.shape_classifier import load_shape_classifier
 from fluid.sample.pipeline import FluidPipeline
-from fluid.tokenizers.base import load_tokenizer
+from fluid.tokenizers.load import load_tokenizer
 from fluid.train.checkpoint import read_meta
 
 

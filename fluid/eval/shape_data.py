@@ -225,7 +225,7 @@ def training_patches(images: dict[Distortion, int] | None = None, seed: int = 0,
 
     from fluid.assets import tokenizer_path
     from fluid.config import TokenType
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer
 
     images = {Distortion(k): int(v) for k, v in (images or DEFAULT_IMAGES).items()}
     rng = np.random.default_rng(seed)

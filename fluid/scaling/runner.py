@@ -86,7 +86,7 @@ def fitted_config(sweep: Sweep, run: RunSpec) -> FluidConfig:
     """The run's config with the token geometry of the tokenizer it trains on (what the
     trainer will build: e.g. 64-channel tokens or an 8192-code vocabulary)."""
     from fluid.assets import tokenizer_path
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer
     from fluid.train.trainer import fit_config_to_tokenizer
 
     cfg = run.config()

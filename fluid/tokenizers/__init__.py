@@ -1,7 +1,8 @@
 """Image tokenizers: images (B, 3, H, W) in [-1, 1] <-> continuous (B, N, D) or discrete
 (B, N) tokens. Our KL / VQ autoencoders, adapters for diffusers models, and training."""
 
-from fluid.tokenizers.base import ImageTokenizer, TokenizerKind, load_tokenizer, patchify, unpatchify
+from fluid.tokenizers.base import ImageTokenizer, TokenizerKind, patchify, unpatchify
+from fluid.tokenizers.load import load_tokenizer
 from fluid.tokenizers.presets import (
     TOKENIZER_PRESETS,
     AEKind,
