@@ -25,7 +25,7 @@ from fluid.diffusion import GaussianDiffusion
 from fluid.model.blocks import ImageBlock, KVCache
 from fluid.model.heads import DiffusionHead, TiedLinearHead
 from fluid.model.masking import random_orders, training_mask
-from fluid.text.aligner import TextAligner
+from fluid.model.aligner import TextAligner
 
 
 class Generator(nn.Module):
