@@ -15,6 +15,7 @@ import warnings
 
 MOVED = {
     # old path -> new path
+    "fluid.eval.validation": "fluid.train.validation",
     "fluid.text.aligner": "fluid.model.aligner",
 }
 """Every old module path and where its code lives now (docs/architecture.md)."""

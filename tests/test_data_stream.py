@@ -24,7 +24,7 @@ from fluid.data.prepare import PrepareOptions, prepare
 from fluid.data.sources import FolderSource, WdsSource
 from fluid.data.stream import EncodedBatch, RawBatch, TrainStream
 from fluid.data.streaming import BatchMaker, DataStream, Plan
-from fluid.eval.validation import ValidationSet
+from fluid.train.validation import ValidationSet
 from fluid.train.trainer import Trainer
 
 FAST = dict(workers=0, batch_size=8, progress=False)

@@ -215,7 +215,7 @@ def test_shapes_fd_separates_real_from_noise():
 
 
 def test_validation_loss_is_identical_across_calls(minilm):
-    from fluid.eval.validation import ValidationSet, loss_name, validation_loss
+    from fluid.train.validation import ValidationSet, loss_name, validation_loss
     from fluid.model import Generator
 
     for variant, kind in (("continuous-random", "kl"), ("discrete-raster", "vq")):

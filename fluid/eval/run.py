@@ -175,7 +175,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
             m["shapes_fd"] = shapes_fd(images, real, cfg.data.resolution, opts)
             timing["shapes_fd"] = round(time.perf_counter() - t, 1)
     if Metric.VAL_LOSS in wanted:
-        from fluid.eval.validation import ValidationSet, loss_name, validation_loss
+        from fluid.train.validation import ValidationSet, loss_name, validation_loss
 
         t = time.perf_counter()
         valset = ValidationSet.build(cfg, pipe.tokenizer, pipe.text_encoder, device=device, size=opts.val_size)
