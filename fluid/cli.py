@@ -223,7 +223,7 @@ def cmd_save_pretrained(args) -> int:
 
 def cmd_train_tokenizer(args) -> int:
     from fluid.tokenizers.presets import get_tokenizer_preset
-    from fluid.tokenizers.train import train_tokenizer
+    from fluid.train.tokenizer import train_tokenizer
 
     overrides = {}
     for item in args.set:

@@ -15,6 +15,8 @@ import warnings
 
 MOVED = {
     # old path -> new path
+    "fluid.tokenizers.train": "fluid.train.tokenizer",
+    "fluid.tokenizers.metrics": "fluid.train.tokenizer_metrics",
     "fluid.eval.validation": "fluid.train.validation",
     "fluid.text.aligner": "fluid.model.aligner",
 }
