@@ -248,7 +248,7 @@ def cmd_export(args) -> int:
 
 def cmd_embed_captions(args) -> int:
     from fluid.config import TextConfig
-    from fluid.data.shapes import all_captions
+    from fluid.shapes.scenes import all_captions
     from fluid.files import read_lines
     from fluid.text.encoders import build_text_encoder, save_embeddings
 

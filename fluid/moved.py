@@ -15,6 +15,12 @@ import warnings
 
 MOVED = {
     # old path -> new path
+    "fluid.eval.shapes_eval": "fluid.shapes.evaluation",
+    "fluid.eval.shapes_features": "fluid.shapes.features",
+    "fluid.eval.shape_data": "fluid.shapes.classifier_data",
+    "fluid.eval.shape_classifier": "fluid.shapes.classifier",
+    "fluid.eval.detector": "fluid.shapes.detector",
+    "fluid.data.shapes": "fluid.shapes.scenes",
     "fluid.tokenizers.train": "fluid.train.tokenizer",
     "fluid.tokenizers.metrics": "fluid.train.tokenizer_metrics",
     "fluid.eval.validation": "fluid.train.validation",

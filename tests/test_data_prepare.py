@@ -270,7 +270,7 @@ def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_cache(tmp_path, kl
     import sys
     import time
 
-    from fluid.data.shapes import all_captions
+    from fluid.shapes.scenes import all_captions
     from fluid.text.encoders import save_embeddings
 
     kl.save(tmp_path / "tok")

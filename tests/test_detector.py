@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fluid.data.shapes import (
+from fluid.shapes.scenes import (
     BACKGROUND,
     COLORS,
     FAMILIES,
@@ -19,8 +19,8 @@ from fluid.data.shapes import (
     all_captions,
     render,
 )
-from fluid.eval.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
-from fluid.eval.shape_data import blur_and_noise, ellipses_inside, polygon_inside
+from fluid.shapes.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
+from fluid.shapes.classifier_data import blur_and_noise, ellipses_inside, polygon_inside
 
 PER_FAMILY = 50
 
@@ -179,8 +179,8 @@ def test_name_color_and_bad_input():
 
 
 def test_the_classifier_patches_file_is_reused_only_for_the_same_scenes(tmp_path, monkeypatch):
-    import fluid.eval.shape_data as shape_data
-    from fluid.eval.shape_classifier import CLASSES, PATCH, train
+    import fluid.shapes.classifier_data as shape_data
+    from fluid.shapes.classifier import CLASSES, PATCH, train
 
     calls = []
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluid.data.shapes import (
+from fluid.shapes.scenes import (
     BACKGROUND,
     COLORS,
     FAMILIES,

@@ -98,7 +98,7 @@ def _same_rows(encoder, captions) -> bool:
 
 def test_embeddings_are_bit_identical_in_any_batch_on_one_thread(minilm):
     # Exact, not close: sampling an image alone or in a batch must see the same text.
-    from fluid.data.shapes import all_captions
+    from fluid.shapes.scenes import all_captions
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -111,7 +111,7 @@ def test_embeddings_are_bit_identical_in_any_batch_on_one_thread(minilm):
 def test_cached_embeddings_do_not_depend_on_the_first_batch(minilm):
     # With the suite's threads: a cache keeps the embedding of the batch a caption first came
     # in, so a resumed run (empty cache) would train on other numbers unless they all agree.
-    from fluid.data.shapes import all_captions
+    from fluid.shapes.scenes import all_captions
 
     captions = all_captions()[::9][:40]
     first, second = CachedTextEncoder(minilm), CachedTextEncoder(minilm)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
 from fluid.data.batches import EncodedBatch, RawBatch
-from fluid.data.shapes import ShapesDataset, flip_caption, item_seed
+from fluid.shapes.scenes import ShapesDataset, flip_caption, item_seed
 
 
 class ShapesStream:

@@ -117,7 +117,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
     ``metrics.json`` and ``report.md`` into ``out_dir``; return the metrics record.
     ``options`` are the fields of ``EvalOptions``."""
     from fluid.eval.report import write_report
-    from fluid.eval.shapes_eval import ShapesEval, pipeline_source
+    from fluid.shapes.evaluation import ShapesEval, pipeline_source
 
     opts = EvalOptions(**options)
     try:
@@ -159,7 +159,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
         timing["sampling"] = round(time.perf_counter() - t, 1)
         real = ev.real_images()
         if Metric.SHAPES_EVAL in wanted:
-            from fluid.eval.shape_data import round_trip
+            from fluid.shapes.classifier_data import round_trip
 
             t = time.perf_counter()
             shapes = ev.score(images, progress)
@@ -186,7 +186,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
             m["val_loss"]["vlb_weight"] = cfg.model.vlb_weight
         timing["val_loss"] = round(time.perf_counter() - t, 1)
     if Metric.DETECTOR in wanted:
-        from fluid.eval.shapes_eval import detector_accuracy
+        from fluid.shapes.evaluation import detector_accuracy
 
         t = time.perf_counter()
         m["detector"] = detector_accuracy({"round_trip": pipe.tokenizer}, opts.detector_per_family,
@@ -231,9 +231,9 @@ def _check_inputs(wanted: list[Metric], opts: EvalOptions) -> None:
 def shapes_fd(images: torch.Tensor, real: torch.Tensor, resolution: int, opts: EvalOptions) -> dict:
     """shapes_fd of ``images`` and of ``real`` renders of the same prompts (the floor), both
     against cached statistics of ``fd_reference`` test-split renders."""
-    from fluid.data.shapes import ShapesDataset
+    from fluid.shapes.scenes import ShapesDataset
     from fluid.eval.frechet import FeatureStats, cache_key, cached_reference, frechet_distance
-    from fluid.eval.shapes_features import load_shapes_features
+    from fluid.shapes.features import load_shapes_features
 
     feats = load_shapes_features()
     ds = ShapesDataset("test", resolution)

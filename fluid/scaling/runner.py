@@ -64,7 +64,7 @@ def data_identity(cfg: FluidConfig) -> dict:
     d = cfg.data
     out: dict[str, Any] = {"source": d.source, "resolution": d.resolution}
     if d.source == "shapes":
-        import fluid.data.shapes as shapes
+        import fluid.shapes.scenes as shapes
 
         out.update(holdout=d.holdout, renderer=_digest(Path(shapes.__file__)))
     elif d.path:

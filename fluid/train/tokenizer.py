@@ -66,7 +66,7 @@ class ImagePool:
 
 
 def _shapes(split: str, resolution: int):
-    from fluid.data.shapes import ShapesDataset
+    from fluid.shapes.scenes import ShapesDataset
 
     return ShapesDataset(split, resolution=resolution)
 
