@@ -180,7 +180,8 @@ def test_name_color_and_bad_input():
 
 def test_the_classifier_patches_file_is_reused_only_for_the_same_scenes(tmp_path, monkeypatch):
     import fluid.shapes.classifier_data as shape_data
-    from fluid.shapes.classifier import CLASSES, PATCH, train
+    from fluid.shapes.classifier import CLASSES, PATCH
+    from fluid.shapes.train_classifier import train
 
     calls = []
 

@@ -1,7 +1,7 @@
 """Moved to :mod:`fluid.shapes.classifier`; this path keeps working for one release (:mod:`fluid.moved`)."""
 
 if __name__ == "__main__":  # python -m fluid.eval.shape_classifier ...
-    from fluid.shapes.classifier import main
+    from fluid.shapes.train_classifier import main
 
     raise SystemExit(main())
 
