@@ -13,23 +13,24 @@ import importlib
 import sys
 import warnings
 
-MOVED = {
+MOVED: dict[str, str | tuple[str, ...]] = {
     # old path -> new path
     "fluid.eval.shapes_eval": "fluid.shapes.evaluation",
     "fluid.eval.shapes_features": "fluid.shapes.features",
     "fluid.eval.shape_data": "fluid.shapes.classifier_data",
     "fluid.eval.shape_classifier": "fluid.shapes.classifier",
     "fluid.eval.detector": "fluid.shapes.detector",
-    "fluid.data.shapes": "fluid.shapes.scenes",
+    "fluid.data.shapes": ("fluid.shapes.scenes", "fluid.shapes.render", "fluid.shapes.dataset"),
     "fluid.tokenizers.train": "fluid.train.tokenizer",
     "fluid.tokenizers.metrics": "fluid.train.tokenizer_metrics",
     "fluid.eval.validation": "fluid.train.validation",
     "fluid.text.aligner": "fluid.model.aligner",
 }
-"""Every old module path and where its code lives now (docs/architecture.md)."""
+"""Every old module path and where its code lives now (a tuple: the modules it was split into)."""
 
 
-def warn_moved(old: str, new: str) -> None:
+def warn_moved(old: str, new: str | tuple[str, ...]) -> None:
+    new = new if isinstance(new, str) else ", ".join(new)
     warnings.warn(f"{old} has moved to {new}; the old path goes away in the next release",
                   DeprecationWarning, stacklevel=3)
 
@@ -39,3 +40,11 @@ def alias(old: str) -> None:
     new = MOVED[old]
     warn_moved(old, new)
     sys.modules[old] = importlib.import_module(new)
+
+
+def reexport(old: str, namespace: dict) -> None:
+    """Fill the module ``old`` (being imported; ``namespace`` is its ``globals()``) with the
+    names of the modules it was split into."""
+    warn_moved(old, MOVED[old])
+    for new in MOVED[old]:
+        namespace.update({k: v for k, v in vars(importlib.import_module(new)).items() if not k.startswith("__")})

@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fluid.shapes.scenes import (
-    BACKGROUND,
-    COLORS,
-    FAMILIES,
-    KINDS,
-    Family,
-    SceneSpec,
-    ShapeObject,
-    ShapesDataset,
-    all_captions,
-    render,
-)
+from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.render import render
+from fluid.shapes.scenes import BACKGROUND, COLORS, FAMILIES, KINDS, Family, SceneSpec, ShapeObject, all_captions
 from fluid.shapes.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
 from fluid.shapes.classifier_data import blur_and_noise, ellipses_inside, polygon_inside
 

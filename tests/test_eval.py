@@ -81,7 +81,7 @@ def test_reference_statistics_are_cached(tmp_path):
 
 
 def test_reference_keys_follow_the_data(tmp_path):
-    from fluid.shapes.scenes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
     from fluid.eval.run import files_digest, shapes_fingerprint
 
     assert shapes_fingerprint(ShapesDataset("test", 32)) == shapes_fingerprint(ShapesDataset("test", 32))
@@ -198,7 +198,7 @@ def make_shipped(token_type: str):
 
 
 def test_shapes_fd_separates_real_from_noise():
-    from fluid.shapes.scenes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
     from fluid.shapes.features import load_shapes_features
 
     feats = load_shapes_features()

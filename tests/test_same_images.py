@@ -40,3 +40,14 @@ def test_shipped_generator_images_are_byte_identical(variant, minilm, one_thread
     pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     assert pixels.shape == (2, 3, 64, 64)
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == recorded[variant]
+
+
+def test_a_sweep_run_recorded_before_the_shapes_code_moved_stays_fresh():
+    from fluid.scaling.runner import SAME_RENDERER, renderer_digest, same_identity
+
+    current = {"data": {"source": "shapes", "resolution": 64, "holdout": False, "renderer": renderer_digest()}}
+    before = {"data": {**current["data"], "renderer": "c49a3c469f42"}}  # fluid/data/shapes.py, one file
+    if SAME_RENDERER["c49a3c469f42"] != renderer_digest():
+        pytest.skip("the renderer changed since the move: runs recorded before it are stale anyway")
+    assert same_identity(before, current)
+    assert not same_identity({"data": {**current["data"], "renderer": "000000000000"}}, current)

@@ -8,7 +8,7 @@ import torch
 from fluid.assets import generator_path, tokenizer_path
 from fluid.cli import main
 from fluid.config import VARIANTS, TokenType
-from fluid.shapes.scenes import ShapesDataset
+from fluid.shapes.dataset import ShapesDataset
 from fluid.shapes.detector import detect, score
 from fluid.shapes.classifier import load_shape_classifier
 from fluid.sample.pipeline import FluidPipeline

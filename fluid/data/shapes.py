@@ -1,5 +1,6 @@
-"""Moved to :mod:`fluid.shapes.scenes`; this path keeps working for one release (:mod:`fluid.moved`)."""
+"""Split into :mod:`fluid.shapes.scenes`, :mod:`fluid.shapes.render` and
+:mod:`fluid.shapes.dataset`; this path keeps working for one release (:mod:`fluid.moved`)."""
 
-from fluid.moved import alias
+from fluid.moved import reexport
 
-alias(__name__)
+reexport(__name__, globals())

@@ -373,7 +373,7 @@ class ShapesSource(_Indexed):
     kind = SourceKind.SHAPES
 
     def __init__(self, count: int, resolution: int, split: str = "train", holdout: bool = False, shard_size: int = 1000):
-        from fluid.shapes.scenes import ShapesDataset
+        from fluid.shapes.dataset import ShapesDataset
 
         if count < 1:
             raise ValueError(f"shapes source: count must be >= 1, not {count}")

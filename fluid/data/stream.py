@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
 from fluid.data.batches import EncodedBatch, RawBatch
-from fluid.shapes.scenes import ShapesDataset, flip_caption, item_seed
+from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.scenes import flip_caption, item_seed
 
 
 class ShapesStream:

@@ -231,7 +231,7 @@ def _check_inputs(wanted: list[Metric], opts: EvalOptions) -> None:
 def shapes_fd(images: torch.Tensor, real: torch.Tensor, resolution: int, opts: EvalOptions) -> dict:
     """shapes_fd of ``images`` and of ``real`` renders of the same prompts (the floor), both
     against cached statistics of ``fd_reference`` test-split renders."""
-    from fluid.shapes.scenes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
     from fluid.eval.frechet import FeatureStats, cache_key, cached_reference, frechet_distance
     from fluid.shapes.features import load_shapes_features
 

@@ -33,9 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from fluid.shapes.scenes import KINDS
-from fluid.shapes.detector import UNKNOWN, Piece
 from fluid.files import save_safetensors
+from fluid.shapes.detector import UNKNOWN, Piece
+from fluid.shapes.scenes import KINDS
 
 PATCH = 32  # side of the patch the classifier reads
 WINDOW = 1.25  # the window is this many times the mask's longer side, plus WINDOW_PAD px

@@ -35,20 +35,19 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from fluid.shapes.render import coverage, shape_sdf
 from fluid.shapes.scenes import (
     BACKGROUND,
-    CROSS_ARM,
     COLORS,
+    CROSS_ARM,
     HALF_EXTENT,
     KINDS,
     Family,
     Prompt,
     Relation,
     SceneSpec,
-    coverage,
     parse_caption,
     relation_of,
-    shape_sdf,
 )
 
 UNKNOWN = "unknown"

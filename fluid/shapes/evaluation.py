@@ -23,8 +23,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fluid.shapes.scenes import FAMILIES, Family, SceneSpec, ShapesDataset, parse_caption, prompts_for_family, render, sample_spec
+from fluid.shapes.dataset import ShapesDataset
 from fluid.shapes.detector import Detection, detect_batch, score
+from fluid.shapes.render import render
+from fluid.shapes.scenes import FAMILIES, Family, SceneSpec, parse_caption, prompts_for_family, sample_spec
 
 ImageSource = Callable[[list[str], int], torch.Tensor]  # (prompts, seed) -> (B, 3, H, W) in [-1, 1]
 PROMPT_SEED = 0

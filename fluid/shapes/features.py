@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from fluid.shapes.scenes import COLORS, FAMILIES, KINDS, ShapesDataset
 from fluid.files import save_safetensors
+from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.scenes import COLORS, FAMILIES, KINDS
 from fluid.tokenizers.base import weights_hash
 
 RESOLUTION = 64  # the network's input side; other sizes are resized to it

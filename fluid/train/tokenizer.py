@@ -66,7 +66,7 @@ class ImagePool:
 
 
 def _shapes(split: str, resolution: int):
-    from fluid.shapes.scenes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
 
     return ShapesDataset(split, resolution=resolution)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
-from fluid.shapes.scenes import ShapesDataset
+from fluid.shapes.dataset import ShapesDataset
 
 VAL_SEED = 20_241_017
 
