@@ -56,7 +56,8 @@ def _threads(n: int | None) -> None:
 
 
 def _text_encoder(cfg: FluidConfig, device: str, embeddings: str | None = None):
-    from fluid.text.encoders import CachedTextEncoder, PrecomputedTextEncoder, build_text_encoder
+    from fluid.text.cache import CachedTextEncoder, PrecomputedTextEncoder
+    from fluid.text.encoders import build_text_encoder
 
     if embeddings:
         return PrecomputedTextEncoder(embeddings)
@@ -250,7 +251,8 @@ def cmd_embed_captions(args) -> int:
     from fluid.config import TextConfig
     from fluid.shapes.scenes import all_captions
     from fluid.files import read_lines
-    from fluid.text.encoders import build_text_encoder, save_embeddings
+    from fluid.text.cache import save_embeddings
+    from fluid.text.encoders import build_text_encoder
 
     if args.captions == "shapes":
         captions = all_captions()

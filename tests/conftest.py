@@ -14,7 +14,8 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min
 @pytest.fixture(scope="session")
 def minilm():
     """The real offline text encoder, cached per caption (loaded once per session)."""
-    from fluid.text.encoders import CachedTextEncoder, MiniLMEncoder
+    from fluid.text.cache import CachedTextEncoder
+    from fluid.text.encoders import MiniLMEncoder
 
     return CachedTextEncoder(MiniLMEncoder(max_length=32))
 

@@ -11,17 +11,9 @@ import pytest
 import torch
 
 from fluid.config import ConfigError, TextConfig
-from fluid.text.encoders import (
-    CachedTextEncoder,
-    MiniLMEncoder,
-    PrecomputedTextEncoder,
-    PromptTruncatedWarning,
-    T5Encoder,
-    UnknownCaptionError,
-    build_text_encoder,
-    load_embeddings,
-    save_embeddings,
-)
+from fluid.text.base import PromptTruncatedWarning, UnknownCaptionError
+from fluid.text.cache import CachedTextEncoder, PrecomputedTextEncoder, load_embeddings, save_embeddings
+from fluid.text.encoders import MiniLMEncoder, T5Encoder, build_text_encoder
 
 PROMPTS = ["a red circle", "a photo of two blue squares to the left of a green triangle", ""]
 LONG = " ".join(["a small red circle above a big blue square"] * 10)  # ~90 tokens

@@ -186,7 +186,7 @@ class CacheBatches(BatchMaker):
 
     def __call__(self, k: int):
         from fluid.data.encode import sample_tokens
-        from fluid.text.encoders import pad_rows
+        from fluid.text.base import pad_rows
 
         located = self.refs(k)
         refs = [(u, i) for _, u, i, _ in located]

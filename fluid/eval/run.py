@@ -103,7 +103,8 @@ def checkpoint_identity(pipe, path: Path | None, variant: str | None) -> dict:
 def _load_pipe(path: Path | None, variant: str | None, device: str):
     from fluid.assets import generator_path
     from fluid.sample.pipeline import FluidPipeline
-    from fluid.text.encoders import CachedTextEncoder, build_text_encoder
+    from fluid.text.cache import CachedTextEncoder
+    from fluid.text.encoders import build_text_encoder
     from fluid.train import checkpoint as ckpt
 
     cfg = ckpt.read_config(path if path is not None else generator_path(variant))
