@@ -1,4 +1,10 @@
-"""``fluid <command>``: the command line. The only module that sees every part."""
+"""``fluid <command>``: the command line. The only module that sees every part.
+
+One file because a command is two short pieces that belong side by side: a ``cmd_<name>``
+function (it imports what it runs inside itself, so ``fluid --help`` loads nothing heavy)
+and its block in :func:`make_parser`. Adding a command is those two pieces, here; the work
+itself lives in the packages below.
+"""
 
 from __future__ import annotations
 
