@@ -3,11 +3,11 @@
 
 Metrics (``Metric``):
 
-- ``shapes_eval``: GenEval-style scores on the built-in prompts (``shapes_eval.py``).
-- ``shapes_fd``: Frechet distance in our shapes feature space (``shapes_features.py``; not FID),
+- ``shapes_eval``: GenEval-style scores on the built-in prompts (:mod:`fluid.shapes.evaluation`).
+- ``shapes_fd``: Frechet distance in our shapes feature space (:mod:`fluid.shapes.features`; not FID),
   on the ShapesEval images against cached statistics of real test-split renders, with the
   same distance for real renders of the same prompts as the floor.
-- ``val_loss``: the training loss on the fixed validation set (``validation.py``).
+- ``val_loss``: the training loss on the fixed validation set (:mod:`fluid.train.validation`).
 - ``detector``: the detector's accuracy on real scenes and after this model's tokenizer's
   round trip, i.e. whether ``shapes_eval`` can be trusted for this tokenizer.
 - ``fid``: zero-shot FID on the MS-COCO 2014 protocol (``coco.py``; needs the Inception

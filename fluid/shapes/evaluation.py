@@ -5,7 +5,7 @@ family's templates, and each is generated with ``seeds`` seeds. The detector rea
 image and ``detector.score`` applies GenEval's rule of the family; a family's score is the
 fraction of its images judged right, the overall score the mean over families (GenEval's
 "overall"). Images are scored by the classical segmentation plus the learned kind reader
-(``shape_classifier``), whose accuracy on real renders and on the tokenizers' round trips
+(``fluid.shapes.classifier``), whose accuracy on real renders and on the tokenizers' round trips
 ``detector_accuracy`` measures.
 
 Any image source can be evaluated: a callable ``(prompts, seed) -> (B, 3, H, W)``; a
