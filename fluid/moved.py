@@ -15,16 +15,16 @@ import warnings
 
 MOVED: dict[str, str | tuple[str, ...]] = {
     # old path -> new path
+    "fluid.data.shapes": ("fluid.shapes.scenes", "fluid.shapes.render", "fluid.shapes.dataset"),
+    "fluid.eval.detector": "fluid.shapes.detector",
+    "fluid.eval.shape_classifier": "fluid.shapes.classifier",
+    "fluid.eval.shape_data": "fluid.shapes.classifier_data",
     "fluid.eval.shapes_eval": "fluid.shapes.evaluation",
     "fluid.eval.shapes_features": "fluid.shapes.features",
-    "fluid.eval.shape_data": "fluid.shapes.classifier_data",
-    "fluid.eval.shape_classifier": "fluid.shapes.classifier",
-    "fluid.eval.detector": "fluid.shapes.detector",
-    "fluid.data.shapes": ("fluid.shapes.scenes", "fluid.shapes.render", "fluid.shapes.dataset"),
-    "fluid.tokenizers.train": "fluid.train.tokenizer",
-    "fluid.tokenizers.metrics": "fluid.train.tokenizer_metrics",
     "fluid.eval.validation": "fluid.train.validation",
     "fluid.text.aligner": "fluid.model.aligner",
+    "fluid.tokenizers.metrics": "fluid.train.tokenizer_metrics",
+    "fluid.tokenizers.train": "fluid.train.tokenizer",
 }
 """Every old module path and where its code lives now (a tuple: the modules it was split into)."""
 

@@ -20,6 +20,16 @@ def minilm():
     return CachedTextEncoder(MiniLMEncoder(max_length=32))
 
 
+@pytest.fixture
+def one_thread():
+    # Bit-identical images across batch sizes hold on one CPU thread (fluid sample's default):
+    # with more, the matrix libraries split their work by the batch's size.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_tokenizer(kind: str = "kl", seed: int = 0):
     """A tiny, randomly initialised tokenizer for 32x32 images (16 tokens)."""
     from fluid.tokenizers.autoencoder import build_autoencoder

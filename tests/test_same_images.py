@@ -21,14 +21,6 @@ RECORDED = {  # torch.backends.cpu.get_cpu_capability() -> variant -> sha256 of 
 }
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("variant", ["continuous-random", "discrete-random"])
 def test_shipped_generator_images_are_byte_identical(variant, minilm, one_thread):
     recorded = RECORDED.get(torch.backends.cpu.get_cpu_capability())
