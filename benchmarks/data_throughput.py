@@ -32,10 +32,10 @@ from fluid.assets import tokenizer_path
 from fluid.config import VARIANTS, apply_overrides, get_preset
 from fluid.data.images import ImagePolicy
 from fluid.data.prepare import PrepareOptions, prepare
-from fluid.data.shapes import ShapesDataset
+from fluid.shapes.dataset import ShapesDataset
 from fluid.data.sources import FolderSource
 from fluid.text.encoders import build_text_encoder
-from fluid.tokenizers.base import load_tokenizer
+from fluid.tokenizers.load import load_tokenizer
 from fluid.train.trainer import Trainer
 
 from common import emit  # benchmarks/common.py

@@ -1,4 +1,10 @@
-"""``fluid <command>``: the command line. The only module that sees every part."""
+"""``fluid <command>``: the command line. The only module that sees every part.
+
+One file because a command is two short pieces that belong side by side: a ``cmd_<name>``
+function (it imports what it runs inside itself, so ``fluid --help`` loads nothing heavy)
+and its block in :func:`make_parser`. Adding a command is those two pieces, here; the work
+itself lives in the packages below.
+"""
 
 from __future__ import annotations
 
@@ -66,8 +72,7 @@ def _text_encoder(cfg: FluidConfig, device: str, embeddings: str | None = None):
 
 
 def cmd_train(args) -> int:
-    from fluid.sample.pipeline import resolve_tokenizer
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
     from fluid.train import checkpoint as ckpt
     from fluid.train.distributed import setup, teardown
     from fluid.train.trainer import Trainer
@@ -224,7 +229,7 @@ def cmd_save_pretrained(args) -> int:
 
 def cmd_train_tokenizer(args) -> int:
     from fluid.tokenizers.presets import get_tokenizer_preset
-    from fluid.tokenizers.train import train_tokenizer
+    from fluid.train.tokenizer import train_tokenizer
 
     overrides = {}
     for item in args.set:
@@ -249,9 +254,10 @@ def cmd_export(args) -> int:
 
 def cmd_embed_captions(args) -> int:
     from fluid.config import TextConfig
-    from fluid.data.shapes import all_captions
+    from fluid.shapes.scenes import all_captions
     from fluid.files import read_lines
-    from fluid.text.encoders import build_text_encoder, save_embeddings
+    from fluid.text.cache import save_embeddings
+    from fluid.text.encoders import build_text_encoder
 
     if args.captions == "shapes":
         captions = all_captions()
@@ -277,9 +283,8 @@ def cmd_prepare(args) -> int:
     from fluid.data.images import ImagePolicy
     from fluid.data.prepare import PrepareOptions, prepare
     from fluid.data.sources import open_source
-    from fluid.sample.pipeline import resolve_tokenizer
     from fluid.text.encoders import build_text_encoder
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
 
     cfg = build_config(args)
     if args.resolution is not None:

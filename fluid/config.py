@@ -5,6 +5,9 @@ A :class:`FluidConfig` is plain data: it is written as ``config.json`` into ever
 checkpoint folder and is all that is needed to rebuild the model. Parameter and FLOP
 counts live here too (:func:`count_params`, :func:`flops_per_image`) so that MFU figures and
 the scaling study read them from the same place as the model does.
+
+One file because it is the one place for every config key, its check and its preset: a
+reader looks up any ``section.key`` here, and a run's ``config.json`` is this module's data.
 """
 
 from __future__ import annotations

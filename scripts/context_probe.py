@@ -22,7 +22,7 @@ import itertools
 import torch
 
 from fluid.config import VARIANTS, Precision
-from fluid.eval.shapes_eval import ShapesEval
+from fluid.shapes.evaluation import ShapesEval
 from fluid.model.masking import tokens_per_step
 from fluid.sample.generate import _gather_rows, _pair, condition, guidance_scale, sample_from_head
 from fluid.sample.pipeline import FluidPipeline

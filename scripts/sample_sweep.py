@@ -14,7 +14,7 @@ import json
 import torch
 
 from fluid.config import VARIANTS
-from fluid.eval.shapes_eval import ShapesEval, pipeline_source
+from fluid.shapes.evaluation import ShapesEval, pipeline_source
 from fluid.sample.pipeline import FluidPipeline
 
 

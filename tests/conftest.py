@@ -14,9 +14,20 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min
 @pytest.fixture(scope="session")
 def minilm():
     """The real offline text encoder, cached per caption (loaded once per session)."""
-    from fluid.text.encoders import CachedTextEncoder, MiniLMEncoder
+    from fluid.text.cache import CachedTextEncoder
+    from fluid.text.encoders import MiniLMEncoder
 
     return CachedTextEncoder(MiniLMEncoder(max_length=32))
+
+
+@pytest.fixture
+def one_thread():
+    # Bit-identical images across batch sizes hold on one CPU thread (fluid sample's default):
+    # with more, the matrix libraries split their work by the batch's size.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_tokenizer(kind: str = "kl", seed: int = 0):

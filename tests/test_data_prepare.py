@@ -213,7 +213,7 @@ def test_held_out_split(tmp_path, raw, kl, minilm):
 def test_cli_prepare_then_train_from_the_cache(tmp_path, raw, kl, minilm, capsys):
     from fluid.cli import main
     from fluid.data.records import RecordError, clean_caption
-    from fluid.text.encoders import save_embeddings
+    from fluid.text.cache import save_embeddings
 
     kl.save(tmp_path / "tok")
     captions = []
@@ -270,8 +270,8 @@ def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_cache(tmp_path, kl
     import sys
     import time
 
-    from fluid.data.shapes import all_captions
-    from fluid.text.encoders import save_embeddings
+    from fluid.shapes.scenes import all_captions
+    from fluid.text.cache import save_embeddings
 
     kl.save(tmp_path / "tok")
     emb = save_embeddings(minilm, all_captions(), tmp_path / "emb.safetensors")

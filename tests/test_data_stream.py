@@ -24,7 +24,7 @@ from fluid.data.prepare import PrepareOptions, prepare
 from fluid.data.sources import FolderSource, WdsSource
 from fluid.data.stream import EncodedBatch, RawBatch, TrainStream
 from fluid.data.streaming import BatchMaker, DataStream, Plan
-from fluid.eval.validation import ValidationSet
+from fluid.train.validation import ValidationSet
 from fluid.train.trainer import Trainer
 
 FAST = dict(workers=0, batch_size=8, progress=False)
@@ -213,7 +213,7 @@ def test_an_encoded_shapes_pool_serves_posterior_samples_and_resumes_exactly(tmp
     """``data.pool_encoded``: the pool is encoded once; each batch is a fresh posterior sample
     of the pool items (or their codes), a function of the step, and training resumes exactly."""
     from fluid.data.encode import token_moments
-    from fluid.data.shapes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
 
     tok = make_tokenizer(kind)
     data_cfg = apply_overrides(tiny_config(), {"data.pool": 24, "data.pool_encoded": True}).data

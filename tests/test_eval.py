@@ -82,7 +82,7 @@ def test_reference_statistics_are_cached(tmp_path):
 
 
 def test_reference_keys_follow_the_data(tmp_path):
-    from fluid.data.shapes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
     from fluid.eval.run import files_digest, shapes_fingerprint
 
     assert shapes_fingerprint(ShapesDataset("test", 32)) == shapes_fingerprint(ShapesDataset("test", 32))
@@ -132,7 +132,7 @@ def test_inception_features_load_from_a_local_file(tmp_path):
 
 
 def test_shapes_eval_scores_renders_near_one_and_noise_near_zero():
-    from fluid.eval.shapes_eval import ShapesEval
+    from fluid.shapes.evaluation import ShapesEval
 
     ev = ShapesEval(prompts_per_family=6, seeds=2)
     assert len(ev) == 6 * 6 * 2 and len({(it.prompt, it.seed, it.row) for it in ev.items}) == len(ev)
@@ -154,7 +154,7 @@ def test_shapes_eval_scores_renders_near_one_and_noise_near_zero():
 
 
 def test_learned_detector_reads_round_trips_and_rejects_blobs():
-    from fluid.eval.shapes_eval import detector_accuracy
+    from fluid.shapes.evaluation import detector_accuracy
 
     acc = detector_accuracy({"kl": make_shipped("continuous")}, per_family=30, progress=False)
     assert acc["render"]["min"] >= 0.97, acc["render"]
@@ -166,14 +166,14 @@ def test_learned_detector_reads_round_trips_and_rejects_blobs():
 
 def make_shipped(token_type: str):
     from fluid.assets import tokenizer_path
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer
 
     return load_tokenizer(tokenizer_path(token_type)).eval()
 
 
 def test_shapes_fd_separates_real_from_noise():
-    from fluid.data.shapes import ShapesDataset
-    from fluid.eval.shapes_features import load_shapes_features
+    from fluid.shapes.dataset import ShapesDataset
+    from fluid.shapes.features import load_shapes_features
 
     feats = load_shapes_features()
     ds = ShapesDataset("test")
@@ -189,7 +189,7 @@ def test_shapes_fd_separates_real_from_noise():
 
 
 def test_validation_loss_is_identical_across_calls(minilm):
-    from fluid.eval.validation import ValidationSet, loss_name, validation_loss
+    from fluid.train.validation import ValidationSet, loss_name, validation_loss
     from fluid.model import Generator
 
     for variant, kind in (("continuous-random", "kl"), ("discrete-raster", "vq")):

@@ -13,16 +13,6 @@ from fluid.sample.pipeline import FluidPipeline
 PROMPTS = ["a red square", "two blue circles", "a green cross left of a yellow triangle", "", "a purple circle"]
 
 
-@pytest.fixture
-def one_thread():
-    # Bit-identical images across batch sizes hold on one CPU thread (fluid sample's default):
-    # with more, the matrix libraries split their work by the batch's size.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("variant,options", [("discrete-raster", {}), ("continuous-random", {"head_steps": 4, "steps": 4})])
 def test_a_seed_fixes_each_image_not_the_batch(variant, options, minilm, one_thread):
     pipe = FluidPipeline.from_pretrained(variant=variant, device="cpu", text_encoder=minilm)

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluid.data.shapes import (
+from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.render import render
+from fluid.shapes.scenes import (
     BACKGROUND,
     COLORS,
     FAMILIES,
@@ -19,7 +21,6 @@ from fluid.data.shapes import (
     Relation,
     SceneSpec,
     ShapeObject,
-    ShapesDataset,
     _scatter,
     all_captions,
     caption_uses_held_out,
@@ -29,7 +30,6 @@ from fluid.data.shapes import (
     parse_caption,
     prompts_for_family,
     relation_of,
-    render,
 )
 
 N_SPECS = 1200

@@ -8,11 +8,11 @@ import torch
 from fluid.assets import generator_path, tokenizer_path
 from fluid.cli import main
 from fluid.config import VARIANTS, TokenType
-from fluid.data.shapes import ShapesDataset
-from fluid.eval.detector import detect, score
-from fluid.eval.shape_classifier import load_shape_classifier
+from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.detector import detect, score
+from fluid.shapes.classifier import load_shape_classifier
 from fluid.sample.pipeline import FluidPipeline
-from fluid.tokenizers.base import load_tokenizer
+from fluid.tokenizers.load import load_tokenizer
 from fluid.train.checkpoint import read_meta
 
 
@@ -91,7 +91,7 @@ def test_shipped_fluid_follows_the_prompt_not_chance(minilm):
 def test_shipped_model_beats_noise_and_prompt_free_samplers_on_shapes_eval(minilm):
     """ShapesEval with teeth: the shipped discrete-raster model against images of noise and
     against its own samples for prompts it was not given, same prompts and seeds."""
-    from fluid.eval.shapes_eval import ShapesEval, pipeline_source
+    from fluid.shapes.evaluation import ShapesEval, pipeline_source
 
     pipe = FluidPipeline.from_pretrained(variant="discrete-raster", device="cpu", text_encoder=minilm)
     pipe.cfg.train.precision = "fp32"

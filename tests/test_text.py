@@ -11,17 +11,9 @@ import pytest
 import torch
 
 from fluid.config import ConfigError, TextConfig
-from fluid.text.encoders import (
-    CachedTextEncoder,
-    MiniLMEncoder,
-    PrecomputedTextEncoder,
-    PromptTruncatedWarning,
-    T5Encoder,
-    UnknownCaptionError,
-    build_text_encoder,
-    load_embeddings,
-    save_embeddings,
-)
+from fluid.text.base import PromptTruncatedWarning, UnknownCaptionError
+from fluid.text.cache import CachedTextEncoder, PrecomputedTextEncoder, load_embeddings, save_embeddings
+from fluid.text.encoders import MiniLMEncoder, T5Encoder, build_text_encoder
 
 PROMPTS = ["a red circle", "a photo of two blue squares to the left of a green triangle", ""]
 LONG = " ".join(["a small red circle above a big blue square"] * 10)  # ~90 tokens
@@ -98,7 +90,7 @@ def _same_rows(encoder, captions) -> bool:
 
 def test_embeddings_are_bit_identical_in_any_batch_on_one_thread(minilm):
     # Exact, not close: sampling an image alone or in a batch must see the same text.
-    from fluid.data.shapes import all_captions
+    from fluid.shapes.scenes import all_captions
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -111,7 +103,7 @@ def test_embeddings_are_bit_identical_in_any_batch_on_one_thread(minilm):
 def test_cached_embeddings_do_not_depend_on_the_first_batch(minilm):
     # With the suite's threads: a cache keeps the embedding of the batch a caption first came
     # in, so a resumed run (empty cache) would train on other numbers unless they all agree.
-    from fluid.data.shapes import all_captions
+    from fluid.shapes.scenes import all_captions
 
     captions = all_captions()[::9][:40]
     first, second = CachedTextEncoder(minilm), CachedTextEncoder(minilm)

@@ -23,7 +23,7 @@ from fluid.tokenizers.adapters import DiffusersKLTokenizer, DiffusersVQTokenizer
 from fluid.tokenizers.autoencoder import build_autoencoder
 from fluid.tokenizers.half import halve
 from fluid.tokenizers.quantizer import VectorQuantizer
-from fluid.tokenizers.train import compute_scale_shift, train_tokenizer
+from fluid.train.tokenizer import compute_scale_shift, train_tokenizer
 
 
 class Rects:

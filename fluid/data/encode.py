@@ -88,7 +88,7 @@ def caption_token_counts(text_encoder, captions: list[str]) -> list[int] | None:
 def encode_text(text_encoder, captions: list[str]) -> list[torch.Tensor]:
     """Each caption's unpadded embedding (len_i, dim) float32 on the CPU. Truncation warnings
     are silenced: preparation counts truncated captions itself."""
-    from fluid.text.encoders import PromptTruncatedWarning
+    from fluid.text.base import PromptTruncatedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PromptTruncatedWarning)

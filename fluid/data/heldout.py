@@ -23,7 +23,7 @@ from fluid.data.encode import sample_tokens
 from fluid.data.images import ImagePolicy, decode_record, to_tensor
 from fluid.data.records import Decoded
 from fluid.data.sources import open_source
-from fluid.text.encoders import pad_rows
+from fluid.text.base import pad_rows
 
 
 def heldout_pairs(data_cfg, n: int, tokenizer, text_encoder, device="cpu", seed: int = 0,

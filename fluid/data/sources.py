@@ -9,6 +9,9 @@ A source is split into *units* in a fixed order: chunks of ``shard_size`` record
 indexed sources, one unit per tar file for WebDataset. Preparation writes one cache shard per
 unit (so a restart redoes at most the units in flight); streaming shuffles units per epoch.
 Sources are plain picklable objects: worker processes get a copy.
+
+One file because the four sources are one contract (units, records, skips) read side by
+side, each under 100 lines, and :func:`open_source` chooses among them.
 """
 
 from __future__ import annotations
@@ -415,7 +418,7 @@ class ShapesSource(_Indexed):
     kind = SourceKind.SHAPES
 
     def __init__(self, count: int, resolution: int, split: str = "train", holdout: bool = False, shard_size: int = 1000):
-        from fluid.data.shapes import ShapesDataset
+        from fluid.shapes.dataset import ShapesDataset
 
         if count < 1:
             raise ValueError(f"shapes source: count must be >= 1, not {count}")

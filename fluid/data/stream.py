@@ -13,24 +13,15 @@ items (and, from a pool, the same draws) on any number of processes.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
-from fluid.data.shapes import ShapesDataset, flip_caption, item_seed
-
-
-class RawBatch(NamedTuple):
-    images: torch.Tensor  # (B, 3, H, W) in [-1, 1]
-    captions: list[str]
-
-
-class EncodedBatch(NamedTuple):
-    tokens: torch.Tensor  # (B, N, C) float or (B, N) long
-    text_emb: torch.Tensor  # (B, L, Dt)
-    text_mask: torch.Tensor  # (B, L) bool
+from fluid.data.batches import EncodedBatch, RawBatch
+from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.scenes import flip_caption, item_seed
 
 
 class ShapesStream:

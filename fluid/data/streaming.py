@@ -32,6 +32,7 @@ from itertools import count
 import numpy as np
 import torch
 
+from fluid.data.batches import EncodedBatch, RawBatch
 from fluid.data.images import ImagePolicy, decode_record, to_tensor
 from fluid.data.records import Decoded, RawRecord, Skip, flippable, stable_fraction
 
@@ -185,8 +186,7 @@ class CacheBatches(BatchMaker):
 
     def __call__(self, k: int):
         from fluid.data.encode import sample_tokens
-        from fluid.data.stream import EncodedBatch
-        from fluid.text.encoders import pad_rows
+        from fluid.text.base import pad_rows
 
         located = self.refs(k)
         refs = [(u, i) for _, u, i, _ in located]
@@ -223,8 +223,6 @@ class RawBatches(BatchMaker):
         return out
 
     def __call__(self, k: int):
-        from fluid.data.stream import RawBatch
-
         items = []
         for rec, epoch, gid in self.records(k):
             d = decode_record(rec, self.policy)

@@ -3,11 +3,11 @@
 
 Metrics (``Metric``):
 
-- ``shapes_eval``: GenEval-style scores on the built-in prompts (``shapes_eval.py``).
-- ``shapes_fd``: Frechet distance in our shapes feature space (``shapes_features.py``; not FID),
+- ``shapes_eval``: GenEval-style scores on the built-in prompts (:mod:`fluid.shapes.evaluation`).
+- ``shapes_fd``: Frechet distance in our shapes feature space (:mod:`fluid.shapes.features`; not FID),
   on the ShapesEval images against cached statistics of real test-split renders, with the
   same distance for real renders of the same prompts as the floor.
-- ``val_loss``: the training loss on the fixed validation set (``validation.py``).
+- ``val_loss``: the training loss on the fixed validation set (:mod:`fluid.train.validation`).
 - ``detector``: the detector's accuracy on real scenes and after this model's tokenizer's
   round trip, i.e. whether ``shapes_eval`` can be trusted for this tokenizer.
 - ``fid``: zero-shot FID on the MS-COCO 2014 protocol (``coco.py``; needs the Inception
@@ -104,7 +104,8 @@ def checkpoint_identity(pipe, path: Path | None, variant: str | None) -> dict:
 def _load_pipe(path: Path | None, variant: str | None, device: str):
     from fluid.assets import generator_path
     from fluid.sample.pipeline import FluidPipeline
-    from fluid.text.encoders import CachedTextEncoder, build_text_encoder
+    from fluid.text.cache import CachedTextEncoder
+    from fluid.text.encoders import build_text_encoder
     from fluid.train import checkpoint as ckpt
 
     cfg = ckpt.read_config(path if path is not None else generator_path(variant))
@@ -118,7 +119,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
     ``metrics.json`` and ``report.md`` into ``out_dir``; return the metrics record.
     ``options`` are the fields of ``EvalOptions``."""
     from fluid.eval.report import write_report
-    from fluid.eval.shapes_eval import ShapesEval, pipeline_source
+    from fluid.shapes.evaluation import ShapesEval, pipeline_source
 
     opts = EvalOptions(**options)
     try:
@@ -160,7 +161,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
         timing["sampling"] = round(time.perf_counter() - t, 1)
         real = ev.real_images()
         if Metric.SHAPES_EVAL in wanted:
-            from fluid.eval.shape_data import round_trip
+            from fluid.shapes.classifier_data import round_trip
 
             t = time.perf_counter()
             shapes = ev.score(images, progress)
@@ -176,7 +177,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
             m["shapes_fd"] = shapes_fd(images, real, cfg.data.resolution, opts)
             timing["shapes_fd"] = round(time.perf_counter() - t, 1)
     if Metric.VAL_LOSS in wanted:
-        from fluid.eval.validation import ValidationSet, loss_name, validation_loss
+        from fluid.train.validation import ValidationSet, loss_name, validation_loss
 
         t = time.perf_counter()
         valset = ValidationSet.build(cfg, pipe.tokenizer, pipe.text_encoder, device=device, size=opts.val_size)
@@ -187,7 +188,7 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
             m["val_loss"]["vlb_weight"] = cfg.model.vlb_weight
         timing["val_loss"] = round(time.perf_counter() - t, 1)
     if Metric.DETECTOR in wanted:
-        from fluid.eval.shapes_eval import detector_accuracy
+        from fluid.shapes.evaluation import detector_accuracy
 
         t = time.perf_counter()
         m["detector"] = detector_accuracy({"round_trip": pipe.tokenizer}, opts.detector_per_family,
@@ -232,9 +233,9 @@ def _check_inputs(wanted: list[Metric], opts: EvalOptions) -> None:
 def shapes_fd(images: torch.Tensor, real: torch.Tensor, resolution: int, opts: EvalOptions) -> dict:
     """shapes_fd of ``images`` and of ``real`` renders of the same prompts (the floor), both
     against cached statistics of ``fd_reference`` test-split renders."""
-    from fluid.data.shapes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
     from fluid.eval.frechet import FeatureStats, cache_key, cached_reference, frechet_distance
-    from fluid.eval.shapes_features import load_shapes_features
+    from fluid.shapes.features import load_shapes_features
 
     feats = load_shapes_features()
     ds = ShapesDataset("test", resolution)

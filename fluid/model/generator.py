@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from fluid.config import ModelConfig, Order, TextConfig, TokenType
 from fluid.diffusion import GaussianDiffusion
+from fluid.model.aligner import TextAligner
 from fluid.model.blocks import ImageBlock, KVCache
 from fluid.model.heads import DiffusionHead, TiedLinearHead
 from fluid.model.masking import random_orders, training_mask
-from fluid.text.aligner import TextAligner
 
 
 class Generator(nn.Module):

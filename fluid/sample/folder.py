@@ -175,7 +175,7 @@ def _training_records(source: Path | None) -> dict[str, Path]:
 
 def _tokenizer_eval(pipe: FluidPipeline, source: Path | None) -> dict | None:
     """The tokenizer's eval.json, where it describes these very weights (same identity)."""
-    from fluid.sample.pipeline import resolve_tokenizer
+    from fluid.tokenizers.load import resolve_tokenizer
 
     candidates = [bundled_tokenizer(source)] if source is not None else []
     try:

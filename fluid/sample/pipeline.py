@@ -17,19 +17,15 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from fluid.assets import generator_path, tokenizer_path
+from fluid.assets import generator_path
 from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, resolve_precision
 from fluid.model import Generator
 from fluid.sample.folder import bundled_tokenizer, resolve_source
 from fluid.sample.generate import generate
 from fluid.sample.rng import ImageRNG, check_seed
 from fluid.text.encoders import build_text_encoder
-from fluid.tokenizers.base import load_tokenizer
+from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
 from fluid.train import checkpoint as ckpt
-
-
-def resolve_tokenizer(cfg: FluidConfig) -> str | Path:
-    return cfg.tokenizer.path or tokenizer_path(cfg.model.token_type)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

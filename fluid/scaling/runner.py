@@ -59,14 +59,26 @@ def _digest(path: Path) -> str:
     return file_digest(path, 12)
 
 
+def renderer_digest() -> str:
+    """The code that makes the ``shapes`` data: its scenes, its drawing and its splits."""
+    from fluid.shapes import dataset, render, scenes
+
+    return ",".join(_digest(Path(m.__file__)) for m in (scenes, render, dataset))
+
+
+# Renderer digests of code that moved without drawing anything differently -> the digest of
+# the same code at its new place, so that runs recorded before a move stay fresh.
+SAME_RENDERER = {
+    "c49a3c469f42": "712cf29f4911,9f2fcbb0ca09,c0b14af3fc3e",  # fluid/data/shapes.py -> fluid/shapes/{scenes,render,dataset}.py
+}
+
+
 def data_identity(cfg: FluidConfig) -> dict:
     """What the training data is: for ``shapes``, the renderer's code; otherwise the files."""
     d = cfg.data
     out: dict[str, Any] = {"source": d.source, "resolution": d.resolution}
     if d.source == "shapes":
-        import fluid.data.shapes as shapes
-
-        out.update(holdout=d.holdout, renderer=_digest(Path(shapes.__file__)))
+        out.update(holdout=d.holdout, renderer=renderer_digest())
     elif d.path:
         p = Path(d.path)
         if d.source == "cache" and (p / "manifest.json").exists():
@@ -86,7 +98,7 @@ def fitted_config(sweep: Sweep, run: RunSpec) -> FluidConfig:
     """The run's config with the token geometry of the tokenizer it trains on (what the
     trainer will build: e.g. 64-channel tokens or an 8192-code vocabulary)."""
     from fluid.assets import tokenizer_path
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer
     from fluid.train.trainer import fit_config_to_tokenizer
 
     cfg = run.config()
@@ -111,9 +123,13 @@ def run_identity(sweep: Sweep, run: RunSpec) -> dict:
 
 def _with_new_defaults(recorded: dict) -> dict:
     """A recorded identity with config keys added since it was written filled in at their
-    defaults: a new option left at its default changes nothing a run did."""
+    defaults (a new option left at its default changes nothing a run did), and a renderer
+    digest from before a move of its code (``SAME_RENDERER``) read as the code's new digest."""
     from fluid.config import FluidConfig
 
+    data = recorded.get("data")
+    if isinstance(data, dict) and data.get("renderer") in SAME_RENDERER:
+        recorded = {**recorded, "data": {**data, "renderer": SAME_RENDERER[data["renderer"]]}}
     if "config" not in recorded:
         return recorded
     defaults = FluidConfig().to_dict()

@@ -39,7 +39,8 @@ from fluid.model.masking import tokens_per_step
 from fluid.sample.grid import masked_preview
 from fluid.sample.pipeline import FluidPipeline, to_pil
 from fluid.serve.requests import GenerateRequest
-from fluid.text.encoders import CachedTextEncoder, build_text_encoder
+from fluid.text.cache import CachedTextEncoder
+from fluid.text.encoders import build_text_encoder
 from fluid.train import checkpoint as ckpt
 
 log = logging.getLogger("fluid.serve")

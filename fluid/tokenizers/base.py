@@ -1,4 +1,4 @@
-"""The image-tokenizer interface the generator sees, patchify/unpatchify, and loading.
+"""The image-tokenizer interface the generator sees, and patchify/unpatchify.
 
 Continuous tokens are ``(B, N, D)`` float, already normalised (``(latent - shift) * scale``
 so they have about zero mean and unit variance on the data); discrete tokens are ``(B, N)``
@@ -127,56 +127,13 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"tokenizer folder {path.parent}: {path.name} is not valid JSON ({e})") from None
 
 
-def detect_kind(folder: Path) -> TokenizerKind:
-    cfg = read_json(folder / "config.json")
-    if cfg.get("format") == FLUID_FORMAT:
-        return TokenizerKind.FLUID
-    cls = cfg.get("_class_name")
-    if cls == "AutoencoderKL":
-        return TokenizerKind.DIFFUSERS_KL
-    if cls == "VQModel":
-        return TokenizerKind.DIFFUSERS_VQ
-    raise ValueError(
-        f"tokenizer folder {folder}: config.json is neither a Fluid tokenizer (format={FLUID_FORMAT!r}) "
-        f"nor a diffusers AutoencoderKL / VQModel (_class_name={cls!r})"
-    )
+def __getattr__(name: str):
+    # Loading moved to fluid.tokenizers.load (it imports the implementations, which import
+    # this interface); the old names keep working for one release.
+    if name in ("detect_kind", "load_tokenizer"):
+        from fluid import moved
+        from fluid.tokenizers import load
 
-
-def _resolve_folder(path: Path) -> Path:
-    """A folder with config.json, or a diffusers pipeline folder's ``vae``/``vqvae`` subfolder."""
-    if (path / "config.json").is_file():
-        return path
-    for sub in ("vae", "vqvae"):
-        if (path / sub / "config.json").is_file():
-            return path / sub
-    return path
-
-
-def load_tokenizer(path: str | Path, kind: str | TokenizerKind = "auto", patch_size: int = 2) -> ImageTokenizer:
-    """Load a tokenizer folder: ours (``config.json`` + ``model.safetensors``) or a diffusers
-    ``AutoencoderKL`` / ``VQModel`` folder (``kind="auto"`` detects which). ``patch_size``
-    applies to diffusers KL models (ours carry theirs in the config). With an explicit
-    ``diffusers-*`` kind, ``path`` may also be a hub id (needs network)."""
-    try:
-        kind = TokenizerKind(kind)
-    except ValueError:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(k.value for k in TokenizerKind)}") from None
-    folder = Path(path)
-    if not folder.is_dir():
-        if kind in (TokenizerKind.AUTO, TokenizerKind.FLUID):
-            raise FileNotFoundError(
-                f"tokenizer folder {folder} does not exist (for a diffusers hub id pass kind='diffusers-kl' or 'diffusers-vq')"
-            )
-    else:
-        folder = _resolve_folder(folder)
-        if kind == TokenizerKind.AUTO:
-            kind = detect_kind(folder)
-    if kind == TokenizerKind.FLUID:
-        from fluid.tokenizers.autoencoder import load_autoencoder
-
-        return load_autoencoder(folder)
-    from fluid.tokenizers.adapters import DiffusersKLTokenizer, DiffusersVQTokenizer
-
-    if kind == TokenizerKind.DIFFUSERS_KL:
-        return DiffusersKLTokenizer.from_pretrained(str(folder) if folder.is_dir() else str(path), patch_size=patch_size)
-    return DiffusersVQTokenizer.from_pretrained(str(folder) if folder.is_dir() else str(path))
+        moved.warn_moved(f"fluid.tokenizers.base.{name}", f"fluid.tokenizers.load.{name}")
+        return getattr(load, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from fluid.files import save_safetensors
 
 def halve(folder: str | Path) -> str:
     """Halve ``folder``'s weights in place; returns its new identity."""
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer
 
     folder = Path(folder)
     path = folder / "model.safetensors"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 from fluid.config import FluidConfig
-from fluid.text.encoders import CachedTextEncoder, PrecomputedTextEncoder, TextEncoder, build_text_encoder
+from fluid.text.base import TextEncoder
+from fluid.text.cache import CachedTextEncoder, PrecomputedTextEncoder
+from fluid.text.encoders import build_text_encoder
 
 
 class RecordedTextEncoder(TextEncoder):

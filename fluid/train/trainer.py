@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
 from fluid.data.heldout import check_heldout
 from fluid.data.stream import TrainStream
-from fluid.eval.validation import ValidationSet, validation_loss
+from fluid.train.validation import ValidationSet, validation_loss
 from fluid.model import Generator
 from fluid.train import checkpoint as ckpt
 from fluid.train import dcp

@@ -1,0 +1,45 @@
+"""The shipped models give byte-identical images for a fixed prompt and seed.
+
+The hashes are of the sampled uint8 image arrays (fp32, one thread), recorded before the
+package layout was reorganised; a move of code that changes any number changes them. They
+are per CPU instruction set, since fp32 kernels may round differently on another one.
+"""
+
+import hashlib
+
+import pytest
+import torch
+
+from fluid.sample.pipeline import FluidPipeline
+
+PROMPTS = ["a red square", "two blue circles"]
+RECORDED = {  # torch.backends.cpu.get_cpu_capability() -> variant -> sha256 of (2, 3, 64, 64) uint8
+    "AVX512": {
+        "continuous-random": "a18c36bb66e52a6702d7e18199205ffc942a5317e157d4ef3cd5081947800553",
+        "discrete-random": "8d88cdf685ac55ceab4a69f1ce435cc392cf13ee8df538e0c68962e2d37cdddf",
+    },
+}
+
+
+@pytest.mark.parametrize("variant", ["continuous-random", "discrete-random"])
+def test_shipped_generator_images_are_byte_identical(variant, minilm, one_thread):
+    recorded = RECORDED.get(torch.backends.cpu.get_cpu_capability())
+    if recorded is None:
+        pytest.skip(f"no hash recorded for {torch.backends.cpu.get_cpu_capability()} CPUs")
+    pipe = FluidPipeline.from_pretrained(variant=variant, device="cpu", text_encoder=minilm)
+    pipe.cfg.train.precision = "fp32"  # auto would pick bf16 on some CPUs
+    images = pipe(PROMPTS, seed=0, output_type="tensor")
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    assert pixels.shape == (2, 3, 64, 64)
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == recorded[variant]
+
+
+def test_a_sweep_run_recorded_before_the_shapes_code_moved_stays_fresh():
+    from fluid.scaling.runner import SAME_RENDERER, renderer_digest, same_identity
+
+    current = {"data": {"source": "shapes", "resolution": 64, "holdout": False, "renderer": renderer_digest()}}
+    before = {"data": {**current["data"], "renderer": "c49a3c469f42"}}  # fluid/data/shapes.py, one file
+    if SAME_RENDERER["c49a3c469f42"] != renderer_digest():
+        pytest.skip("the renderer changed since the move: runs recorded before it are stale anyway")
+    assert same_identity(before, current)
+    assert not same_identity({"data": {**current["data"], "renderer": "000000000000"}}, current)
