@@ -553,7 +553,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fluid {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
+        from fluid.train.distributed import CollectiveTimeout
         from fluid.train.trainer import NonFiniteError
+
+        if isinstance(e, CollectiveTimeout):
+            # A process group with a collective still pending cannot be torn down (the
+            # backend aborts in its destructor, hiding this message): say why, then leave.
+            print(f"fluid {args.command}: error: {e}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(4)
 
         if not isinstance(e, NonFiniteError):
             raise

@@ -45,8 +45,8 @@ def test_installed_fluid_prepares_trains_samples_exports_evaluates_and_demos(tmp
     """One tiny project through the entry point, each command reading what the one before
     wrote: prepare a cache -> train from it -> sample and export the run -> evaluate the export
     (validation loss, FID with a local Inception file, GenEval export) -> the demo page."""
-    from fluid.data.shapes import all_captions
-    from fluid.text.encoders import save_embeddings
+    from fluid.shapes.scenes import all_captions
+    from fluid.text.cache import save_embeddings
 
     make_tokenizer("kl").save(tmp_path / "tok")
     coco_captions, coco_images = fake_coco(tmp_path)
@@ -168,7 +168,7 @@ def test_save_pretrained_command_writes_a_model_folder_that_samples_like_the_run
 
 
 def test_train_tokenizer_command_writes_a_loadable_tokenizer(tmp_path, capsys):
-    from fluid.tokenizers.base import load_tokenizer
+    from fluid.tokenizers.load import load_tokenizer
 
     out = tmp_path / "tok"
     assert main(["train-tokenizer", "--preset", "debug-vq", "--set", "codebook_size=32", "--steps", "3",
@@ -183,7 +183,8 @@ def test_train_tokenizer_command_writes_a_loadable_tokenizer(tmp_path, capsys):
 
 
 def test_embed_captions_command_stores_the_encoders_embeddings(tmp_path, minilm, capsys):
-    from fluid.text.encoders import PrecomputedTextEncoder, UnknownCaptionError
+    from fluid.text.base import UnknownCaptionError
+    from fluid.text.cache import PrecomputedTextEncoder
 
     captions = ["a red square", "two blue circles", "a cross left of a triangle"]
     (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")

@@ -179,7 +179,7 @@ def test_the_rendered_pool_that_trained_the_shipped_models_draws_from_it_and_res
     """``data.pool`` (the shipped models' recipe, 100,000 scenes rendered once): every batch
     holds pool items, drawn by (rank, step), so a resumed run sees the batches it would have
     seen, and two ranks draw different ones."""
-    from fluid.data.shapes import ShapesDataset
+    from fluid.shapes.dataset import ShapesDataset
 
     pool = 24
     data_cfg = apply_overrides(tiny_config(), {"data.pool": pool}).data

@@ -110,7 +110,7 @@ def test_shipped_fluid_needs_its_guidance_on_two_object_prompts(minilm):
     colour attribution) do not: with CFG (the shipped linear ramp to 3) the shipped Fluid
     scored 0.44 on these 16 images, with guidance off (cfg 1) 0.00, same prompts and seeds,
     fp32 (seeds 2-3 gave 0.19 vs 0.06). Fails with guidance off, ignored, or of the wrong sign."""
-    from fluid.eval.shapes_eval import ShapesEval, pipeline_source
+    from fluid.shapes.evaluation import ShapesEval, pipeline_source
 
     pipe = FluidPipeline.from_pretrained(variant="continuous-random", device="cpu", text_encoder=minilm)
     pipe.cfg.train.precision = "fp32"  # the same draws on CPUs with and without native bf16

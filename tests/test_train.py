@@ -162,8 +162,8 @@ def test_steps_is_the_runs_length_and_resuming_longer_says_when_the_schedule_cha
     constant schedule (continuous variants); under the cosine one (discrete) it cannot, and
     the command says so."""
     from fluid.cli import main
-    from fluid.data.shapes import all_captions
-    from fluid.text.encoders import save_embeddings
+    from fluid.shapes.scenes import all_captions
+    from fluid.text.cache import save_embeddings
 
     emb = save_embeddings(minilm, all_captions(), tmp_path / "emb.safetensors")
     for kind, variant in (("kl", "continuous-random"), ("vq", "discrete-raster")):
