@@ -13,6 +13,10 @@ items (and, from a pool, the same draws) on any number of processes.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -20,13 +24,26 @@ from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
 from fluid.data.batches import EncodedBatch, RawBatch
-from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.dataset import ShapesDataset, renderer_digest
 from fluid.shapes.scenes import flip_caption, item_seed
 
 
+POOL_CACHE_ENV = "FLUID_POOL_CACHE"
+
+
 class ShapesStream:
+    """Batches of the built-in ``shapes`` data, rendered per batch or drawn from a pool.
+
+    With ``data.pool_encoded`` the pool is encoded once by the frozen tokenizer. Runs that
+    share a tokenizer (a sweep's runs, for instance) can share that work: with ``pool_cache``
+    (or the ``FLUID_POOL_CACHE`` environment variable) naming a folder, the encoded pool is
+    kept there under a key made of the pool's size, the data's settings, the renderer's code
+    and the tokenizer's identity, and read back by the next run with the same key.
+    """
+
     def __init__(self, cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
-                 device: str | torch.device = "cpu", tokenizer=None, text_encoder=None, accum: int = 1):
+                 device: str | torch.device = "cpu", tokenizer=None, text_encoder=None, accum: int = 1,
+                 pool_cache: str | Path | None = None):
         self.dataset = ShapesDataset("train", cfg.resolution, holdout=cfg.holdout)
         self.cfg, self.batch_size, self.rank, self.world, self.accum = cfg, batch_size, rank, world, accum
         self.step, self.device = start, device
@@ -37,8 +54,34 @@ class ShapesStream:
             if tokenizer is None or text_encoder is None:
                 raise ValueError("data.pool_encoded needs the tokenizer and text encoder")
             self.text_encoder = text_encoder
-            self.pool_tokens = self._encode_pool(tokenizer)
+            cache = pool_cache if pool_cache is not None else os.environ.get(POOL_CACHE_ENV) or None
+            self.pool_tokens = self._cached_pool(tokenizer, Path(cache)) if cache else self._encode_pool(tokenizer)
             self.pool_images = None  # only the encoded form is used from here on
+
+    def pool_key(self, tokenizer) -> str:
+        """What the encoded pool depends on, hashed: the same key means the same tensors."""
+        c = self.cfg
+        what = {"format": 1, "pool": c.pool, "resolution": c.resolution, "holdout": c.holdout,
+                "renderer": renderer_digest(), "tokenizer": tokenizer.identity()}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _cached_pool(self, tokenizer, folder: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        path = folder / f"pool-{self.pool_key(tokenizer)}.safetensors"
+        if path.exists():
+            try:
+                tokens = load_file(path)
+                if all(len(v) == len(self.pool_captions) for v in tokens.values()) and tokens:
+                    return tokens
+            except Exception:  # noqa: BLE001 - a torn or foreign file: encode again and replace it
+                pass
+        tokens = self._encode_pool(tokenizer)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous().cpu() for k, v in tokens.items()}, tmp)
+        os.replace(tmp, path)  # atomic: two runs encoding the same pool at once both write whole files
+        return tokens
 
     @torch.no_grad()
     def _encode_pool(self, tokenizer, chunk: int = 256) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ from typing import Any
 from fluid.config import FluidConfig, TokenType
 from fluid.scaling.compute import compute_summary
 from fluid.scaling.sweep import RunSpec, Sweep
+from fluid.shapes.dataset import renderer_digest  # the code that makes the `shapes` data
 
 FORMAT = "fluid-sweep-run/1"
 
@@ -57,13 +58,6 @@ def _digest(path: Path) -> str:
         files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
         return ",".join(f"{p.name}:{file_digest(p, 12)}" for p in files)
     return file_digest(path, 12)
-
-
-def renderer_digest() -> str:
-    """The code that makes the ``shapes`` data: its scenes, its drawing and its splits."""
-    from fluid.shapes import dataset, render, scenes
-
-    return ",".join(_digest(Path(m.__file__)) for m in (scenes, render, dataset))
 
 
 # Renderer digests of code that moved without drawing anything differently -> the digest of
@@ -210,6 +204,8 @@ class Runner:
 
     def _env(self) -> dict:
         env = dict(os.environ)
+        # Runs that share a tokenizer share its encoding of the data pool (made once per sweep).
+        env.setdefault("FLUID_POOL_CACHE", str(self.out / "pool-cache"))
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env
