@@ -1,6 +1,7 @@
 """Evaluation: Frechet distance math, Inception loading, ShapesEval, shapes_fd, the learned
 kind reader, validation loss, the COCO protocol, GenEval export and ``fluid eval``."""
 
+import contextlib
 import json
 from pathlib import Path
 from unittest import mock
@@ -97,11 +98,39 @@ def test_reference_keys_follow_the_data(tmp_path):
 # ----------------------------------------------------------------------------- Inception (FID)
 
 
+@contextlib.contextmanager
+def no_downloads():
+    """Every way a weights download could start fails: torch.hub's loader, the references
+    torch-fidelity took to it at import, and any socket connection at all."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    refuse = AssertionError("no downloads")
+    with mock.patch("torch.hub.load_state_dict_from_url", side_effect=refuse), \
+            mock.patch.object(tf_inception, "load_state_dict_from_url", side_effect=refuse), \
+            mock.patch("socket.socket.connect", side_effect=refuse), \
+            mock.patch("socket.create_connection", side_effect=refuse):
+        yield
+
+
+def test_the_no_download_guard_guards_torch_fidelity_and_sockets():
+    import socket
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    with no_downloads():
+        with pytest.raises(AssertionError, match="no downloads"):
+            tf_inception.load_state_dict_from_url(tf_inception.URL_INCEPTION_V3)
+        with pytest.raises(AssertionError, match="no downloads"):
+            torch.hub.load_state_dict_from_url("https://example.invalid/weights.pth")
+        with pytest.raises(AssertionError, match="no downloads"):
+            socket.create_connection(("example.invalid", 443), timeout=1)
+
+
 @pytest.mark.slow
 def test_inception_features_load_from_a_local_file(tmp_path):
     path = tmp_path / "inception.pth"
     state = random_inception_file(path)
-    with mock.patch("torch.hub.load_state_dict_from_url", side_effect=AssertionError("no downloads")):
+    with no_downloads():
         ext = InceptionFeatures(path)
     loaded = ext.model.state_dict()
     assert loaded.keys() == state.keys()

@@ -217,6 +217,54 @@ def test_linear_fit_pearson_matches_numpy_and_known_correlation():
         linear_fit([1.0, 1.0], [2.0, 3.0])
 
 
+def test_pearson_interval_covers_the_true_r_at_its_stated_rate():
+    from fluid.scaling.fit import linear_fit, pearson_interval
+
+    rng = np.random.default_rng(2)
+    hits, n = 0, 8
+    for _ in range(400):
+        x = rng.normal(size=n)
+        y = -0.7 * x + math.sqrt(1 - 0.49) * rng.normal(size=n)  # population r = -0.7
+        lo, hi = pearson_interval(linear_fit(x, y).pearson_r, n)
+        assert -1 <= lo <= hi <= 1
+        hits += lo <= -0.7 <= hi
+    assert 0.90 <= hits / 400 <= 0.99  # a 95% interval
+    assert pearson_interval(0.5, 3) == (-1.0, 1.0)
+    narrow, wide = pearson_interval(0.9, 100), pearson_interval(0.9, 8)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_report_states_each_target_and_the_evidence_where_one_is_missed(tmp_path):
+    """A study built to miss two targets: ShapesEval flat at a floor for one variant, and
+    continuous-random not the best; the report says which, and gives the numbers behind it."""
+    from fluid.scaling.analysis import analyze
+
+    rows = []
+    for variant, good in (("continuous-random", 0.0), ("continuous-raster", 0.2)):
+        for i, params in enumerate([1e5, 4e5, 1.6e6, 6.4e6]):
+            for step in (500, 1000):
+                loss = 0.9 * params ** -0.05 * (1.05 if step == 500 else 1.0)
+                score = good * (1 - loss) + (0.01 * ((i + step // 500) % 2) if not good else 0)
+                fams = {f"shapes_eval.{f}": (score if f == "colors" else 0.0) for f in ("single_object", "colors")}
+                rows.append({"run": f"{variant}-{i}", "variant": variant, "status": "done", "step": step,
+                             "params": params, "images": step * 64, "train_flops": 6 * params * step * 64,
+                             "val_loss": loss, "shapes_eval.overall": score, "shapes_eval.images": 96,
+                             "shapes_fd": 100 * loss, **fams, "train_s": 60.0, "eval_s": 6.0})
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    (tmp_path / "notes.md").write_text("## Notes\n\nWritten by hand.")
+    fits = analyze(tmp_path, "synthetic", "test")
+    t = fits["targets"]
+    assert all(d["met"] for d in t["loss_power_law"].values())
+    tracks = t["metric_tracks_loss"]["shapes_eval.overall"]
+    assert tracks["continuous-raster"]["met"] and not tracks["continuous-random"]["met"]
+    assert t["continuous_random_best"] == {"best": "continuous-raster", "met": False}
+    assert t["evidence"]["continuous-random"]["family_scores_at_zero"] >= 8
+    assert t["evidence"]["continuous-raster"]["images_per_checkpoint"] == 96
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("**not met**") == 2 and "95% interval" in report and "binomial" in report
+    assert "Written by hand." in report and "training 8.0 min" in report
+
+
 def test_analysis_of_synthetic_results_writes_fits_figures_and_report(tmp_path):
     """Four variants x four sizes x two steps with known exponents: the analysis finds them."""
     from fluid.scaling.analysis import analyze

@@ -367,6 +367,8 @@ def summary_row(rec: dict) -> dict:
     if "shapes_eval" in m:
         row.update({f"shapes_eval.{k}": v for k, v in m["shapes_eval"]["per_family"].items()})
         row["shapes_eval.overall"] = m["shapes_eval"]["overall"]
+        if "images" in m["shapes_eval"]:
+            row["shapes_eval.images"] = m["shapes_eval"]["images"]
     if "shapes_fd" in m:
         row["shapes_fd"] = round(m["shapes_fd"]["value"], 3)
         row["shapes_fd.real"] = round(m["shapes_fd"]["real"], 3)

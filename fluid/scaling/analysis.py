@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fluid.scaling.fit import linear_fit, power_law_fit
+from fluid.scaling.fit import linear_fit, pearson_interval, power_law_fit
 
 METRICS = {"shapes_eval.overall": "ShapesEval overall", "shapes_fd": "shapes_fd", "fid": "FID"}
 PAPER = {
@@ -74,7 +74,8 @@ def compute_fits(rows: list[dict]) -> dict:
             x, y = _points(rs, "val_loss", metric)
             if len(x) >= 3 and np.ptp(x) > 0:
                 fit = linear_fit(x, y)
-                per[name] = {**fit.to_dict(), "points": len(x)}
+                lo, hi = pearson_interval(fit.pearson_r, len(x))
+                per[name] = {**fit.to_dict(), "points": len(x), "r_ci95": [round(lo, 4), round(hi, 4)]}
         if per:
             fits["metric_vs_loss"][metric] = per
     # Which variant leads at the largest size present for every variant.
@@ -92,7 +93,50 @@ def compute_fits(rows: list[dict]) -> dict:
             if top:
                 winner = better(top, key=lambda v: top[v][metric])
                 fits["best_at_largest"][metric] = {"best": winner, "values": top}
+    fits["targets"] = targets(rows, fits)
     return fits
+
+
+# The committed study's targets: validation loss a power law in size (R^2), each metric
+# tracking validation loss (|Pearson r|), and the paper's model best at the largest size.
+TARGET_R2, TARGET_R = 0.9, 0.9
+TRACKED = ("shapes_eval.overall", "shapes_fd")
+FAMILY_PREFIX = "shapes_eval."
+
+
+def _binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.25 / n) / n)  # never 0: a score of 0 of n is not exact
+
+
+def targets(rows: list[dict], fits: dict) -> dict:
+    """Each target, whether it is met, and the evidence that says why where it is not: the
+    confidence interval of r, how many per-family ShapesEval scores sit at 0 (a floor flattens
+    any correlation), and the sampling error of a ShapesEval score from its number of images."""
+    done = [r for r in rows if r.get("status") == "done"]
+    out: dict = {"loss_power_law": {}, "metric_tracks_loss": {}, "evidence": {}}
+    for v, f in fits["loss_vs_params"].items():
+        out["loss_power_law"][v] = {"r2": f["r2"], "met": f["r2"] >= TARGET_R2}
+    for m in TRACKED:
+        for v, f in fits["metric_vs_loss"].get(m, {}).items():
+            if "pooled" not in v:
+                out["metric_tracks_loss"].setdefault(m, {})[v] = {
+                    "r": f["pearson_r"], "r_ci95": f["r_ci95"], "met": abs(f["pearson_r"]) >= TARGET_R,
+                    "ci_reaches_target": max(abs(f["r_ci95"][0]), abs(f["r_ci95"][1])) >= TARGET_R}
+    best = fits["best_at_largest"].get("shapes_eval.overall")
+    if best:
+        out["continuous_random_best"] = {"best": best["best"], "met": best["best"] == "continuous-random"}
+    for v, rs in _by(done, "variant").items():
+        fam = [r[k] for r in rs for k in r if k.startswith(FAMILY_PREFIX) and k.count(".") == 1
+               and k not in ("shapes_eval.overall", "shapes_eval.images") and r[k] is not None]
+        images = [r["shapes_eval.images"] for r in rs if r.get("shapes_eval.images")]
+        big = max(rs, key=lambda r: (r["params"], r["step"]))
+        ev = {"family_scores": len(fam), "family_scores_at_zero": sum(1 for x in fam if x == 0)}
+        if images and big.get("shapes_eval.overall") is not None:
+            ev["images_per_checkpoint"] = min(images)
+            ev["largest_overall"] = big["shapes_eval.overall"]
+            ev["largest_overall_se"] = round(_binomial_se(big["shapes_eval.overall"], min(images)), 4)
+        out["evidence"][v] = ev
+    return out
 
 
 # ----------------------------------------------------------------------------- figures
@@ -164,7 +208,11 @@ def write_figures(rows: list[dict], fits: dict, out: Path) -> dict[str, str]:
         for ax, m in zip(axes[0], present):
             for v, rs in by_variant.items():
                 x, y = _points(rs, "params", m)
-                if len(x):
+                n = [r.get("shapes_eval.images") for r in sorted(rs, key=lambda r: r["params"]) if r.get(m) is not None]
+                if len(x) and m == "shapes_eval.overall" and all(n):  # with its binomial sampling error
+                    ax.errorbar(x, y, yerr=[_binomial_se(p, k) for p, k in zip(y, n)], fmt="o-", color=colors[v],
+                                capsize=3, label=v)
+                elif len(x):
                     ax.plot(x, y, "o-", color=colors[v], label=v)
             _style(ax, "parameters", METRICS[m])
             _legend(ax)
@@ -245,10 +293,12 @@ def write_report(rows: list[dict], fits: dict, files: dict[str, str], out: Path,
     for v, f in fits["loss_vs_params"].items():
         lines.append(f"| {v} | {f['exponent']:.4f} ± {f['exponent_stderr']:.4f} | {f['r2']:.3f} | {f['n']} |")
     for m, per in fits["metric_vs_loss"].items():
-        lines += ["", f"## {METRICS[m]} vs validation loss", "", "| variant | Pearson r | p | slope | points |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += ["", f"## {METRICS[m]} vs validation loss", "",
+                  "| variant | Pearson r | 95% interval | p | slope | points |", "| --- | --- | --- | --- | --- | --- |"]
         for v, f in per.items():
-            lines.append(f"| {v} | {f['pearson_r']:.3f} | {_fmt(f['p_value'], 2)} | {f['slope']:.4g} | {f['points']} |")
+            ci = f.get("r_ci95", [float("nan")] * 2)
+            lines.append(f"| {v} | {f['pearson_r']:.3f} | [{ci[0]:.2f}, {ci[1]:.2f}] | {_fmt(f['p_value'], 2)} | "
+                         f"{f['slope']:.4g} | {f['points']} |")
     for key in ("metrics_vs_params", "vs_steps_compute", "metrics_vs_loss"):
         if key in files:
             lines += ["", f"![]({files[key]})"]
@@ -268,11 +318,55 @@ def write_report(rows: list[dict], fits: dict, files: dict[str, str], out: Path,
         for m, per in corr.items():
             parts.append(f"{METRICS[m]}: " + ", ".join(f"{v} {f['pearson_r']:.3f}" for v, f in per.items()))
         lines.append(f"- Paper: {PAPER['correlation']}. Here: " + "; ".join(parts) + ".")
+    lines += _target_lines(fits.get("targets", {}))
+    spent = {}
+    for r in rows:
+        if r.get("status") == "done" and "train_s" in r:
+            spent[r["run"]] = (r["train_s"], r.get("eval_s", 0.0))
+    if spent:
+        train, ev = sum(t for t, _ in spent.values()), sum(e for _, e in spent.values())
+        lines += ["", "## Time", "", f"Summed over the {len(spent)} runs (one process each): training {train / 60:.1f} min "
+                  f"(data pool included), evaluation {ev / 60:.1f} min; the slowest run "
+                  f"{max(spent, key=lambda k: sum(spent[k]))} took {max(sum(x) for x in spent.values()) / 60:.1f} min."]
     if fits["notes"]:
         lines += ["", "Notes: " + "; ".join(fits["notes"])]
+    notes = out / "notes.md"  # written by hand, beside the numbers: kept when the report is redone
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _target_lines(t: dict) -> list[str]:
+    if not t:
+        return []
+    yes = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    lines = ["", "## Targets", "", "| target | variant | value | |", "| --- | --- | --- | --- |"]
+    for v, d in t["loss_power_law"].items():
+        lines.append(f"| loss vs size: power law, R^2 >= {TARGET_R2} | {v} | R^2 {d['r2']:.3f} | {yes(d['met'])} |")
+    for m, per in t["metric_tracks_loss"].items():
+        for v, d in per.items():
+            lines.append(f"| {METRICS[m]} tracks loss, abs(r) >= {TARGET_R} | {v} | r {d['r']:.3f} "
+                         f"[{d['r_ci95'][0]:.2f}, {d['r_ci95'][1]:.2f}] | {yes(d['met'])} |")
+    if "continuous_random_best" in t:
+        d = t["continuous_random_best"]
+        lines.append(f"| continuous-random best ShapesEval at the largest size | - | best: {d['best']} | {yes(d['met'])} |")
+    missed = [(m, v) for m, per in t["metric_tracks_loss"].items() for v, d in per.items() if not d["met"]]
+    if missed or not t.get("continuous_random_best", {"met": True})["met"]:
+        lines += ["", "Evidence where a target is not met (computed from the results):", ""]
+        for m, v in missed:
+            d = t["metric_tracks_loss"][m][v]
+            lines.append(f"- {METRICS[m]}, {v}: r {d['r']:.3f}, 95% interval [{d['r_ci95'][0]:.2f}, {d['r_ci95'][1]:.2f}]"
+                         + (f", which reaches {TARGET_R}: the points cannot tell this r from the target."
+                            if d["ci_reaches_target"] else "."))
+        for v, ev in t["evidence"].items():
+            if "images_per_checkpoint" in ev:
+                lines.append(f"- {v}: {ev['family_scores_at_zero']} of {ev['family_scores']} per-family ShapesEval scores "
+                             f"are 0 (a floor: those families do not move with loss); {ev['images_per_checkpoint']} "
+                             f"images per checkpoint, so the largest model's {ev['largest_overall']:.3f} has a "
+                             f"sampling error of ±{ev['largest_overall_se']:.3f} (binomial).")
+    return lines
 
 
 def analyze(out: str | Path, sweep_name: str = "", command: str = "") -> dict:

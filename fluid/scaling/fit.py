@@ -71,6 +71,16 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> LinearFit:
                      n, float(xm), sxx, residual_std)
 
 
+def pearson_interval(r: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of a Pearson r from ``n`` points (Fisher's z transform). With
+    fewer than four points nothing is known: (-1, 1)."""
+    if n < 4 or math.isnan(r):
+        return -1.0, 1.0
+    z = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12))
+    half = stats.norm.ppf(0.5 + confidence / 2) / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
 @dataclasses.dataclass
 class PowerLaw:
     """y = coefficient * x^exponent, fitted as a line in log10-log10 space."""

@@ -386,7 +386,8 @@ def summarize_eval(rec: dict) -> dict:
 def result_rows(out: Path, sweep: Sweep) -> list[dict]:
     rows = []
     for run in sweep.runs:
-        rec = RunFolder(out, run).read()
+        folder = RunFolder(out, run)
+        rec = folder.read()
         if rec is None:
             continue
         base = {"run": run.name, **{f"tag.{k}": v for k, v in run.tags.items()}, "preset": run.preset,
@@ -396,11 +397,15 @@ def result_rows(out: Path, sweep: Sweep) -> list[dict]:
         if rec["status"] != "done":
             rows.append({**base, "error": (rec.get("error") or "").splitlines()[0] if rec.get("error") else ""})
             continue
+        spent = {k: round(sum(a.get(k, 0.0) for a in rec.get("attempts", [])), 1) for k in ("train_s", "eval_s")}
         for step, metrics in sorted(rec["results"].items(), key=lambda kv: int(kv[0])):
             step = int(step)
+            saved = folder.path / "eval" / f"step-{step}" / "metrics.json"
+            if "shapes_eval.overall" in metrics and "shapes_eval.images" not in metrics and saved.exists():
+                metrics = {**metrics, **summarize_eval(json.loads(saved.read_text()))}  # recorded before the count was
             images = step * comp["batch_size"]
             rows.append({**base, "step": step, "params": comp["params"], "images": images,
-                         "train_flops": comp["train_flops_per_image"] * images, **metrics})
+                         "train_flops": comp["train_flops_per_image"] * images, **metrics, **spent})
     return rows
 
 
