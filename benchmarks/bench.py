@@ -254,29 +254,32 @@ def bench_sampling(presets, variants, precs, heads, args, device) -> list[dict]:
             continuous = variant.startswith("continuous")
             for prec in precs:
                 for sampler, steps in (heads if continuous else [(None, None)]):
-                    configs.append((preset, variant, prec, sampler, steps))
+                    for compiled in args.sample_compile if continuous else ["off"]:
+                        configs.append((preset, variant, prec, sampler, steps, compiled == "on"))
     models, runs = {}, {c: [] for c in configs}
     for r in range(args.repeats + 1):  # repeat 0 warms every configuration up
         for c in configs:
-            preset, variant, prec, sampler, steps = c
+            preset, variant, prec, sampler, steps, compiled = c
             if (preset, variant) not in models:
                 cfg = get_preset(preset, variant=variant)
                 torch.manual_seed(0)
                 models[preset, variant] = (cfg, Generator(cfg.model, cfg.text).to(device).eval())
             cfg, model = models[preset, variant]
-            # Repeat 0 warms up with 2 generation steps and at most 2 head steps.
-            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=args.gen_steps if r else 2,
-                                head_sampler=sampler or HeadSampler.DDPM)
-            out = sample_once(model, cfg, scfg, (steps if r else min(2, steps)) if steps else None,
+            # Repeat 0 warms up with 2 generation steps and at most 2 head steps; a compiled
+            # configuration with the measured ones (compilation happens there, once).
+            full = r or compiled
+            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=args.gen_steps if full else 2,
+                                head_sampler=sampler or HeadSampler.DDPM, compile=compiled)
+            out = sample_once(model, cfg, scfg, (steps if full else min(2, steps)) if steps else None,
                               args.sample_batch, prec, device)
             if r:
                 runs[c].append(out)
     rows = []
-    for (preset, variant, prec, sampler, steps), reps in runs.items():
+    for (preset, variant, prec, sampler, steps, compiled), reps in runs.items():
         cfg = models[preset, variant][0]
         best = sorted(reps, key=lambda x: x["seconds"])[len(reps) // 2]
         b, n = args.sample_batch, cfg.model.num_tokens
-        rows.append({"preset": preset, "variant": variant, "precision": prec,
+        rows.append({"preset": preset, "variant": variant, "precision": prec, "compile": compiled,
                      "head_sampler": sampler.value if sampler else None, "head_steps": steps, "batch": b, "tokens": n,
                      "generation_steps": min(args.gen_steps, n) if cfg.model.order.value == "random" else n,
                      "images_per_s": round(b / best["seconds"], 3), "latency_s": round(best["seconds"], 3),
@@ -309,13 +312,14 @@ def markdown(result: dict) -> str:
                      f"{r['gflop_per_image']} | {r['model_gflop_per_s']} | {r['mfu']:.1%} | {r['images_per_cpu_s']} | "
                      f"{r['mfu_cpu_time']:.1%} | {mem} |")
     lines += ["", "## Sampling (CFG 3, linear)", "",
-              "| preset | variant | precision | head sampler | head steps | batch | tokens | gen. steps | images/s | "
-              "latency s | CPU s | head share | peak memory MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| preset | variant | precision | compiled | head sampler | head steps | batch | tokens | gen. steps | "
+              "images/s | latency s | CPU s | head share | peak memory MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["sampling"]:
         mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
         share = f"{r['head_share']:.0%}" if r["head_share"] is not None else "-"
-        lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {r['head_sampler'] or '-'} | "
+        lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {'yes' if r.get('compile') else 'no'} | "
+                     f"{r['head_sampler'] or '-'} | "
                      f"{r['head_steps'] or '-'} | {r['batch']} | {r['tokens']} | {r['generation_steps']} | "
                      f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | {mem} |")
     return "\n".join(lines) + "\n"
@@ -332,6 +336,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="default: fp32, and bf16 where native")
     p.add_argument("--head-samplers", nargs="+", default=None,
                    help="SAMPLER:STEPS for continuous variants (default: ddpm:100 dpm++2m:20)")
+    p.add_argument("--sample-compile", nargs="+", default=["off"], choices=["off", "on"],
+                   help="sample eagerly and/or with sample.compile (continuous variants; default: off)")
     p.add_argument("--train-batch", type=int, default=None, help="default: the preset's")
     p.add_argument("--train-steps", type=int, default=None, help="measured steps per run (default 10; quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="steps before measuring (default 3; quick 1)")

@@ -346,9 +346,15 @@ class SampleConfig:
     """Diffusion head: ``ddpm`` (ancestral, ``model.head_sample_steps`` ~100 steps) or a
     deterministic ODE sampler that needs few steps, ``ddim`` or ``dpm++2m`` (set the head
     steps to 10-25); the ODE samplers apply the temperature to the initial noise only."""
+    compile: bool = False
+    """``torch.compile`` the diffusion head's network and the random-order backbone for
+    sampling. The first batch pays the compilation (tens of seconds on a CPU); numbers
+    differ from eager ones in the last bits. See benchmarks/README.md for the measured gain."""
 
     def __post_init__(self):
         self.cfg_schedule = CFGSchedule(self.cfg_schedule)
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"sample.compile must be true or false, not {self.compile!r}")
         self.head_sampler = HeadSampler(self.head_sampler)
         for name in ("cfg", "temperature", "x0_clip"):
             _check_number(f"sample.{name}", getattr(self, name), minimum=0.0)

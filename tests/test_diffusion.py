@@ -109,6 +109,33 @@ def test_learned_variance_interpolates_between_bounds():
     torch.testing.assert_close(hi, d.log_betas[100].float().expand(2, 2))
 
 
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_ancestral_sampler_is_the_textbook_loop_over_p_mean_variance(learn_sigma):
+    """``sample`` works in place on scalars of the schedule; step by step it must be
+    x_{t-1} = mean + exp(logvar / 2) * z * temperature with p_mean_variance's mean and
+    variance, and the x0 estimate at t = 0."""
+    torch.manual_seed(0)
+    d = GaussianDiffusion.cosine(1000, learn_sigma=learn_sigma).respace(12)
+    w = torch.randn(3, 6 if learn_sigma else 3, dtype=torch.float64) * 0.3
+
+    def model_fn(x, t):  # a smooth function of x and t; the variance half lies in [-1, 1]
+        return torch.tanh(x @ w + t[:, None] / 1000)
+
+    noise = torch.randn(5, 3, dtype=torch.float64)
+    draws = [torch.randn(5, 3, dtype=torch.float64) for _ in range(d.num_steps)]
+    it = iter(draws)
+    fast = d.sample(model_fn, noise, temperature=0.7, x0_clip=2.0, fill_noise=lambda z: z.copy_(next(it)))
+
+    x, it = noise.clone(), iter(draws)
+    for i in reversed(range(d.num_steps)):
+        t = torch.full((5,), i, dtype=torch.long)
+        out = model_fn(x, d.timestep_map[t])
+        mean, logvar, x0 = d.p_mean_variance(out, x, t, x0_clip=2.0)
+        x = mean if i == 0 else mean + torch.exp(0.5 * logvar) * next(it) * 0.7
+    torch.testing.assert_close(fast, x, rtol=1e-6, atol=1e-6)
+    assert not fast.data_ptr() == noise.data_ptr() and torch.isfinite(fast).all()
+
+
 def _mixture(n, gen):
     """A known 2-D mixture: two anisotropic Gaussians, weights 0.3 / 0.7."""
     comp = torch.rand(n, generator=gen) < 0.3

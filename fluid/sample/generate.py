@@ -79,27 +79,45 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
     c = model.cfg.token_dim
     m = z.shape[0] // 2 if guided else z.shape[0]
     diffusion = respaced(model, head_steps or model.cfg.head_sample_steps)
+    denoise = compiled(model, "head", model.head.denoise) if cfg.compile else model.head.denoise
     # The token condition is the same at every diffusion step, and the time condition the
     # same for every token: compute each once, not once per step and token.
     cz = model.head.cond_proj(z)  # (M or 2M, W)
     ct = model.head.time_condition(diffusion.timestep_map.to(z.device))  # (S, W)
     steps = iter(range(diffusion.num_steps - 1, -1, -1))  # the sampler walks the steps in this order
+    # Buffers for the ~100 calls of the loop: the condition, both CFG halves' input, the output.
+    cond_t = torch.empty_like(cz)
+    pair = torch.empty(2 * m, c, device=z.device) if guided else None
+    mixed = torch.empty(m, 2 * c if model.cfg.learn_sigma else c, device=z.device) if guided else None
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        cond = cz + ct[next(steps)]  # every row is at the same step
+        torch.add(cz, ct[next(steps)], out=cond_t)  # every row is at the same step
         if not guided:
-            return model.head.denoise(x, cond)
-        out = model.head.denoise(torch.cat([x, x]), cond).to(x.dtype)  # (2M, 2C)
+            return denoise(x, cond_t)
+        pair[:m].copy_(x)
+        pair[m:].copy_(x)
+        out = denoise(pair, cond_t).to(x.dtype)  # (2M, 2C): conditional rows first
         cond, uncond = out.chunk(2)
-        eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
-        return torch.cat([eps, cond[:, c:]], dim=-1)  # the variance comes from the conditional branch
+        eps = torch.sub(cond[:, :c], uncond[:, :c], out=mixed[:, :c])  # uncond + scale * (cond - uncond)
+        eps.mul_(scale).add_(uncond[:, :c])
+        mixed[:, c:].copy_(cond[:, c:])  # the variance comes from the conditional branch
+        return mixed
 
     noise = rng.randn(m, c)  # (M, C)
     if cfg.head_sampler == HeadSampler.DDPM:
-        return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, draw_noise=rng.randn), None
+        return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, fill_noise=rng.randn_), None
     # A deterministic sampler has no later noise to scale: the temperature narrows the start.
     order = 2 if cfg.head_sampler == HeadSampler.DPM_SOLVER else 1
     return diffusion.sample_ode(eps_fn, noise * cfg.temperature, order=order, x0_clip=cfg.x0_clip), None
+
+
+def compiled(model: Generator, name: str, fn):
+    """``torch.compile(fn)``, made once per model (``sample.compile``); shapes vary with the
+    tokens per step, so it is compiled for dynamic shapes."""
+    cache = model.__dict__.setdefault("_compiled", {})
+    if name not in cache:
+        cache[name] = torch.compile(fn, dynamic=True)
+    return cache[name]
 
 
 def respaced(model: Generator, steps: int):
@@ -126,10 +144,11 @@ def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, rng
     orders = rng.rand(b, n).argsort(dim=1)  # (B, N): a random order per image
     text_kvs = model.text_kv(cond.text)
     rows = torch.arange(b, device=device)[:, None]
+    backbone = compiled(model, "backbone", model.backbone) if cfg.compile else model.backbone
     done = 0
     for step, count in enumerate(tokens_per_step(n, cfg.steps)):
         x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
-        h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (B', N, W)
+        h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (B', N, W)
         scale = guidance_scale(cfg, done + count, n)
         if cfg.confidence and not model.continuous:
             # MaskGIT: sample every masked position, keep the `count` most confident ones
