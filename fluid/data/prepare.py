@@ -214,7 +214,7 @@ def prepare(source: Source, out: str | Path, tokenizer, text_encoder, policy: Im
     pending = [u for u in range(len(units)) if not (out / stats_file(u)).is_file()]
     run = _Run(out, plan, opt, tokenizer, text_encoder)
     # Record totals of indexed sources are free; tar shards would need a scan of every header.
-    sizes = source.sizes() if source.random_access else None
+    sizes = source.sizes() if source.sizes_known else None
     bar = tqdm(total=sum(sizes) if sizes else None, initial=sum(sizes) - sum(sizes[u] for u in pending) if sizes else 0,
                unit="img", desc=f"prepare {out.name}", disable=not opt.progress, dynamic_ncols=True)
     t0, done_now = time.perf_counter(), 0
