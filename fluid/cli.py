@@ -281,7 +281,7 @@ def cmd_eval(args) -> int:
 
 def cmd_prepare(args) -> int:
     from fluid.data.images import ImagePolicy
-    from fluid.data.prepare import PrepareOptions, prepare
+    from fluid.data.prepare import PrepareOptions, prepare, process_rank
     from fluid.data.sources import open_source
     from fluid.text.encoders import build_text_encoder
     from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
@@ -294,7 +294,10 @@ def cmd_prepare(args) -> int:
     kind = args.source or cfg.data.source
     if kind == "cache":
         raise ValueError("fluid prepare reads raw data: pass --source folder, coco, wds or shapes")
+    rank, world = process_rank(args.rank, args.world)
     device = _device(args.device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process of a node
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     source = open_source(kind, args.path or cfg.data.path, images=args.images or cfg.data.images,
                          shard_size=args.shard_size, count=args.count, resolution=cfg.data.resolution,
                          holdout=cfg.data.holdout, outside_root=args.images_outside_root or cfg.data.images_outside_root)
@@ -305,9 +308,20 @@ def cmd_prepare(args) -> int:
     text_encoder = build_text_encoder(cfg.text, device=device)
     options = PrepareOptions(batch_size=args.batch_size, workers=args.workers, dtype=args.dtype, flip=not args.no_flip,
                              val_fraction=args.val_fraction, strict=args.strict, precision=args.precision,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, rank=rank, world=world)
     result = prepare(source, args.out, tokenizer, text_encoder, policy, options)
     m = result.manifest
+    if m is None:  # other processes' units are still to do: the last one to finish writes the manifest
+        names = source.units()
+        left = [names[u] for u in result.remaining]
+        print(f"fluid prepare: rank {rank} of {world} finished its {result.units} unit(s); {len(left)} unit(s) of "
+              f"rank(s) {sorted({u % world for u in result.remaining})} remain ({', '.join(left[:10])}"
+              f"{', ...' if len(left) > 10 else ''}); the process that finishes last writes manifest.json",
+              file=sys.stderr)
+        print(json.dumps({"cache": str(args.out), "rank": rank, "world": world, "done": False,
+                          "records": result.records, "written": result.written, "remaining_units": len(left),
+                          "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_s, 1)}))
+        return 0
     print(json.dumps({"cache": str(args.out), **m["counts"], "skipped_by_reason": m["skipped"], "fixed_by_kind": m["fixed"],
                       "tokenizer": m["tokenizer"]["identity"], "text_encoder": m["text_encoder"]["identity"],
                       "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_s, 1)}))
@@ -486,6 +500,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="encoding precision")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     p.add_argument("--overwrite", action="store_true", help="replace another preparation found in --out")
+    p.add_argument("--rank", type=int, default=None,
+                   help="this process prepares the units u with u %% world == rank (default: RANK, else 0)")
+    p.add_argument("--world", type=int, default=None,
+                   help="processes preparing --out at once, e.g. jobs of a cluster array (default: WORLD_SIZE, else 1)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_prepare)
 

@@ -140,7 +140,7 @@ def test_sources_parse_every_layout(tmp_path):
 
     shards = write_wds(tmp_path / "w", items, per_shard=5)
     wds = WdsSource(f"{tmp_path}/w/shard-{{00000..{len(shards) - 1:05d}}}.tar")
-    assert wds.units() == [p.name for p in shards] and not wds.random_access
+    assert wds.units() == [p.name for p in shards] and wds.random_access  # local, uncompressed tars
     records = [r for u in range(len(shards)) for r in wds.read(u)]
     reasons = [r.error[0] for r in records if r.error]
     assert reasons == [Skip.BAD_METADATA, Skip.BROKEN_SHARD]  # the image-less sample, the truncated tar
@@ -181,3 +181,67 @@ def test_window_runs_agree_with_locate():
             for unit, first, stop, slots in plan.window_runs(epoch, w):
                 for index, slot in zip(range(first, stop), slots):
                     assert plan.locate(slot)[:3] == (epoch, unit, index)
+
+
+def _tar(path, members):
+    """A tar of (name, bytes) members; bytes None: a directory."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_tar_samples_read_by_seeking_are_the_streamed_ones(tmp_path):
+    """A local tar is read sample by sample through an index of its headers; every sample
+    (odd names, repeated keys, members that belong to no sample, and tars cut anywhere) is
+    the record that streaming the tar gives, and a ``pipe:`` stream of it gives the same."""
+    import gzip
+    import tarfile
+
+    long = "d/" + "x" * 150  # a name longer than a tar header holds (an extended header before it)
+    odd = _tar(tmp_path / "odd.tar", [("d", None), (f"{long}.png", b"i1"), (f"{long}.txt", b"c1"),
+                                      ("__meta__.json", b"{}"), ("README", b"no extension"), ("k\u00e9y.png", b"i2"),
+                                      ("k\u00e9y.txt", b"c2"), ("a.png", b"i3"), ("b.png", b"i4"), ("a.txt", b"c3")])
+    shard = write_wds(tmp_path / "w", build_items(5), per_shard=4, broken=False)[0]
+    full = shard.read_bytes()
+    with tarfile.open(shard) as t:
+        members = t.getmembers()
+    cuts = {f"{where}{j}": full[:stop] for j, m in enumerate(members)
+            for where, stop in (("data", m.offset_data + m.size // 2), ("header", m.offset + 100),
+                                ("end", m.offset_data + m.size))}
+    for name, data in {"odd": odd.read_bytes(), "whole": full, **cuts, "empty": b""}.items():
+        path = tmp_path / "cut" / f"{name}.tar"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        src, piped = WdsSource(str(path)), WdsSource(f"pipe:cat {path}")
+        assert src.random_access and not piped.random_access
+        n = src.sizes()[0]
+        assert piped.sizes() == [n]
+        streamed = list(src.read(0))
+        assert [_fields(r) for r in piped.read(0)] == [_fields(r) for r in streamed]
+        assert [_fields(src.get(0, i)) for i in range(n)] == [_fields(r) for r in streamed[:n]], name
+        assert len(streamed) <= n + 1  # at most the break after the counted samples
+    odd_src = WdsSource(str(odd))
+    assert [r.key.split("/")[-1] for r in odd_src.read(0)] == ["x" * 150, "k\u00e9y", "a", "b", "a"]
+    assert [odd_src.get(0, i).caption for i in range(4)] == [b"c1", b"c2", None, None]  # "a" again: a new sample
+    assert odd_src.get(0, 4).error[0] == Skip.BAD_METADATA  # ... without an image
+    packed = tmp_path / "packed.tar.gz"
+    packed.write_bytes(gzip.compress(full))
+    gz = WdsSource(str(packed))
+    assert not gz.random_access
+    assert [_fields(r)[1:] for r in gz.read(0)] == [_fields(r)[1:] for r in WdsSource(str(shard)).read(0)]
+    with pytest.raises(NotImplementedError, match="sequentially"):
+        gz.get(0, 0)
+
+
+def _fields(r):
+    return r.key, r.caption, r.data, r.error and r.error[0]

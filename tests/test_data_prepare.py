@@ -145,6 +145,120 @@ def test_worker_processes_give_the_same_cache(tmp_path, raw, kl, minilm):
         assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes(), p.name
 
 
+def _same_files(a, b):
+    files = sorted(p.name for p in a.iterdir())
+    assert files == sorted(p.name for p in b.iterdir())
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_ranks_prepare_their_units_and_the_last_to_finish_writes_the_manifest(tmp_path, raw, kl, minilm):
+    """Two processes (here one after the other) over one folder: rank r prepares units
+    u % 2 == r; the first to end leaves the manifest to the last, and the cache is the one
+    a single process writes."""
+    source = WdsSource(raw.wds)  # 5 tars, the last one truncated
+    prepare(source, tmp_path / "one", kl, minilm, POLICY, PrepareOptions(**FAST))
+    many = tmp_path / "many"
+    first = prepare(source, many, kl, minilm, POLICY, PrepareOptions(rank=1, world=2, **FAST))
+    assert first.manifest is None and first.units == 2 and first.remaining == [0, 2, 4]
+    assert not (many / "manifest.json").exists() and not (many / "report.jsonl").exists()
+    assert sorted(p.name for p in many.glob("shard-*.json")) == ["shard-000001.json", "shard-000003.json"]
+    last = prepare(source, many, kl, minilm, POLICY, PrepareOptions(rank=0, world=2, **FAST))
+    assert last.remaining == [] and last.units == 3 and last.manifest == json.loads((many / "manifest.json").read_text())
+    _same_files(tmp_path / "one", many)
+    # Rerun: nothing to do, with any split; a single process finishes a split run too.
+    assert prepare(source, many, kl, minilm, POLICY, PrepareOptions(rank=1, world=2, **FAST)).records == 0
+    (many / "manifest.json").unlink()
+    (many / "shard-000004.json").unlink()  # as if rank 0 had been killed before its last unit
+    resumed = prepare(source, many, kl, minilm, POLICY, PrepareOptions(**FAST))
+    assert resumed.records == 3 and resumed.manifest is not None
+    _same_files(tmp_path / "one", many)
+
+
+def test_processes_share_one_plan_and_one_with_other_settings_is_refused(tmp_path, raw, kl, minilm):
+    from fluid.data.outfolder import _create_plan, open_folder
+
+    source = FolderSource(raw.folder, shard_size=10)
+    out = tmp_path / "c"
+    prepare(source, out, kl, minilm, POLICY, PrepareOptions(rank=0, world=3, **FAST))
+    plan = json.loads((out / "plan.json").read_text())
+    with pytest.raises(PrepareError, match="another preparation.*dtype"):
+        prepare(source, out, kl, minilm, POLICY, PrepareOptions(rank=1, world=3, dtype="float32", **FAST))
+    with pytest.raises(PrepareError, match="another preparation.*val_fraction"):
+        prepare(source, out, kl, minilm, POLICY, PrepareOptions(rank=2, world=3, val_fraction=0.5, **FAST))
+    assert json.loads((out / "plan.json").read_text()) == plan  # untouched
+    # Processes starting together: plan.json is created once, never replaced; the others compare.
+    race = tmp_path / "race"
+    race.mkdir()
+    (race / "plan.json.0badc0de.tmp").write_text("{")  # another process writing its plan: not a foreign file
+    assert open_folder(race, plan, overwrite=False) is False
+    assert _create_plan(race, {**plan, "dtype": "float32"}) is False  # the later one does not replace it
+    assert json.loads((race / "plan.json").read_text()) == plan
+    assert open_folder(race, plan, overwrite=False) is False
+    with pytest.raises(PrepareError, match="another preparation.*dtype"):
+        open_folder(race, {**plan, "dtype": "float32"}, overwrite=False)
+
+
+def test_bad_rank_and_world_values_are_refused_clearly(tmp_path, raw, kl, minilm, capsys):
+    from fluid.cli import main
+    from fluid.data.prepare import process_rank
+
+    for rank, world, message in ((2, 2, r"rank must be .* in \[0, 1\] for world 2, not 2"), (-1, 2, "rank must be"),
+                                 (0, 0, "world must be a whole number >= 1"), ("1", 2, "rank must be a whole number")):
+        with pytest.raises(ValueError, match=message):
+            PrepareOptions(rank=rank, world=world)
+    with pytest.raises(ValueError, match="overwrite cannot be combined with world > 1"):
+        PrepareOptions(rank=0, world=2, overwrite=True)
+    assert process_rank(environ={}) == (0, 1)
+    assert process_rank(environ={"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)  # torchrun
+    assert process_rank(1, 2, environ={"RANK": "3", "WORLD_SIZE": "4"}) == (1, 2)  # the options win
+    for env, args, message in (({"RANK": "1"}, (), "needs the number of processes"), ({}, (None, 4), "needs this process's rank"),
+                               ({"RANK": "x", "WORLD_SIZE": "2"}, (), "RANK='x' is not a whole number"),
+                               ({"RANK": "4", "WORLD_SIZE": "4"}, (), r"in \[0, 3\] for world 4")):
+        with pytest.raises(ValueError, match=message):
+            process_rank(*args, environ=env)
+    assert main(["prepare", "--preset", "debug", "--source", "folder", "--path", str(raw.folder), "--out",
+                 str(tmp_path / "c"), "--rank", "2", "--world", "2"]) == 2
+    assert "rank must be a whole number in [0, 1] for world 2, not 2" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_ranks_started_together_write_the_cache_of_one_process(tmp_path, kl, minilm):
+    """Two `fluid prepare` processes started at once on one folder (one given --rank/--world,
+    the other torchrun's RANK/WORLD_SIZE) race to create the plan, split the units, and the
+    last to finish writes the manifest: the files are those of a single process."""
+    import os
+    import subprocess
+    import sys
+
+    from fluid.shapes.scenes import all_captions
+    from fluid.text.cache import save_embeddings
+
+    kl.save(tmp_path / "tok")
+    emb = save_embeddings(minilm, all_captions(), tmp_path / "emb.safetensors")
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "fluid.cli", "prepare", "--preset", "debug", "--tokenizer", str(tmp_path / "tok"),
+                "--set", "data.resolution=32", f"text.encoder={emb}", "--source", "shapes", "--count", "40",
+                "--shard-size", "8", "--workers", "0", "--out", str(out), *extra]
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    procs = [subprocess.Popen(command(tmp_path / "many", "--rank", "0", "--world", "2"), env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+             subprocess.Popen(command(tmp_path / "many"), env={**env, "RANK": "1", "WORLD_SIZE": "2"}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    subprocess.run(command(tmp_path / "one"), check=True, env=env, capture_output=True)
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sum("written" in s and s.get("done") is not False for s in summaries) >= 1  # the last one: the full summary
+    for (out, err), s in zip(outs, summaries):
+        if s.get("done") is False:
+            assert "finished its" in err and "remain" in err and "manifest.json" in err
+    _same_files(tmp_path / "one", tmp_path / "many")
+
+
 def test_strict_stops_at_the_first_bad_record(tmp_path, raw, kl, minilm):
     with pytest.raises(PrepareError, match="line4.*bad_metadata.*--strict"):
         prepare(FolderSource(raw.folder), tmp_path / "c", kl, minilm, POLICY, PrepareOptions(strict=True, **FAST))

@@ -100,6 +100,74 @@ def test_resuming_or_adding_workers_gives_the_same_batches(data, source):
     assert any(not torch.equal(x[0], y[0]) for x, y in zip(ref, other))  # the seed matters
 
 
+def test_local_tars_read_by_seeking_give_the_batches_of_piped_ones_with_any_workers(data):
+    """Local tars are read sample by sample (random access), the same tars through ``pipe:``
+    window by window (sequentially): the batches are the same, broken shard included, with 0
+    or 2 workers and when resumed."""
+    local = DataConfig(source="wds", path=str(data.wds[0].parent), resolution=32, shuffle_buffer=6, flip=True)
+    piped = DataConfig(**{**vars(local), "path": ",".join(f"pipe:cat {p}" for p in data.wds)})
+    maker, piped_maker = TrainStream(local, 4).maker, TrainStream(piped, 4).maker
+    assert maker.source.random_access and maker.windows is None and piped_maker.windows is not None
+    n = 9  # more than an epoch (every shard, the broken one too)
+    assert n * 4 > maker.plan.total
+    ref = _batches(local, n)
+    for cfg in (piped, DataConfig(**{**vars(local), "num_workers": 2}), DataConfig(**{**vars(piped), "num_workers": 2})):
+        for a, b in zip(ref, _batches(cfg, n), strict=True):
+            _same(a, b)
+    for a, b in zip(ref[5:], _batches(piped, 4, start=5), strict=True):
+        _same(a, b)
+
+
+def test_each_worker_reads_only_the_samples_of_its_own_batches(tmp_path, monkeypatch):
+    """With 2 DataLoader workers, each reads from the local tars exactly the samples of its own
+    batches (k = i, i + 2, ...): half the reads each, instead of every sample of every window."""
+    import os
+
+    from fluid.data import tar
+
+    log = tmp_path / "reads"
+    log.mkdir()
+    real = tar.read_sample
+
+    def logged(path, start, end):  # runs in the (forked) workers
+        with open(log / str(os.getpid()), "a") as f:
+            f.write(f"{path.name} {start}\n")
+        return real(path, start, end)
+
+    monkeypatch.setattr(tar, "read_sample", logged)
+    # Good records only (but the one without an image): no batch borrows a record from further on.
+    clean = write_wds(tmp_path / "wds", [it for it in build_items(16) if not it.skip], broken=False)
+    cfg = DataConfig(source="wds", path=str(clean[0].parent), resolution=32, shuffle_buffer=6, num_workers=2)
+    stream, B, steps = TrainStream(cfg, 4), 4, 6
+    assert len([b for _, b in zip(range(steps), stream)]) == steps
+    del stream
+    import gc
+
+    gc.collect()  # stops the workers (they may have made a few batches ahead)
+    maker = TrainStream(DataConfig(**{**vars(cfg), "num_workers": 0}), B).maker
+    shards = maker.source.shards
+    starts = [tar.scan(p)[0] for p in shards]
+
+    def reads(worker, batches):  # what worker i reads for its first batches, in order
+        out = []
+        for k in range(worker, 2 * batches, 2):
+            for p in maker.positions(k):
+                _, unit, index, _ = maker.plan.locate(p)
+                out.append(f"{shards[unit].name} {starts[unit][index]}")
+        return out
+
+    logs = list(log.iterdir())
+    assert len(logs) == 2, "two workers read"
+    made = []
+    for lines in (f.read_text().splitlines() for f in logs):
+        worker = next(i for i in (0, 1) if lines[:B] == reads(i, 1)[:B])
+        assert lines == reads(worker, steps)[: len(lines)]  # only its own batches' samples, in order
+        assert steps // 2 * B <= len(lines) <= (steps // 2 + 3) * B  # its batches, and at most a few made ahead
+        made.append(worker)
+    assert sorted(made) == [0, 1]
+    assert sum(maker.plan.sizes) < 2 * steps * B  # (sequentially, each would read every sample of every window)
+
+
 def test_cache_stream_serves_the_train_split_and_mirrors_only_side_free_captions(data):
     cache = Cache(data.root / "cache-vq")
     cfg = DataConfig(source="cache", path=str(data.root / "cache-vq"), resolution=32, flip=True, shuffle_buffer=5)

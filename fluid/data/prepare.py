@@ -13,6 +13,16 @@ matches, skips done shards and redoes the rest; each shard depends only on its o
 so the finished cache is byte-for-byte the one an uninterrupted run writes (same machine,
 same batch size). ``manifest.json`` and ``report.jsonl`` are rebuilt from the stats files.
 
+Many processes at once (``PrepareOptions(rank=r, world=n)``; ``fluid prepare --rank/--world``
+or torchrun's ``RANK``/``WORLD_SIZE``): process ``r`` prepares the units ``u`` with
+``u % n == r`` into the same folder. They need no process group, only a shared folder: all
+of them write or check one ``plan.json`` (created once, atomically; a process with another
+plan is refused), and a process that finds every unit done when it ends writes the manifest
+(the last one to finish; two at once write the same files). The others end with the list
+of units still to do. Rerunning any of them, or a single process, finishes what is left.
+
+The output folder, shared by the processes: :mod:`fluid.data.outfolder`.
+
 Bad records are skipped and counted by :class:`~fluid.data.records.Skip` reason, repairs by
 :class:`~fluid.data.records.Fix`; ``strict=True`` stops at the first skipped record instead.
 """
@@ -20,9 +30,7 @@ Bad records are skipped and counted by :class:`~fluid.data.records.Skip` reason,
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,19 +40,24 @@ import torch
 from tqdm.auto import tqdm
 
 from fluid.config import Precision, resolve_precision
-from fluid.data.cache import CACHE_FORMAT, MANIFEST, PLAN, REPORT, VIEWS, shard_file, stats_file
+from fluid.data.cache import CACHE_FORMAT, MANIFEST, VIEWS, shard_file, stats_file
 from fluid.data.encode import caption_token_counts, encode_images, encode_text
 from fluid.data.images import ImagePolicy, to_tensor
+from fluid.data.outfolder import (  # noqa: F401  (PrepareError, process_rank: also imported from here)
+    PrepareError,
+    atomic_write,
+    check_rank,
+    finish,
+    open_folder,
+    process_rank,
+    write_json,
+)
 from fluid.data.pool import decoded
 from fluid.data.records import Decoded, Fix, flippable, stable_fraction
 from fluid.data.sources import Source
 from fluid.files import save_safetensors
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-class PrepareError(ValueError):
-    """Preparation cannot go on: a bad record under ``--strict``, or a folder holding another preparation."""
 
 
 @dataclass
@@ -66,8 +79,16 @@ class PrepareOptions:
     overwrite: bool = False
     """Delete a different preparation found in the output folder instead of refusing."""
     progress: bool = True
+    rank: int = 0
+    """This process prepares the units ``u`` with ``u % world == rank``."""
+    world: int = 1
+    """Processes preparing the same folder at once (see the module docstring)."""
 
     def __post_init__(self):
+        check_rank(self.rank, self.world)
+        if self.overwrite and self.world > 1:
+            raise ValueError("overwrite cannot be combined with world > 1 (the processes would delete each other's "
+                             "shards): empty the folder first, or overwrite with a single process")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -79,11 +100,13 @@ class PrepareOptions:
 
 @dataclass
 class PrepareResult:
-    manifest: dict
+    manifest: dict | None  # None: units of other processes are still to do (``remaining``)
     seconds: float = 0.0
     records: int = 0  # records read in this run (done shards not counted)
     written: int = 0  # records encoded in this run
     stats: dict = field(default_factory=dict)
+    remaining: list[int] = field(default_factory=list)  # units not done yet (of other processes)
+    units: int = 0  # units of this process (rank)
 
     @property
     def images_per_s(self) -> float:
@@ -113,38 +136,6 @@ def make_plan(source: Source, tokenizer, text_encoder, policy: ImagePolicy, opt:
         "views": list(VIEWS[: 2 if opt.flip else 1]),
         "val_fraction": opt.val_fraction,
     }
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    # ASCII JSON: keys and details may hold undecodable bytes (lone surrogates), which UTF-8 cannot write.
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=1) + "\n"))
-
-
-def _open_folder(out: Path, plan: dict, overwrite: bool) -> bool:
-    """Create or check the output folder; True if it already holds this finished cache."""
-    ours = lambda p: p.name in (MANIFEST, PLAN, REPORT) or p.name.startswith("shard-")  # noqa: E731
-    if (out / PLAN).is_file():
-        old = json.loads((out / PLAN).read_text())
-        if old == json.loads(json.dumps(plan)):
-            return (out / MANIFEST).is_file()
-        if not overwrite:
-            diff = sorted(k for k in set(old) | set(plan) if old.get(k) != json.loads(json.dumps(plan)).get(k))
-            raise PrepareError(f"{out} holds another preparation (differs in: {', '.join(diff)}); "
-                               f"choose another --out, or pass --overwrite to replace it")
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PrepareError(f"{out} is not empty and holds no preparation; choose an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    for p in out.iterdir():
-        if ours(p) and p.is_file():
-            p.unlink()
-    _write_json(out / PLAN, plan)
-    return False
 
 
 class _UnitWriter:
@@ -189,12 +180,12 @@ class _UnitWriter:
             store["split"] = torch.tensor(split, dtype=torch.uint8)
             meta = {"fluid": json.dumps({"unit": self.name, "keys": self.keys, "captions": self.captions})}
             file = shard_file(self.unit)
-            _atomic_write(out / file, lambda p: save_safetensors(store, p, metadata=meta))
+            atomic_write(out / file, lambda p: save_safetensors(store, p, metadata=meta))
         else:
             (out / shard_file(self.unit)).unlink(missing_ok=True)  # a stale shard of an interrupted run
         stats = {"unit": self.name, "index": self.unit, "file": file, "seen": self.seen, "count": n,
                  "val": sum(split), "train": n - sum(split), "skipped": self.skipped, "fixed": self.fixed}
-        _write_json(out / stats_file(self.unit), stats)
+        write_json(out / stats_file(self.unit), stats)
         return stats
 
 
@@ -208,21 +199,24 @@ def prepare(source: Source, out: str | Path, tokenizer, text_encoder, policy: Im
     out = Path(out)
     tokenizer.grid_size(policy.resolution)  # a resolution the tokenizer cannot tile fails here, not mid-run
     plan = make_plan(source, tokenizer, text_encoder, policy, opt)
-    if _open_folder(out, plan, opt.overwrite):
+    if open_folder(out, plan, opt.overwrite):
         return PrepareResult(json.loads((out / MANIFEST).read_text()))
     units = plan["units"]
-    pending = [u for u in range(len(units)) if not (out / stats_file(u)).is_file()]
+    mine = [u for u in range(len(units)) if u % opt.world == opt.rank]
+    pending = [u for u in mine if not (out / stats_file(u)).is_file()]
     run = _Run(out, plan, opt, tokenizer, text_encoder)
     # Record totals of indexed sources are free; tar shards would need a scan of every header.
-    sizes = source.sizes() if source.random_access else None
-    bar = tqdm(total=sum(sizes) if sizes else None, initial=sum(sizes) - sum(sizes[u] for u in pending) if sizes else 0,
-               unit="img", desc=f"prepare {out.name}", disable=not opt.progress, dynamic_ncols=True)
+    sizes = source.sizes() if source.sizes_known else None
+    part = f" {opt.rank}/{opt.world}" if opt.world > 1 else ""
+    bar = tqdm(total=sum(sizes[u] for u in mine) if sizes else None,
+               initial=sum(sizes[u] for u in mine) - sum(sizes[u] for u in pending) if sizes else 0,
+               unit="img", desc=f"prepare {out.name}{part}", disable=not opt.progress, dynamic_ncols=True)
     t0, done_now = time.perf_counter(), 0
     stream = decoded(source, pending, policy, opt.workers, opt.batch_size)
     try:
         for unit, chunk in stream:
             bar.update(run.consume(unit, chunk))
-            bar.set_postfix(skipped=run.skipped, shards=f"{len(units) - len(pending) + done_now}/{len(units)}")
+            bar.set_postfix(skipped=run.skipped, shards=f"{len(mine) - len(pending) + done_now}/{len(mine)}")
             if chunk is None:
                 done_now += 1
                 if _fail_after is not None and done_now >= _fail_after:
@@ -231,7 +225,10 @@ def prepare(source: Source, out: str | Path, tokenizer, text_encoder, policy: Im
         stream.close()  # stops the decode workers, also on errors
         bar.close()
     seconds = time.perf_counter() - t0
-    return PrepareResult(finish(out, plan), seconds, run.records, run.written)
+    # Whoever finds every unit done writes the manifest: with several processes, the last to finish.
+    remaining = [u for u in range(len(units)) if not (out / stats_file(u)).is_file()]
+    manifest = None if remaining else finish(out, plan)
+    return PrepareResult(manifest, seconds, run.records, run.written, remaining=remaining, units=len(mine))
 
 
 class _Run:
@@ -297,28 +294,3 @@ def _encode_chunk(good: list[Decoded], tokenizer, views: int, device, amp: bool)
         enc = encode_images(tokenizer, images, views)
     index = torch.tensor([first[g.image_id] for g in good])
     return {k: (v.float() if v.is_floating_point() else v)[index.to(v.device)].cpu() for k, v in enc.items()}
-
-
-def finish(out: Path, plan: dict) -> dict:
-    """Build ``manifest.json`` and ``report.jsonl`` from the per-shard stats (in unit order)."""
-    shards, skipped, fixed = [], Counter(), Counter()
-    lines = []
-    for u, name in enumerate(plan["units"]):
-        s = json.loads((out / stats_file(u)).read_text())
-        shards.append({k: s[k] for k in ("file", "unit", "seen", "count", "train", "val")} | {"skipped": len(s["skipped"])})
-        for key, reason, detail in s["skipped"]:
-            skipped[reason] += 1
-            lines.append({"key": key, "unit": name, "status": "skipped", "reason": reason, "detail": detail})
-        for key, fixes in s["fixed"]:
-            fixed.update(fixes)
-            lines.append({"key": key, "unit": name, "status": "fixed", "fixes": fixes})
-    counts = {"seen": sum(s["seen"] for s in shards), "written": sum(s["count"] for s in shards),
-              "train": sum(s["train"] for s in shards), "val": sum(s["val"] for s in shards),
-              "skipped": sum(skipped.values()), "fixed": sum(1 for ln in lines if ln["status"] == "fixed")}
-    manifest = {**plan, "counts": counts, "skipped": dict(sorted(skipped.items())), "fixed": dict(sorted(fixed.items())),
-                "report": REPORT, "shards": shards}
-    _atomic_write(out / REPORT, lambda p: p.write_text("".join(json.dumps(ln) + "\n" for ln in lines)))
-    _write_json(out / MANIFEST, manifest)
-    for tmp in out.glob("*.tmp"):  # leftovers of a run killed mid-write
-        tmp.unlink()
-    return manifest

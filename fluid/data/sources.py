@@ -2,7 +2,8 @@
 
 - :class:`FolderSource`  a folder of images + a JSONL index of ``{"image": relative path, "caption": text}``
 - :class:`CocoSource`    COCO captions: an images folder + ``captions_*.json`` (one record per caption)
-- :class:`WdsSource`     WebDataset tar shards (local paths, brace patterns, globs): ``jpg``/``png``/... + ``txt``/``json``
+- :class:`WdsSource`     WebDataset tar shards (local paths, brace patterns, globs, ``pipe:`` and URLs):
+                         ``jpg``/``png``/... + ``txt``/``json`` (tar reading: :mod:`fluid.data.tar`)
 - :class:`ShapesSource`  the built-in shapes, rendered at the target resolution
 
 A source is split into *units* in a fixed order: chunks of ``shard_size`` records for the
@@ -17,19 +18,19 @@ side, each under 100 lines, and :func:`open_source` chooses among them.
 from __future__ import annotations
 
 import enum
-import glob
+import functools
 import hashlib
 import json
 import os
-import tarfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from fluid.data import tar
 from fluid.data.records import RawRecord, Skip
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
+from fluid.data.tar import IMAGE_EXTENSIONS, RemoteShard, expand_shards, is_remote  # noqa: F401  (also imported from here)
 
 
 class SourceKind(str, enum.Enum):
@@ -69,6 +70,9 @@ class Source:
 
     kind: SourceKind
     random_access: bool = True
+    """:meth:`get` works (else records come only in order, from :meth:`read`)."""
+    sizes_known: bool = True
+    """:meth:`sizes` costs nothing (WebDataset: a scan of every tar's headers)."""
 
     def units(self) -> list[str]:
         """Unit names, in their fixed order."""
@@ -251,94 +255,30 @@ class CocoSource(_Indexed):
                 "shard_size": self.shard_size, **({"outside_root": True} if self.outside_root else {})}
 
 
-class RemoteShard:
-    """A tar shard read as a stream: ``http(s)://...`` (fetched with urllib) or ``pipe:CMD``
-    (the standard output of a shell command, e.g. ``pipe:aws s3 cp s3://b/x.tar -``)."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.name = url.rstrip("/").rpartition("/")[2].split("?")[0] or url
-
-    def __str__(self) -> str:
-        return self.url
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, RemoteShard) and other.url == self.url
-
-    def __hash__(self) -> int:
-        return hash(self.url)
-
-    def open(self):
-        if self.url.startswith("pipe:"):
-            import subprocess
-
-            return subprocess.Popen(self.url[5:], shell=True, stdout=subprocess.PIPE).stdout
-        import urllib.request
-
-        return urllib.request.urlopen(self.url)
-
-
-def is_remote(item: str) -> bool:
-    return item.startswith(("pipe:", "http://", "https://"))
-
-
-def _open_shard(shard: "Path | RemoteShard"):
-    return shard.open() if isinstance(shard, RemoteShard) else open(shard, "rb")
-
-
-def expand_shards(pattern: str | os.PathLike | list) -> list["Path | RemoteShard"]:
-    """Shard paths from a folder (its ``*.tar``), brace patterns (``data-{000..099}.tar``),
-    globs, remote URLs (``https://host/data-{000..099}.tar``, ``pipe:curl -s URL``), or several
-    of these separated by commas / given as a list."""
-    import braceexpand
-
-    items = pattern if isinstance(pattern, (list, tuple)) else [p for p in str(pattern).split(",") if p.strip()]
-    paths: list[Path] = []
-    remote: list[RemoteShard] = []
-    for item in items:
-        if is_remote(str(item).strip()):
-            remote += [RemoteShard(u) for u in braceexpand.braceexpand(str(item).strip())]
-            continue
-        item = os.path.expanduser(str(item).strip())
-        if os.path.isdir(item):
-            paths += sorted(Path(item).glob("*.tar"))
-            continue
-        for name in braceexpand.braceexpand(item):
-            if glob.has_magic(name):
-                paths += [Path(p) for p in sorted(glob.glob(name))]
-            else:
-                paths.append(Path(name))
-    paths = list(dict.fromkeys(p.resolve() for p in paths))
-    if not paths and not remote:
-        raise FileNotFoundError(f"wds source: no tar shards match {pattern!r}")
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"wds source: {len(missing)} shard(s) do not exist, e.g. {missing[0]}")
-    return paths + list(dict.fromkeys(remote))
-
-
-def _split_name(name: str) -> tuple[str | None, str]:
-    """``dir/abc.001.jpg`` -> (``dir/abc``, ``001.jpg``): WebDataset's key/extension rule."""
-    folder, _, base = name.rpartition("/")
-    if "." not in base:
-        return None, ""
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
 class WdsSource(Source):
-    """WebDataset tar shards, read sequentially. A sample's image is its first member with an
-    image extension; its caption is the ``txt`` member, else ``caption``/``text`` in ``json``.
+    """WebDataset tar shards (:mod:`fluid.data.tar`). A sample's image is its first member with
+    an image extension; its caption is the ``txt`` member, else ``caption``/``text`` in ``json``.
     A tar that breaks mid-way yields the samples before the break, then one
-    :attr:`Skip.BROKEN_SHARD` record."""
+    :attr:`Skip.BROKEN_SHARD` record.
+
+    Random access when every shard is a local, uncompressed tar: :meth:`get` seeks to one
+    sample's bytes, found in an index of the shard's headers (two int64 per sample) that
+    each process builds the first time it reads from that shard. Remote shards (``pipe:``,
+    URLs) and compressed tars cannot be seeked: they are read sequentially only."""
 
     kind = SourceKind.WDS
-    random_access = False
+    sizes_known = False
+    INDEXES = 64  # shard indexes kept per process (least recently used dropped)
 
     def __init__(self, pattern: str | os.PathLike | list):
         self.pattern = pattern
         self.shards = expand_shards(pattern)
         self._sizes: list[int] | None = None
+        self._indexes: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    @functools.cached_property
+    def random_access(self) -> bool:
+        return all(tar.seekable(p) for p in self.shards)
 
     def units(self) -> list[str]:
         return [p.name for p in self.shards]
@@ -352,60 +292,35 @@ class WdsSource(Source):
     def _count(path: "Path | RemoteShard") -> int:
         """Samples in a tar from its headers alone (seeks over the data; a remote shard is
         streamed through once)."""
-        n, last = 0, None
-        try:
-            stream = path.open() if isinstance(path, RemoteShard) else None
-            with tarfile.open(path, "r:*") if stream is None else tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for info in tar:
-                    key, _ = _split_name(info.name)
-                    if info.isreg() and key is not None and not key.startswith("__") and key != last:
-                        n, last = n + 1, key
-        except (tarfile.TarError, OSError, EOFError):
-            pass  # a broken tar: the samples before the break
-        return n
+        return len(tar.scan(path)[0])
 
     def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
-        from webdataset.tariterators import tar_file_iterator
-
-        path = self.shards[unit]
-        i, sample = 0, None
-        try:
-            with _open_shard(path) as f:
-                for member in tar_file_iterator(f):
-                    key, ext = _split_name(member["fname"])
-                    if key is None:
-                        continue
-                    if sample is not None and key != sample["__key__"]:
-                        if i >= start:
-                            yield self._record(path, sample)
-                        i, sample = i + 1, None
-                    sample = sample or {"__key__": key}
-                    sample.setdefault(ext, member["data"])
-        except Exception as e:  # a truncated or corrupt tar: keep what came before the break
+        path, i = self.shards[unit], 0
+        for sample, error in tar.samples(path):
             if sample is not None:
                 if i >= start:
-                    yield self._record(path, sample)
+                    yield tar.sample_record(path, sample)
                 i += 1
-            yield RawRecord(f"{path.name}/#{i}", error=(Skip.BROKEN_SHARD, f"{path.name}: unreadable after {i} samples ({e})"))
-            return
-        if sample is not None and i >= start:
-            yield self._record(path, sample)
+            if error is not None:
+                yield tar.broken_record(path, i, error)
 
-    @staticmethod
-    def _record(path: Path, sample: dict) -> RawRecord:
-        key = f"{path.name}/{sample['__key__']}"
-        image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
-        caption = sample.get("txt")
-        if caption is None and "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-                caption = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                caption = None
-        if image is None:
-            members = ", ".join(k for k in sample if not k.startswith("__"))
-            return RawRecord(key, error=(Skip.BAD_METADATA, f"sample has no image member ({members})"))
-        return RawRecord(key, caption, data=image, image_id=key)
+    def get(self, unit: int, index: int) -> RawRecord:
+        if not self.random_access:
+            return super().get(unit, index)
+        path = self.shards[unit]
+        if unit not in self._indexes:
+            self._indexes[unit] = tar.scan(path)
+            while len(self._indexes) > self.INDEXES:
+                self._indexes.popitem(last=False)
+        self._indexes.move_to_end(unit)
+        starts, ends = self._indexes[unit]
+        if index >= len(starts):
+            return tar.broken_record(path, len(starts), EOFError(f"{len(starts)} samples, not {index + 1}"))
+        sample, error = tar.read_sample(path, int(starts[index]), int(ends[index]))
+        return tar.sample_record(path, sample) if sample is not None else tar.broken_record(path, index, error)
+
+    def __getstate__(self):  # a copy (a DataLoader worker's) builds its own indexes
+        return {**self.__dict__, "_indexes": OrderedDict()}
 
     def describe(self) -> dict:
         return {"kind": self.kind.value, "shards": [str(p) for p in self.shards],

@@ -17,6 +17,16 @@ Batches and workers
     step order and their content does not depend on ``W``. Resuming at step ``s`` just starts
     at batch ``s``: no stream state to checkpoint (the number of ranks must stay the same).
 
+Reading
+    A worker reads only the records of its own batches from random-access sources: caches,
+    folder and COCO indexes, and WebDataset shards that are local, uncompressed tars (each
+    worker seeks to the samples it needs, through an index of a shard's headers that it
+    builds the first time it reads from that shard). Remote shards (``pipe:`` commands,
+    http(s) URLs) and compressed tars can only be read in order: every worker reads each
+    window of them whole and keeps its own records, so ``W`` workers read them ``W`` times.
+    Both ways give the same batches (flips follow a record's place in the source, not how
+    it was read).
+
 Content
     Cache: posterior samples drawn from the stored moments with a generator seeded by
     (seed, rank, step), the mirrored view when ``data.flip`` says so (never for captions that
@@ -112,7 +122,8 @@ class Plan:
 
 
 class _Windows:
-    """Sequential sources (tar shards): reads each window once, keeps the records this worker needs."""
+    """Sequential sources (remote or compressed tar shards): reads each window once, keeps the
+    records this worker needs."""
 
     def __init__(self, source, plan: Plan):
         self.source, self.plan = source, plan
@@ -212,23 +223,20 @@ class RawBatches(BatchMaker):
 
     def records(self, k: int) -> list[tuple[RawRecord, int, int]]:
         positions = self.positions(k)
+        located = [self.plan.locate(p) for p in positions]
         if self.windows is not None:
             keep = lambda p: (p // self.batch_size - self.residue) % self.workers == 0  # noqa: E731
             recs = self.windows.fetch(positions, keep)
-            return [(r, self.plan.window_of(p)[0], -1) for r, p in zip(recs, positions)]
-        out = []
-        for p in positions:
-            epoch, unit, index, gid = self.plan.locate(p)
-            out.append((self.source.get(unit, index), epoch, gid))
-        return out
+        else:
+            recs = [self.source.get(unit, index) for _, unit, index, _ in located]
+        return [(r, epoch, gid) for r, (epoch, _, _, gid) in zip(recs, located)]
 
     def __call__(self, k: int):
         items = []
         for rec, epoch, gid in self.records(k):
             d = decode_record(rec, self.policy)
             if isinstance(d, Decoded):
-                ident = gid if gid >= 0 else rec.key
-                if self.flip_of(epoch, ident, flippable(d.caption)):
+                if self.flip_of(epoch, gid, flippable(d.caption)):
                     d.image = d.image[:, ::-1]
                 items.append(d)
             else:
