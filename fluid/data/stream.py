@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
 from fluid.data.batches import EncodedBatch, RawBatch
-from fluid.shapes.dataset import ShapesDataset, renderer_digest
+from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.digest import renderer_digest
 from fluid.shapes.scenes import flip_caption, item_seed
 
 

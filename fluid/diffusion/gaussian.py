@@ -180,53 +180,41 @@ class GaussianDiffusion:
     @torch.no_grad()
     def sample(self, model_fn: ModelFn, noise: torch.Tensor, temperature: float = 1.0,
                generator: torch.Generator | None = None, x0_clip: float = 0.0,
-               draw_noise: Callable[..., torch.Tensor] | None = None,
-               fill_noise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+               draw_noise: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """Ancestral sampling from x_T = ``noise`` down to x_0.
 
         ``temperature`` scales the noise added at every step (MAR's "temperature"), which
         sharpens (< 1) or flattens (> 1) each token's distribution. ``x0_clip``: see
-        :meth:`p_mean_variance`. The noise of each step is ``fill_noise(buffer)`` or
-        ``draw_noise(*x.shape)`` when given (e.g. one random stream per image), else
-        ``torch.randn`` from ``generator``.
+        :meth:`p_mean_variance`. The noise of each step is ``draw_noise(*x.shape)`` when given
+        (e.g. one random stream per image), else ``torch.randn`` from ``generator``.
 
         Every row is at the same step, so the schedule enters as Python scalars: the same
-        arithmetic as :meth:`p_mean_variance`, with a fraction of the tensor operations, done
-        in place in buffers allocated once (the loop runs ~100 times per token).
+        arithmetic as :meth:`p_mean_variance`, with a fraction of the tensor operations.
         """
-        c = noise.shape[-1]
+        x, c = noise, noise.shape[-1]
         coef = [t.tolist() for t in (self.sqrt_recip_ab, self.sqrt_recipm1_ab, self.posterior_coef_x0,
                                      self.posterior_coef_xt, self.log_betas, self.posterior_log_variance)]
         fixed = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log().tolist()
-        timesteps = self.timestep_map.to(noise.device)
-        x = noise.clone()
-        x0, mean, tmp, std, z = (torch.empty_like(x) for _ in range(5))
         for i in reversed(range(self.num_steps)):
-            out = model_fn(x, timesteps[i].expand(x.shape[0])).to(x.dtype)
+            t = torch.full((x.shape[0],), int(self.timestep_map[i]), device=x.device, dtype=torch.long)
+            out = model_fn(x, t).to(x.dtype)
             recip, recipm1, cx0, cxt, log_beta, log_post = (a[i] for a in coef)
-            torch.mul(x, recip, out=x0)  # x0 = recip * x - recipm1 * eps
-            x0.sub_(torch.mul(out[..., :c], recipm1, out=tmp))
+            x0 = recip * x - recipm1 * out[..., :c]
             if x0_clip > 0:
-                x0.clamp_(-x0_clip, x0_clip)
-            torch.mul(x0, cx0, out=mean).add_(torch.mul(x, cxt, out=tmp))  # mean = cx0 * x0 + cxt * x
+                x0 = x0.clamp(-x0_clip, x0_clip)
+            mean = cx0 * x0 + cxt * x
             if i == 0:
                 return mean
             if self.learn_sigma:
-                # std = exp(0.5 * (frac * log_beta + (1 - frac) * log_post)), frac = (v + 1) / 2
-                frac = torch.add(out[..., c:], 1, out=z).div_(2)
-                torch.neg(frac, out=tmp).add_(1).mul_(log_post)
-                torch.mul(frac, log_beta, out=std).add_(tmp).mul_(0.5).exp_()
-                noise_scale = std
+                frac = (out[..., c:] + 1) / 2  # (B, C)
+                std = torch.exp(0.5 * (frac * log_beta + (1 - frac) * log_post))
             else:
-                noise_scale = math.exp(0.5 * fixed[i])
-            if fill_noise is not None:
-                fill_noise(z)
-            elif draw_noise is not None:
-                z.copy_(draw_noise(*x.shape))
+                std = math.exp(0.5 * fixed[i])
+            if draw_noise is not None:
+                z = draw_noise(*x.shape).to(x.dtype)
             else:
-                torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype, out=z)
-            torch.mul(z, noise_scale, out=tmp).mul_(temperature)
-            torch.add(mean, tmp, out=x)  # x = mean + std * z * temperature
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = mean + std * z * temperature
         return x
 
     @torch.no_grad()

@@ -85,27 +85,19 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
     cz = model.head.cond_proj(z)  # (M or 2M, W)
     ct = model.head.time_condition(diffusion.timestep_map.to(z.device))  # (S, W)
     steps = iter(range(diffusion.num_steps - 1, -1, -1))  # the sampler walks the steps in this order
-    # Buffers for the ~100 calls of the loop: the condition, both CFG halves' input, the output.
-    cond_t = torch.empty_like(cz)
-    pair = torch.empty(2 * m, c, device=z.device) if guided else None
-    mixed = torch.empty(m, 2 * c if model.cfg.learn_sigma else c, device=z.device) if guided else None
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        torch.add(cz, ct[next(steps)], out=cond_t)  # every row is at the same step
+        cond = cz + ct[next(steps)]  # every row is at the same step
         if not guided:
-            return denoise(x, cond_t)
-        pair[:m].copy_(x)
-        pair[m:].copy_(x)
-        out = denoise(pair, cond_t).to(x.dtype)  # (2M, 2C): conditional rows first
+            return denoise(x, cond)
+        out = denoise(torch.cat([x, x]), cond).to(x.dtype)  # (2M, 2C)
         cond, uncond = out.chunk(2)
-        eps = torch.sub(cond[:, :c], uncond[:, :c], out=mixed[:, :c])  # uncond + scale * (cond - uncond)
-        eps.mul_(scale).add_(uncond[:, :c])
-        mixed[:, c:].copy_(cond[:, c:])  # the variance comes from the conditional branch
-        return mixed
+        eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
+        return torch.cat([eps, cond[:, c:]], dim=-1)  # the variance comes from the conditional branch
 
     noise = rng.randn(m, c)  # (M, C)
     if cfg.head_sampler == HeadSampler.DDPM:
-        return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, fill_noise=rng.randn_), None
+        return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, draw_noise=rng.randn), None
     # A deterministic sampler has no later noise to scale: the temperature narrows the start.
     order = 2 if cfg.head_sampler == HeadSampler.DPM_SOLVER else 1
     return diffusion.sample_ode(eps_fn, noise * cfg.temperature, order=order, x0_clip=cfg.x0_clip), None

@@ -69,16 +69,6 @@ class ImageRNG:
         """Standard normal of ``size`` (rows image-major), float32."""
         return self._per_image(lambda s, g: torch.randn(s, generator=g, device=self.device), size)
 
-    def randn_(self, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` (rows image-major, float32, contiguous) with the numbers ``randn`` of its
-        shape would return, without allocating: the sampler's loops draw into one buffer."""
-        k, left = divmod(out.shape[0], len(self.generators))
-        if left:
-            raise ValueError(f"{out.shape[0]} rows do not split evenly over {len(self.generators)} images")
-        for part, g in zip(out.split(k), self.generators):
-            torch.randn(part.shape, generator=g, device=self.device, out=part)
-        return out
-
     def multinomial(self, probs: torch.Tensor) -> torch.Tensor:
         """One index per row of ``probs`` (rows, V) -> (rows,), each image's rows from its stream."""
         k, left = divmod(probs.shape[0], len(self.generators))

@@ -39,7 +39,7 @@ from typing import Any
 from fluid.config import FluidConfig, TokenType
 from fluid.scaling.compute import compute_summary
 from fluid.scaling.sweep import RunSpec, Sweep
-from fluid.shapes.dataset import renderer_digest  # the code that makes the `shapes` data
+from fluid.shapes.digest import renderer_digest  # the code that makes the `shapes` data
 
 FORMAT = "fluid-sweep-run/1"
 
@@ -64,6 +64,7 @@ def _digest(path: Path) -> str:
 # the same code at its new place, so that runs recorded before a move stay fresh.
 SAME_RENDERER = {
     "c49a3c469f42": "712cf29f4911,9f2fcbb0ca09,c0b14af3fc3e",  # fluid/data/shapes.py -> fluid/shapes/{scenes,render,dataset}.py
+    "712cf29f4911,9f2fcbb0ca09,c4b8872bf544": "712cf29f4911,9f2fcbb0ca09,c0b14af3fc3e",  # renderer_digest in dataset.py
 }
 
 
@@ -204,8 +205,7 @@ class Runner:
 
     def _env(self) -> dict:
         env = dict(os.environ)
-        # Runs that share a tokenizer share its encoding of the data pool (made once per sweep).
-        env.setdefault("FLUID_POOL_CACHE", str(self.out / "pool-cache"))
+        env.setdefault("FLUID_POOL_CACHE", str(self.out / "pool-cache"))  # a pool is encoded once per tokenizer
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env

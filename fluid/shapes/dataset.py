@@ -12,20 +12,6 @@ from fluid.shapes.render import render
 from fluid.shapes.scenes import COLORS, FAMILIES, HELD_OUT, KINDS, SPLITS, Family, SceneSpec, item_seed, sample_spec
 
 
-def renderer_digest() -> str:
-    """A digest of the code that makes the ``shapes`` data (its scenes, its drawing and its
-    splits): what a cache of rendered or encoded items must match."""
-    import hashlib
-    import sys
-    from pathlib import Path
-
-    from fluid.shapes import render as _render
-    from fluid.shapes import scenes as _scenes
-
-    modules = (_scenes, _render, sys.modules[__name__])
-    return ",".join(hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:12] for m in modules)
-
-
 class ShapesDataset:
     """Deterministic shapes text-image pairs: item ``i`` of a split is the same everywhere.
 
