@@ -348,7 +348,7 @@ def cmd_scale(args) -> int:
     command = f"fluid scale --sweep {args.sweep} --out {args.out}" + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
     if args.analyze_only:
         write_results(Path(args.out), sweep)
-        fits = analyze(args.out, sweep.name, command)
+        fits = analyze(args.out, sweep.name, command + " --analyze-only")
         print(json.dumps({"sweep": sweep.name, "out": str(args.out), "report": str(Path(args.out) / "report.md"),
                           "loss_vs_params": fits["loss_vs_params"]}))
         return 0

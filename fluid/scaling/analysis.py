@@ -143,8 +143,11 @@ def targets(rows: list[dict], fits: dict) -> dict:
 
 
 def _style(ax, xlabel: str, ylabel: str, logx: bool = True, logy: bool = False):
+    from matplotlib.ticker import NullFormatter
+
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labels at 2x, 3x ... of a decade overlap
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
