@@ -89,6 +89,25 @@ def resolve_precision(precision: "Precision | str", device) -> Precision:
     return Precision.BF16 if fast else Precision.FP32
 
 
+def sampling_precision(precision: "Precision | str", device) -> Precision:
+    """The precision images are sampled in: as :func:`resolve_precision`, except that ``auto``
+    samples in fp32 on a CPU.
+
+    Measured at the shipped size (one thread, batch 16): bf16 autocast sampled at 0.85-0.93x
+    of fp32's speed on an AMD EPYC with AVX512-BF16 and at 0.84-0.89x on a Xeon with AMX, and on
+    the Xeon its images changed in the last bits with the batch size (oneDNN's AMX kernels
+    block by the matrix's shape), so a seed would no longer fix an image. fp32 rows do not
+    depend on the batch (see ``fluid/__init__.py`` for MKL on Intel CPUs). Larger models gain
+    from bf16 (1.78x at ``ref-512``, benchmarks/README.md): ask for it with ``bf16``.
+    """
+    import torch
+
+    precision = Precision(precision)
+    if precision == Precision.AUTO and torch.device(device).type != "cuda":
+        return Precision.FP32
+    return resolve_precision(precision, device)
+
+
 def variant_name(token_type: TokenType, order: Order) -> str:
     return f"{TokenType(token_type).value}-{Order(order).value}"
 

@@ -6,6 +6,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import fluid  # noqa: E402,F401  (sets MKL's strict mode on Intel CPUs before any test multiplies)
+
 # One thread per test process under xdist (its workers already fill the cores; two threads
 # each oversubscribe a 2-core machine and make timings swing), two otherwise.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))

@@ -1,6 +1,7 @@
 """Training: the loss falls, checkpoints round-trip, resume is exact, bad folders fail clearly."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -120,6 +121,33 @@ def test_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         assert resolve_precision("auto", "cpu") == expected
+
+
+def test_sampling_auto_precision_is_fp32_on_cpus_and_bf16_on_gpus(monkeypatch):
+    from fluid.config import Precision, sampling_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # training would pick bf16 here
+    assert sampling_precision("auto", "cpu") == Precision.FP32
+    assert sampling_precision("bf16", "cpu") == Precision.BF16 and sampling_precision("fp32", "cuda") == Precision.FP32
+    assert sampling_precision("auto", "cuda") == Precision.BF16
+
+
+def test_mkl_strict_mode_is_set_on_intel_cpus_only_and_never_over_the_users_choice(monkeypatch, tmp_path):
+    import builtins
+
+    import fluid
+
+    real_open = builtins.open
+    for vendor, flags, expected in [("GenuineIntel", "fma avx2 avx512f avx512bw avx512vl avx512dq", "AVX512,STRICT"),
+                                    ("GenuineIntel", "fma avx2", "AVX2,STRICT"), ("GenuineIntel", "sse4_2", None),
+                                    ("AuthenticAMD", "fma avx2 avx512f avx512bw avx512vl avx512dq", None)]:
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+        monkeypatch.delenv("MKL_CBWR", raising=False)
+        assert fluid._strict_mkl_on_intel() == expected and os.environ.get("MKL_CBWR") == expected
+        monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+        assert fluid._strict_mkl_on_intel() is None and os.environ.get("MKL_CBWR") == "COMPATIBLE"
 
 
 def test_broken_checkpoints_fail_with_clear_errors(tmp_path, minilm):

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fluid.assets import generator_path
-from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, resolve_precision
+from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, sampling_precision
 from fluid.model import Generator
 from fluid.sample.folder import bundled_tokenizer, resolve_source
 from fluid.sample.generate import generate
@@ -122,11 +122,20 @@ class FluidPipeline:
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from tokens. On a CPU one image at a time: oneDNN picks its
+        convolution kernels by the batch's shape (on a Xeon with AMX, an image decoded alone
+        and in a batch of 5 differed in the last bits), and a seed must fix an image whatever
+        the batch. Measured cost: 70 ms instead of 58 ms for 16 shipped-size images."""
         with self.autocast():
-            return self.tokenizer.decode(tokens).float().clamp(-1, 1)
+            if self.device.type == "cpu":
+                images = torch.cat([self.tokenizer.decode(t[None]) for t in tokens]) if len(tokens) else \
+                    self.tokenizer.decode(tokens)
+            else:
+                images = self.tokenizer.decode(tokens)
+            return images.float().clamp(-1, 1)
 
     def autocast(self):
-        bf16 = resolve_precision(self.cfg.train.precision, self.device) == Precision.BF16
+        bf16 = sampling_precision(self.cfg.train.precision, self.device) == Precision.BF16
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def __call__(self, prompts: str | Sequence[str], seed: int = 0, num_images_per_prompt: int = 1,
