@@ -1,7 +1,7 @@
 __version__ = '0.1.0'
 
 
-def _strict_mkl_on_intel() -> str | None:
+def _strict_mkl_on_intel(cpuinfo: str | None = None) -> str | None:
     """Ask MKL for one fp32 matmul kernel whatever the matrix's shape, on Intel CPUs.
 
     On Intel CPUs MKL picks its sgemm kernel by the shape, so one row of a batch (one prompt's
@@ -12,17 +12,19 @@ def _strict_mkl_on_intel() -> str | None:
     1024^3 matmuls at 195 GFLOP/s on one thread against 189 without. MKL reads the variable at
     its first call, so this runs on import, before fluid does any math. On AMD CPUs MKL already
     gives shape-independent rows (measured), so they are left alone, as is a MKL_CBWR the user set.
-    Returns the value set, or None.
+    ``cpuinfo``: the text of /proc/cpuinfo (read when None). Returns the value set, or None.
     """
     import os
 
     if "MKL_CBWR" in os.environ:
         return None
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read(1 << 16)
-    except OSError:  # not Linux: no MKL on Apple silicon, and nothing measured elsewhere
-        return None
+    info = cpuinfo
+    if info is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                info = f.read(1 << 16)
+        except OSError:  # not Linux: no MKL on Apple silicon, and nothing measured elsewhere
+            return None
     if "GenuineIntel" not in info:
         return None
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))

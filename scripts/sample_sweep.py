@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     pipe.cfg.train.precision = args.precision
     evaluation = ShapesEval(args.prompts_per_family, args.seeds, prompt_seed=args.prompt_seed,
                             **({"families": args.families} if args.families else {}))
+    if args.head_sampler != [None] and not pipe.model.continuous:
+        p.error("--head-sampler is for continuous-token models")
     for head in args.head_sampler:
         sampler, _, steps = (head or "").partition(":")
         head_options = {"head_sampler": sampler or None, "head_steps": int(steps) if steps else None}
-        if head and not pipe.model.continuous:
-            p.error("--head-sampler is for continuous-token models")
         for schedule in args.cfg_schedule:
             for cfg in args.cfg:
                 for temperature in args.temperature:

@@ -103,6 +103,18 @@ def test_installed_fluid_prepares_trains_samples_exports_evaluates_and_demos(tmp
                                                       "color_attr"}  # GenEval's six task families
 
 
+def test_installed_fluid_samples_an_image_alone_as_in_a_batch(tmp_path):
+    # A fresh process, as a user runs it: the shipped Fluid's first image is the same bytes
+    # alone and in a batch of five (an image is fixed by the seed and its index). On a Xeon with
+    # AMX the PNGs differed when the decoder took the batch at once (fluid decodes one image at a
+    # time on CPUs); MKL's strict mode, set on import, and fp32 sampling serve the same promise.
+    prompts = ["a red square", "two blue circles", "a green cross left of a yellow triangle", "", "a purple circle"]
+    fast = ["--variant", "continuous-random", "--seeds", "3", "--steps", "4", "--head-steps", "8"]
+    run_fluid("sample", *fast, "--prompt", "a red square", "--out", tmp_path / "one")
+    run_fluid("sample", *fast, *[a for p in prompts for a in ("--prompt", p)], "--batch-size", "5", "--out", tmp_path / "many")
+    assert (tmp_path / "one" / "000-seed3.png").read_bytes() == (tmp_path / "many" / "000-seed3.png").read_bytes()
+
+
 def test_presets_command_prints_every_preset_with_the_sizes_the_readme_states(capsys):
     assert main(["presets"]) == 0
     printed = {line.split()[0]: float(line.split()[1].rstrip("M")) for line in capsys.readouterr().out.splitlines()}

@@ -132,22 +132,17 @@ def test_sampling_auto_precision_is_fp32_on_cpus_and_bf16_on_gpus(monkeypatch):
     assert sampling_precision("auto", "cuda") == Precision.BF16
 
 
-def test_mkl_strict_mode_is_set_on_intel_cpus_only_and_never_over_the_users_choice(monkeypatch, tmp_path):
-    import builtins
-
+def test_mkl_strict_mode_is_set_on_intel_cpus_only_and_never_over_the_users_choice(monkeypatch):
     import fluid
 
-    real_open = builtins.open
     for vendor, flags, expected in [("GenuineIntel", "fma avx2 avx512f avx512bw avx512vl avx512dq", "AVX512,STRICT"),
                                     ("GenuineIntel", "fma avx2", "AVX2,STRICT"), ("GenuineIntel", "sse4_2", None),
                                     ("AuthenticAMD", "fma avx2 avx512f avx512bw avx512vl avx512dq", None)]:
-        info = tmp_path / "cpuinfo"
-        info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu {flags}\n")
-        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+        info = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu {flags}\n"
         monkeypatch.delenv("MKL_CBWR", raising=False)
-        assert fluid._strict_mkl_on_intel() == expected and os.environ.get("MKL_CBWR") == expected
+        assert fluid._strict_mkl_on_intel(info) == expected and os.environ.get("MKL_CBWR") == expected
         monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
-        assert fluid._strict_mkl_on_intel() is None and os.environ.get("MKL_CBWR") == "COMPATIBLE"
+        assert fluid._strict_mkl_on_intel(info) is None and os.environ.get("MKL_CBWR") == "COMPATIBLE"
 
 
 def test_broken_checkpoints_fail_with_clear_errors(tmp_path, minilm):

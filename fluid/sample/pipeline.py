@@ -126,13 +126,9 @@ class FluidPipeline:
         convolution kernels by the batch's shape (on a Xeon with AMX, an image decoded alone
         and in a batch of 5 differed in the last bits), and a seed must fix an image whatever
         the batch. Measured cost: 70 ms instead of 58 ms for 16 shipped-size images."""
+        parts = tokens.split(1) if self.device.type == "cpu" and len(tokens) > 1 else (tokens,)
         with self.autocast():
-            if self.device.type == "cpu":
-                images = torch.cat([self.tokenizer.decode(t[None]) for t in tokens]) if len(tokens) else \
-                    self.tokenizer.decode(tokens)
-            else:
-                images = self.tokenizer.decode(tokens)
-            return images.float().clamp(-1, 1)
+            return torch.cat([self.tokenizer.decode(p) for p in parts]).float().clamp(-1, 1)
 
     def autocast(self):
         bf16 = sampling_precision(self.cfg.train.precision, self.device) == Precision.BF16
