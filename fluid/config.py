@@ -246,6 +246,10 @@ class ModelConfig:
     """Respaced timesteps used by the head when sampling."""
     timestep_multiplier: int = 4
     """Diffusion loss evaluated at this many timesteps per masked token."""
+    prediction: str = "eps"
+    """Diffusion head: what its first C outputs predict, ``eps`` (the noise, IDDPM / MAR), ``x``
+    (the clean token, with the loss kept in epsilon space: JiT) or ``v`` (the velocity);
+    see ``fluid.diffusion.gaussian.PREDICTIONS``."""
     learn_sigma: bool = True
     """Improved-DDPM learned interpolated variance (the head outputs 2C channels)."""
     vlb_weight: float = 1.0
@@ -267,6 +271,8 @@ class ModelConfig:
         self.token_type = TokenType(self.token_type)
         self.order = Order(self.order)
         self.mask_schedule = MaskSchedule(self.mask_schedule)
+        if self.prediction not in ("eps", "x", "v"):
+            raise ConfigError(f"model.prediction must be eps, x or v, not {self.prediction!r}")
         if self.width % self.heads:
             raise ConfigError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
         if math.isqrt(self.num_tokens) ** 2 != self.num_tokens:

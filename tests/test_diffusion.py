@@ -304,3 +304,61 @@ def test_ode_sampler_lands_on_a_point_mass_and_refuses_other_orders():
         torch.testing.assert_close(d.sample_ode(eps_fn, noise, order=order), mu.expand(8, 2), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="order"):
         d.sample_ode(eps_fn, noise, order=3)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x", "v"])
+def test_prediction_target_loss_and_x0_match_their_closed_forms(prediction):
+    # A fixed "network" output on a tiny input: the loss and the implied x_0 of each target
+    # against the formulas written out by hand in float64.
+    d = GaussianDiffusion.cosine(1000, learn_sigma=False, prediction=prediction)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, out = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([0, 3, 100, 500, 999])
+    ab = torch.from_numpy(np.cumprod(1 - cosine_betas(1000)))[t][:, None]
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    xt = a * x0 + s * noise
+    loss = d.training_losses(lambda x, tt: out, x0, t, noise)
+    x0_hat = d.predict_x0(out, xt, t)
+    if prediction == "eps":
+        want_loss, want_x0 = ((out - noise) ** 2).mean(-1), (xt - s * out) / a
+    elif prediction == "v":
+        want_loss, want_x0 = ((out - (a * noise - s * x0)) ** 2).mean(-1), a * xt - s * out
+    else:
+        snr = (ab / (1 - ab)).clamp(max=400.0)[:, 0]
+        want_loss, want_x0 = snr * ((out - x0) ** 2).mean(-1), out
+    torch.testing.assert_close(loss, want_loss.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0_hat, want_x0, rtol=1e-6, atol=1e-6)
+    # The samplers use the same x_0: one respaced step lands on it.
+    one = d.respace(1)
+    noise_in = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(one.sample_ode(lambda x, tt: out, noise_in), one.predict_x0(out, noise_in, torch.zeros(5, dtype=torch.long)))
+
+
+def test_noise_draws_per_token_repeat_each_token_with_its_own_timestep_and_noise():
+    # timestep_multiplier k: the head sees every predicted token k times, each with a fresh
+    # timestep and noise, and the loss is the mean over all k*M rows.
+    from fluid.config import get_preset
+    from fluid.model.generator import Generator
+
+    cfg = get_preset("debug")
+    cfg.model.timestep_multiplier, cfg.model.learn_sigma = 3, False
+    model = Generator(cfg.model, cfg.text)
+    seen = {}
+
+    def head(xt, t, z):
+        seen.update(xt=xt, t=t, z=z)
+        return torch.zeros_like(xt)  # eps_hat = 0: the loss is the mean squared noise
+
+    model.head.forward = head
+    z = torch.randn(4, cfg.model.width)
+    target = torch.randn(4, cfg.model.token_dim)
+    g = torch.Generator().manual_seed(1)
+    loss = model.token_loss(z, target, generator=g)
+    assert seen["xt"].shape == (12, cfg.model.token_dim)
+    torch.testing.assert_close(seen["z"], z.repeat(3, 1))
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, 1000, (12,), generator=g)
+    noise = torch.randn(12, cfg.model.token_dim, generator=g)
+    assert torch.equal(seen["t"], t) and len(set(t.tolist())) > 1
+    torch.testing.assert_close(loss, (noise**2).mean())
+    torch.testing.assert_close(seen["xt"], model.diffusion.q_sample(target.repeat(3, 1), t, noise))

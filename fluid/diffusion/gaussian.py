@@ -2,7 +2,8 @@
 
 Plain math, no ``nn.Module`` state: a :class:`GaussianDiffusion` holds a noise schedule
 (float64 numpy arrays) and takes the network as a callable ``model_fn(x_t, t) -> output``.
-The output is epsilon, or ``[epsilon, v]`` when the variance is learned: ``v`` in [-1, 1]
+The output is a prediction of the token (see ``PREDICTIONS``: epsilon, the clean token x_0
+or the velocity), followed, when the variance is learned, by ``v`` in [-1, 1], which
 interpolates the log-variance between the posterior's (beta-tilde) and beta. The training
 loss is the hybrid ``L_simple + lambda * L_vlb`` where the VLB term sees the mean through a
 stop-gradient, so it only trains the variance.
@@ -23,6 +24,17 @@ import numpy as np
 import torch
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# What the network's first C output channels predict, with x_t = a x_0 + s eps (a = sqrt(ab),
+# s = sqrt(1 - ab)):
+#   "eps": the noise eps (DDPM, IDDPM, MAR); L_simple = |eps_hat - eps|^2.
+#   "x":   the clean token x_0 (JiT: a small network keeps working on high-dimensional tokens);
+#          L_simple is the epsilon MSE it implies, min(SNR_t, MAX_SNR) |x0_hat - x0|^2, the SNR
+#          capped so that the lowest noise levels (2.4% of the cosine schedule's steps) do not
+#          weigh 1e4-fold.
+#   "v":   the velocity v = a eps - s x_0 (Salimans & Ho 2022); L_simple = |v_hat - v|^2.
+PREDICTIONS = ("eps", "x", "v")
+MAX_SNR = 400.0  # = 1 / 0.05^2: x-prediction's loss weight stops growing below 5% noise
 
 
 def cosine_alpha_bar(num_steps: int, s: float = 0.008) -> np.ndarray:
@@ -71,10 +83,14 @@ class GaussianDiffusion:
     is always called with original timesteps so one network serves every spacing.
     """
 
-    def __init__(self, betas: np.ndarray, learn_sigma: bool = True, timestep_map: list[int] | None = None):
+    def __init__(self, betas: np.ndarray, learn_sigma: bool = True, timestep_map: list[int] | None = None,
+                 prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {prediction!r}")
         betas = np.asarray(betas, dtype=np.float64)
         self.num_steps = len(betas)
         self.learn_sigma = learn_sigma
+        self.prediction = prediction
         ab = np.cumprod(1.0 - betas)
         ab_prev = np.append(1.0, ab[:-1])
         post_var = betas * (1.0 - ab_prev) / (1.0 - ab)
@@ -85,6 +101,7 @@ class GaussianDiffusion:
         self.sqrt_1m_ab = t64(np.sqrt(1.0 - ab))
         self.sqrt_recip_ab = t64(np.sqrt(1.0 / ab))
         self.sqrt_recipm1_ab = t64(np.sqrt(1.0 / ab - 1.0))
+        self.snr = t64(ab / (1.0 - ab))
         self.posterior_variance = t64(post_var)
         # beta-tilde_0 is 0: clip the log at t=0 to beta-tilde_1 (IDDPM does the same); a
         # one-step process has no beta-tilde_1 and uses beta_0 (its t=0 step adds no noise).
@@ -105,8 +122,8 @@ class GaussianDiffusion:
     # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def cosine(cls, num_steps: int = 1000, learn_sigma: bool = True) -> "GaussianDiffusion":
-        return cls(cosine_betas(num_steps), learn_sigma=learn_sigma)
+    def cosine(cls, num_steps: int = 1000, learn_sigma: bool = True, prediction: str = "eps") -> "GaussianDiffusion":
+        return cls(cosine_betas(num_steps), learn_sigma=learn_sigma, prediction=prediction)
 
     def respace(self, num_sample_steps: int) -> "GaussianDiffusion":
         """The same process observed at fewer timesteps: new betas from the kept alpha-bars."""
@@ -117,7 +134,8 @@ class GaussianDiffusion:
             betas.append(1.0 - ab[i] / last)
             last = ab[i]
         orig = self.timestep_map.tolist()
-        return GaussianDiffusion(np.array(betas), self.learn_sigma, [orig[i] for i in keep]).to(self.betas.device)
+        return GaussianDiffusion(np.array(betas), self.learn_sigma, [orig[i] for i in keep],
+                                 self.prediction).to(self.betas.device)
 
     # -- forward process ---------------------------------------------------------------
 
@@ -130,6 +148,22 @@ class GaussianDiffusion:
         mean = _gather(self.posterior_coef_x0, t, xt) * x0 + _gather(self.posterior_coef_xt, t, xt) * xt
         return mean, _gather(self.posterior_log_variance, t, xt).expand_as(xt)
 
+    def x0_coefficients(self, i: int) -> tuple[float, float]:
+        """(c_x, c_p) with x0_hat = c_x * x_t + c_p * prediction at step ``i``, as Python floats."""
+        if self.prediction == "x":
+            return 0.0, 1.0
+        if self.prediction == "v":
+            return float(self.sqrt_ab[i]), -float(self.sqrt_1m_ab[i])
+        return float(self.sqrt_recip_ab[i]), -float(self.sqrt_recipm1_ab[i])
+
+    def predict_x0(self, pred: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean token implied by the network's prediction at (x_t, t)."""
+        if self.prediction == "x":
+            return pred
+        if self.prediction == "v":  # x_0 = a x_t - s v
+            return _gather(self.sqrt_ab, t, xt) * xt - _gather(self.sqrt_1m_ab, t, xt) * pred
+        return _gather(self.sqrt_recip_ab, t, xt) * xt - _gather(self.sqrt_recipm1_ab, t, xt) * pred
+
     # -- reverse process ---------------------------------------------------------------
 
     def p_mean_variance(self, out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, x0_clip: float = 0.0):
@@ -139,16 +173,16 @@ class GaussianDiffusion:
         with the data's range) before it enters the posterior mean.
         """
         c = xt.shape[-1]
+        pred = out[..., :c]
         if self.learn_sigma:
-            eps, v = out[..., :c], out[..., c:]
+            v = out[..., c:]
             frac = (v + 1) / 2  # (B, C) in [0, 1]
             logvar = frac * _gather(self.log_betas, t, xt) + (1 - frac) * _gather(self.posterior_log_variance, t, xt)
         else:
-            eps = out
             # Without a learned variance, beta (the upper bound) is the IDDPM "fixed large" choice.
             logvar = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log()
             logvar = _gather(logvar, t, xt).expand_as(xt)
-        x0 = _gather(self.sqrt_recip_ab, t, xt) * xt - _gather(self.sqrt_recipm1_ab, t, xt) * eps
+        x0 = self.predict_x0(pred, xt, t)
         if x0_clip > 0:
             x0 = x0.clamp(-x0_clip, x0_clip)
         mean, _ = self.q_posterior(x0, xt, t)
@@ -156,15 +190,24 @@ class GaussianDiffusion:
 
     def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                         vlb_weight: float = 0.001) -> torch.Tensor:
-        """Per-sample hybrid loss ``mse(eps) + vlb_weight * L_vlb`` (L_vlb in bits per dim)."""
+        """Per-sample hybrid loss ``L_simple + vlb_weight * L_vlb`` (L_vlb in bits per dim);
+        L_simple by the prediction target (see ``PREDICTIONS``)."""
         xt = self.q_sample(x0, t, noise)
         out = model_fn(xt, self.timestep_map.to(t.device)[t])
         c = x0.shape[-1]
-        eps = out[..., :c]
-        loss = ((eps.float() - noise.float()) ** 2).mean(dim=-1)  # (B,)
+        pred = out[..., :c].float()
+        if self.prediction == "x":
+            weight = self.snr.to(t.device)[t].clamp(max=MAX_SNR).float()  # (B,)
+            loss = weight * ((pred - x0.float()) ** 2).mean(dim=-1)
+        else:
+            if self.prediction == "v":
+                target = _gather(self.sqrt_ab, t, x0) * noise - _gather(self.sqrt_1m_ab, t, x0) * x0
+            else:
+                target = noise
+            loss = ((pred - target.float()) ** 2).mean(dim=-1)  # (B,)
         if self.learn_sigma:
             # Stop-gradient on the mean: the VLB term trains the variance only (IDDPM sec. 3.1).
-            frozen = torch.cat([eps.detach(), out[..., c:]], dim=-1).float()
+            frozen = torch.cat([out[..., :c].detach(), out[..., c:]], dim=-1).float()
             loss = loss + vlb_weight * self.vlb_terms(frozen, x0.float(), xt.float(), t)
         return loss
 
@@ -192,14 +235,16 @@ class GaussianDiffusion:
         arithmetic as :meth:`p_mean_variance`, with a fraction of the tensor operations.
         """
         x, c = noise, noise.shape[-1]
-        coef = [t.tolist() for t in (self.sqrt_recip_ab, self.sqrt_recipm1_ab, self.posterior_coef_x0,
-                                     self.posterior_coef_xt, self.log_betas, self.posterior_log_variance)]
+        coef = [t.tolist() for t in (self.posterior_coef_x0, self.posterior_coef_xt, self.log_betas,
+                                     self.posterior_log_variance)]
+        to_x0 = [self.x0_coefficients(i) for i in range(self.num_steps)]
         fixed = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log().tolist()
         for i in reversed(range(self.num_steps)):
             t = torch.full((x.shape[0],), int(self.timestep_map[i]), device=x.device, dtype=torch.long)
             out = model_fn(x, t).to(x.dtype)
-            recip, recipm1, cx0, cxt, log_beta, log_post = (a[i] for a in coef)
-            x0 = recip * x - recipm1 * out[..., :c]
+            cx0, cxt, log_beta, log_post = (a[i] for a in coef)
+            from_x, from_pred = to_x0[i]
+            x0 = from_x * x + from_pred * out[..., :c]
             if x0_clip > 0:
                 x0 = x0.clamp(-x0_clip, x0_clip)
             mean = cx0 * x0 + cxt * x
@@ -232,8 +277,8 @@ class GaussianDiffusion:
 
         with D the x_0 estimate (order 1) or ``(1 + 1/2r) x0_t - 1/2r x0_prev`` where
         r = h_prev / h (order 2; first order on the first step and on the last, which lands
-        on alpha = 1, sigma = 0 and so returns D itself). Only the epsilon half of the output
-        is used: a deterministic sampler has no use for the learned variance. ``x0_clip``:
+        on alpha = 1, sigma = 0 and so returns D itself). Only the prediction half of the output
+        is used (as the x_0 it implies): a deterministic sampler has no use for the learned variance. ``x0_clip``:
         see :meth:`p_mean_variance`. The caller scales ``noise`` for a temperature.
         """
         if order not in (1, 2):
@@ -246,8 +291,12 @@ class GaussianDiffusion:
         x0_prev, h_prev = None, None
         for i in reversed(range(self.num_steps)):
             t = torch.full((x.shape[0],), int(self.timestep_map[i]), device=x.device, dtype=torch.long)
-            eps = model_fn(x, t)[..., :c].to(x.dtype)
-            x0 = (x - sigma[i] * eps) / alpha[i]
+            pred = model_fn(x, t)[..., :c].to(x.dtype)
+            if self.prediction == "eps":
+                x0 = (x - sigma[i] * pred) / alpha[i]
+            else:
+                from_x, from_pred = self.x0_coefficients(i)
+                x0 = from_x * x + from_pred * pred
             if x0_clip > 0:
                 x0 = x0.clamp(-x0_clip, x0_clip)
             if i == 0:  # sigma_next = 0: the step lands on the x_0 estimate

@@ -48,7 +48,7 @@ class Generator(nn.Module):
         self.norm = nn.LayerNorm(w)
         if self.continuous:
             self.head = DiffusionHead(cfg.token_dim, w, cfg.head_width_, cfg.head_depth, cfg.learn_sigma)
-            self.diffusion = GaussianDiffusion.cosine(cfg.diffusion_steps, cfg.learn_sigma)
+            self.diffusion = GaussianDiffusion.cosine(cfg.diffusion_steps, cfg.learn_sigma, cfg.prediction)
         else:
             self.head = TiedLinearHead(w, cfg.vocab_size)
         self.initialize_weights()

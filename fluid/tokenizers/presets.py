@@ -135,6 +135,10 @@ TOKENIZER_PRESETS: dict[str, callable] = {
     "shapes-kl-f8": lambda: AutoencoderConfig(kind=AEKind.KL, stem=2, channel_mult=(1, 2, 4), patch_size=2),
     # The shipped one (f8 rounds off 13 px objects): f4 -> 16x16x4 -> 4x4 patches -> 16 tokens of 64.
     "shapes-kl-f4": lambda: AutoencoderConfig(kind=AEKind.KL, stem=2, channel_mult=(1, 2), patch_size=4),
+    # 16-channel tokens without losing resolution: f4 -> 16x16x1 latents -> 4x4 patches -> 16
+    # tokens of 16 (the f8 geometry's token count and width, at the f4 latent grid).
+    "shapes-kl-f4c1": lambda: AutoencoderConfig(kind=AEKind.KL, stem=2, channel_mult=(1, 2), latent_channels=1,
+                                                patch_size=4),
     # The discrete tokenizer: f16 -> 4x4 = 16 codes from 8192 (the paper's codebook size).
     "shapes-vq-f16": lambda: AutoencoderConfig(
         kind=AEKind.VQ, stem=2, channel_mult=(1, 2, 4, 4), patch_size=1, codebook_size=8192, code_dim=8
