@@ -14,17 +14,24 @@ Accounting:
 * FLOPs per image are ``fluid.config.flops_per_image`` (matmuls, 2 per MAC; forward +
   backward; the head on the mask schedule's mean share of tokens), which the tests check
   against ``torch.utils.flop_counter`` on built models.
-* MFU = model FLOP/s over a square matmul's FLOP/s (``--matmul`` size, median of repeats)
-  measured in the same run, in the same precision and thread count.
+* MFU = model FLOP/s over the matmul peak: a square matmul's FLOP/s (``--matmul`` size, 2048
+  in every mode; median of repeats), measured at the start and again at the end of the run in
+  the same precision and thread count, the higher of the two.
 * Sampling: ``generate`` with CFG (linear, scale 3), at the preset's token count, random-order
   steps min(64, tokens), per head sampler; the head's share is the time spent in
   ``sample_from_head`` (every head step of every token, CFG included).
-* Configurations are interleaved within each repeat and the median repeat is reported, so
-  ratios survive a busy machine better than absolute figures do. Each rate is also given
-  per process CPU second (and MFU against the matmul's rate per CPU second): on a shared
-  CPU with fixed threads, that is the closer estimate of what a quiet machine would do.
-* Peak memory: the process's peak resident set after each measurement (CPU; monotonic, so
-  an upper bound for later rows), or the CUDA allocator's peak for that measurement.
+* Every measurement runs alone in a fresh process (``--worker``): no other model is built
+  beside it, and its peak memory is its own. Configurations are interleaved within each
+  repeat (at least 3 outside ``--quick``) and every figure is the true median over the
+  repeats (``statistics.median``), the runs listed beside it. Each rate is also given per
+  process CPU second (and MFU against the matmul's rate per CPU second): on a shared CPU with
+  fixed threads, that is the closer estimate of what a quiet machine would do.
+* Peak memory: the measuring process's peak resident set (CPU; it includes torch itself,
+  whose share is given as ``baseline_rss_mb``), or the CUDA allocator's peak; the largest
+  over the repeats.
+* ``--mar DIR``: the MAR reference's sampling timed in the same repeats, through the harness
+  ``bench_mar.py`` in DIR (a prepared MAR copy, see benchmarks/README.md), and each sampling
+  row at MAR's settings (fp32, batch 16) gets its ratio to MAR.
 
 Weights are random: speed does not depend on them.
 """
@@ -38,6 +45,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -103,6 +111,15 @@ def matmul_peak(precision: str, device: torch.device, n: int, repeats: int) -> d
                 wall.append(2 * n**3 / (time.perf_counter() - t))
                 cpu.append(2 * n**3 / max(time.process_time() - c, 1e-9))
     return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+
+
+def _rss_mb() -> float:
+    """The process's resident set now (Linux ``/proc``; 0 where it cannot be read)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 @contextmanager
@@ -179,34 +196,6 @@ def train_once(cfg, precision: str, batch: int, steps: int, warmup: int, device:
     return row
 
 
-def bench_training(presets, variants, precs, args, device, peaks) -> list[dict]:
-    configs = [(p, v, prec) for p in presets for v in variants for prec in precs]
-    runs: dict = {c: [] for c in configs}
-    with tempfile.TemporaryDirectory(prefix="fluid-bench-") as tmp:
-        for r in range(args.repeats):
-            for i, (preset, variant, prec) in enumerate(configs):
-                cfg = get_preset(preset, variant=variant)
-                runs[preset, variant, prec].append(
-                    train_once(cfg, prec, args.train_batch or cfg.train.batch_size, args.train_steps, args.warmup,
-                               device, Path(tmp) / f"run-{r}-{i}"))
-    rows = []
-    for (preset, variant, prec), reps in runs.items():
-        cfg = get_preset(preset, variant=variant)
-        best = sorted(reps, key=lambda x: x["images_per_s"])[len(reps) // 2]  # the median repeat
-        flops = flops_per_image(cfg.model, cfg.text, text_len=TEXT_LEN)
-        ips, ipc = best["images_per_s"], best["images_per_cpu_s"]
-        rows.append({"preset": preset, "variant": variant, "precision": prec,
-                     "batch": args.train_batch or cfg.train.batch_size, "images_per_s": round(ips, 2),
-                     "runs_images_per_s": [round(x["images_per_s"], 2) for x in reps],
-                     "gflop_per_image": round(flops / 1e9, 4), "model_gflop_per_s": round(ips * flops / 1e9, 2),
-                     "peak_gflop_per_s": round(peaks[prec]["wall"] / 1e9, 2),
-                     "mfu": round(ips * flops / peaks[prec]["wall"], 4),
-                     # The same per CPU second: what a busy machine's wall clock cannot show.
-                     "images_per_cpu_s": round(ipc, 2), "mfu_cpu_time": round(ipc * flops / peaks[prec]["cpu"], 4),
-                     **{k: v for k, v in best.items() if k not in ("images_per_s", "images_per_cpu_s")}})
-    return rows
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -247,48 +236,178 @@ def sample_once(model, cfg, scfg: SampleConfig, head_steps: int, batch: int, pre
     return {"seconds": seconds, "cpu_seconds": round(cpu, 3), "head_share": head[0] / seconds, **row}
 
 
-def bench_sampling(presets, variants, precs, heads, args, device) -> list[dict]:
-    configs = []
-    for preset in presets:
-        for variant in variants:
-            continuous = variant.startswith("continuous")
-            for prec in precs:
-                for sampler, steps in (heads if continuous else [(None, None)]):
-                    for compiled in args.sample_compile if continuous else ["off"]:
-                        configs.append((preset, variant, prec, sampler, steps, compiled == "on"))
-    models, runs = {}, {c: [] for c in configs}
-    for r in range(args.repeats + 1):  # repeat 0 warms every configuration up
-        for c in configs:
-            preset, variant, prec, sampler, steps, compiled = c
-            if (preset, variant) not in models:
-                cfg = get_preset(preset, variant=variant)
-                torch.manual_seed(0)
-                models[preset, variant] = (cfg, Generator(cfg.model, cfg.text).to(device).eval())
-            cfg, model = models[preset, variant]
-            # Repeat 0 warms up with 2 generation steps and at most 2 head steps; a compiled
-            # configuration with the measured ones (compilation happens there, once).
-            full = r or compiled
-            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=args.gen_steps if full else 2,
-                                head_sampler=sampler or HeadSampler.DDPM, compile=compiled)
-            out = sample_once(model, cfg, scfg, (steps if full else min(2, steps)) if steps else None,
-                              args.sample_batch, prec, device)
-            if r:
-                runs[c].append(out)
-    rows = []
-    for (preset, variant, prec, sampler, steps, compiled), reps in runs.items():
-        cfg = models[preset, variant][0]
-        best = sorted(reps, key=lambda x: x["seconds"])[len(reps) // 2]
-        b, n = args.sample_batch, cfg.model.num_tokens
-        rows.append({"preset": preset, "variant": variant, "precision": prec, "compile": compiled,
-                     "head_sampler": sampler.value if sampler else None, "head_steps": steps, "batch": b, "tokens": n,
-                     "generation_steps": min(args.gen_steps, n) if cfg.model.order.value == "random" else n,
-                     "images_per_s": round(b / best["seconds"], 3), "latency_s": round(best["seconds"], 3),
-                     "latency_per_image_s": round(best["seconds"] / b, 4),
-                     "runs_s": [round(x["seconds"], 3) for x in reps],
-                     "head_share": round(best["head_share"], 3) if sampler else None,
-                     **{k: v for k, v in best.items() if k not in ("seconds", "head_share")}})
-    return rows
+# ----------------------------------------------------------------------------- one measurement, alone
 
+RESULT = "fluid-bench-result "  # the worker's result line on its stdout
+
+
+def measure(spec: dict) -> dict:
+    """One configuration measured once, in this process: the body of ``--worker``."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    baseline = _rss_mb()  # torch and fluid imported, nothing built
+    cfg = get_preset(spec["preset"], variant=spec["variant"])
+    if spec["kind"] == "training":
+        with tempfile.TemporaryDirectory(prefix="fluid-bench-") as tmp:
+            row = train_once(cfg, spec["precision"], spec["batch"], spec["steps"], spec["warmup"], device, Path(tmp))
+    else:
+        torch.manual_seed(0)
+        model = Generator(cfg.model, cfg.text).to(device).eval()
+        sampler, steps = HeadSampler(spec["head_sampler"] or "ddpm"), spec["head_steps"]
+
+        def run(gen_steps: int, head_steps: int | None) -> dict:
+            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=gen_steps, head_sampler=sampler,
+                                compile=spec["compile"])
+            return sample_once(model, cfg, scfg, head_steps, spec["batch"], spec["precision"], device)
+
+        # Warm-up with 2 generation steps and at most 2 head steps; a compiled configuration
+        # with the measured ones (compilation happens there).
+        if spec["compile"]:
+            run(spec["gen_steps"], steps)
+        else:
+            run(2, min(2, steps) if steps else None)
+        row = run(spec["gen_steps"], steps)
+    if device.type != "cuda":
+        row["baseline_rss_mb"] = baseline
+    return row
+
+
+def run_alone(spec: dict) -> dict:
+    """``measure(spec)`` in a fresh Python process, so that nothing else built in this one
+    shares its threads, caches or memory high-water mark."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(spec)], cwd=root, env=env,
+                          capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    raise SystemExit(f"fluid bench: measuring {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def mar_once(mar_dir: Path, python: str, gen_steps: int) -> dict:
+    """One timing of the MAR reference's sampling by its harness (``bench_mar.py`` in
+    ``mar_dir``, fp32, batch 16, CFG 3 linear, temperature 1, 100 head steps)."""
+    with tempfile.TemporaryDirectory(prefix="fluid-bench-mar-") as tmp:
+        out = Path(tmp) / "mar.json"
+        env = {**os.environ, "SAMPLE_ONLY": "1", "SAMPLE_ITERS": str(gen_steps), "REPS": "1", "OUT_JSON": str(out)}
+        proc = subprocess.run([python, "bench_mar.py"], cwd=mar_dir, env=env, capture_output=True, text=True)
+        if proc.returncode or not out.is_file():
+            raise SystemExit(f"fluid bench: the MAR harness in {mar_dir} failed (exit {proc.returncode}):\n"
+                             f"{(proc.stderr or proc.stdout)[-3000:]}")
+        result = json.loads(out.read_text())
+    r = result[f"sample_fp32_iter{gen_steps}"]
+    return {"seconds": r["s_per_batch"], "batch": r["bsz"], "threads": result.get("threads")}
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def plan(args, precs, heads, device) -> list[dict]:
+    """Every configuration to measure, in the order of one repeat."""
+    base = {"device": str(device), "threads": args.threads}
+    specs = []
+    if "training" not in args.skip:
+        for preset in args.presets:
+            for variant in args.variants:
+                batch = args.train_batch or get_preset(preset, variant=variant).train.batch_size
+                for prec in precs:
+                    specs.append({**base, "kind": "training", "preset": preset, "variant": variant, "precision": prec,
+                                  "batch": batch, "steps": args.train_steps, "warmup": args.warmup})
+    if "sampling" not in args.skip:
+        for preset in args.presets:
+            for variant in args.variants:
+                continuous = variant.startswith("continuous")
+                for prec in precs:
+                    for sampler, steps in (heads if continuous else [(None, None)]):
+                        for compiled in args.sample_compile if continuous else ["off"]:
+                            specs.append({**base, "kind": "sampling", "preset": preset, "variant": variant,
+                                          "precision": prec, "head_sampler": sampler.value if sampler else None,
+                                          "head_steps": steps, "compile": compiled == "on", "batch": args.sample_batch,
+                                          "gen_steps": args.gen_steps})
+    return specs
+
+
+def _key(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def _memory(reps: list[dict]) -> dict:
+    """The largest peak over the repeats, and the median baseline (what torch alone holds)."""
+    out = {}
+    for k in ("peak_memory_mb", "peak_rss_mb"):
+        if any(k in r for r in reps):
+            out[k] = max(r[k] for r in reps if k in r)
+    if any("baseline_rss_mb" in r for r in reps):
+        out["baseline_rss_mb"] = statistics.median(r["baseline_rss_mb"] for r in reps if "baseline_rss_mb" in r)
+    return out
+
+
+def training_row(spec: dict, reps: list[dict], peaks: dict) -> dict:
+    cfg = get_preset(spec["preset"], variant=spec["variant"])
+    flops = flops_per_image(cfg.model, cfg.text, text_len=TEXT_LEN)
+    ips = statistics.median(r["images_per_s"] for r in reps)
+    ipc = statistics.median(r["images_per_cpu_s"] for r in reps)
+    peak = peaks[spec["precision"]]
+    return {"preset": spec["preset"], "variant": spec["variant"], "precision": spec["precision"],
+            "batch": spec["batch"], "images_per_s": round(ips, 2),
+            "runs_images_per_s": [round(r["images_per_s"], 2) for r in reps],
+            "gflop_per_image": round(flops / 1e9, 4), "model_gflop_per_s": round(ips * flops / 1e9, 2),
+            "peak_gflop_per_s": round(peak["wall"] / 1e9, 2), "mfu": round(ips * flops / peak["wall"], 4),
+            # The same per CPU second: what a busy machine's wall clock cannot show.
+            "images_per_cpu_s": round(ipc, 2), "mfu_cpu_time": round(ipc * flops / peak["cpu"], 4), **_memory(reps)}
+
+
+def sampling_row(spec: dict, reps: list[dict], mar: dict | None) -> dict:
+    cfg = get_preset(spec["preset"], variant=spec["variant"])
+    seconds = statistics.median(r["seconds"] for r in reps)
+    b, n = spec["batch"], cfg.model.num_tokens
+    row = {"preset": spec["preset"], "variant": spec["variant"], "precision": spec["precision"],
+           "compile": spec["compile"], "head_sampler": spec["head_sampler"], "head_steps": spec["head_steps"],
+           "batch": b, "tokens": n,
+           "generation_steps": min(spec["gen_steps"], n) if cfg.model.order.value == "random" else n,
+           "images_per_s": round(b / seconds, 3), "latency_s": round(seconds, 3),
+           "latency_per_image_s": round(seconds / b, 4), "runs_s": [round(r["seconds"], 3) for r in reps],
+           "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in reps), 3),
+           "head_share": round(statistics.median(r["head_share"] for r in reps), 3) if spec["head_sampler"] else None,
+           **_memory(reps)}
+    if mar and spec["precision"] == "fp32" and b == mar["batch"]:
+        row["vs_mar"] = round(row["images_per_s"] / mar["images_per_s"], 3)
+    return row
+
+
+def run_plan(specs: list[dict], args, precs, device) -> dict:
+    """The configurations interleaved within each repeat, each alone in its own process,
+    with the matmul peak taken before and after, and MAR's sampling in every repeat."""
+    from tqdm import tqdm
+
+    start = {p: matmul_peak(p, device, args.matmul, args.matmul_repeats) for p in precs}
+    runs: dict[str, list[dict]] = {_key(s): [] for s in specs}
+    mar_runs = []
+    bar = tqdm(total=args.repeats * (len(specs) + bool(args.mar)), desc="fluid bench", unit="run", file=sys.stderr)
+    for _ in range(args.repeats):
+        for spec in specs:
+            bar.set_postfix_str(f"{spec['kind']} {spec['variant']} {spec['precision']}", refresh=False)
+            runs[_key(spec)].append(run_alone(spec))
+            bar.update()
+        if args.mar:
+            bar.set_postfix_str("MAR sampling", refresh=False)
+            mar_runs.append(mar_once(Path(args.mar), args.mar_python or sys.executable, args.gen_steps))
+            bar.update()
+    bar.close()
+    end = {p: matmul_peak(p, device, args.matmul, args.matmul_repeats) for p in precs}
+    peaks = {p: {**max(start[p], end[p], key=lambda v: v["wall"]), "start_wall": start[p]["wall"],
+                 "end_wall": end[p]["wall"]} for p in precs}
+    mar = None
+    if mar_runs:
+        seconds = statistics.median(r["seconds"] for r in mar_runs)
+        mar = {"images_per_s": round(mar_runs[0]["batch"] / seconds, 3), "latency_s": round(seconds, 3),
+               "batch": mar_runs[0]["batch"], "threads": mar_runs[0]["threads"], "generation_steps": args.gen_steps,
+               "head_steps": 100, "runs_s": [round(r["seconds"], 3) for r in mar_runs]}
+    return {"peak_flops": peaks, "mar": mar,
+            "training": [training_row(s, runs[_key(s)], peaks) for s in specs if s["kind"] == "training"],
+            "sampling": [sampling_row(s, runs[_key(s)], mar) for s in specs if s["kind"] == "sampling"]}
 
 # ----------------------------------------------------------------------------- report
 
@@ -298,14 +417,20 @@ def markdown(result: dict) -> str:
     lines = [f"# fluid bench{' --quick' if s['quick'] else ''}", "",
              f"{mc['cpu']} ({', '.join(mc['cpu_flags']) or 'no vector flags read'}; torch {mc['torch']}, "
              f"capability {mc['cpu_capability']}), {mc['threads']} threads, device {mc['device']}, "
-             f"load average {mc['load_average_1min']} at the start; {s['repeats']} interleaved repeats, median.", "",
-             "Matmul peak (" + f"{s['matmul']}^3, median of {s['matmul_repeats']}): "
+             f"load average {mc['load_average_1min']} at the start; {s['repeats']} interleaved repeats, each "
+             "configuration alone in its own process; medians.", "",
+             "Matmul peak (" + f"{s['matmul']}^3, median of {s['matmul_repeats']}, the higher of the run's start and end): "
              + ", ".join(f"{p} {v['wall'] / 1e9:.1f} GFLOP/s ({v['cpu'] / 1e9:.1f} per CPU second)"
-                        for p, v in result["peak_flops"].items()) + ".", "",
-             "## Training (the trainer's step)", "",
-             "| preset | variant | precision | batch | images/s | GFLOP/image | GFLOP/s | MFU | images/CPU-s | MFU (CPU time) "
-             "| peak memory MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                        for p, v in result["peak_flops"].items()) + ".", ""]
+    mar = result.get("mar")
+    if mar:
+        lines += [f"MAR reference (fp32, batch {mar['batch']}, {mar['generation_steps']} generation steps, "
+                  f"{mar['head_steps']} head steps, CFG 3 linear, {mar['threads']} threads), timed in the same repeats: "
+                  f"{mar['images_per_s']} images/s ({mar['latency_s']} s per batch; runs {mar['runs_s']}).", ""]
+    lines += ["## Training (the trainer's step)", "",
+              "| preset | variant | precision | batch | images/s | GFLOP/image | GFLOP/s | MFU | images/CPU-s | "
+              "MFU (CPU time) | peak memory MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["training"]:
         mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
         lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {r['batch']} | {r['images_per_s']} | "
@@ -313,15 +438,16 @@ def markdown(result: dict) -> str:
                      f"{r['mfu_cpu_time']:.1%} | {mem} |")
     lines += ["", "## Sampling (CFG 3, linear)", "",
               "| preset | variant | precision | compiled | head sampler | head steps | batch | tokens | gen. steps | "
-              "images/s | latency s | CPU s | head share | peak memory MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "images/s | latency s | CPU s | head share | vs MAR | peak memory MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["sampling"]:
         mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
         share = f"{r['head_share']:.0%}" if r["head_share"] is not None else "-"
         lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {'yes' if r.get('compile') else 'no'} | "
                      f"{r['head_sampler'] or '-'} | "
                      f"{r['head_steps'] or '-'} | {r['batch']} | {r['tokens']} | {r['generation_steps']} | "
-                     f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | {mem} |")
+                     f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | "
+                     f"{str(r['vs_mar']) + 'x' if 'vs_mar' in r else '-'} | {mem} |")
     return "\n".join(lines) + "\n"
 
 
@@ -343,12 +469,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="steps before measuring (default 3; quick 1)")
     p.add_argument("--sample-batch", type=int, default=None, help="default 16 (quick 2)")
     p.add_argument("--gen-steps", type=int, default=64, help="random-order generation steps (capped at the tokens)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; quick 1)")
-    p.add_argument("--matmul", type=int, default=None, help="matmul size for the peak (default 2048; quick 256)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved repeats, at least 3 outside --quick (default 3; quick 1)")
+    p.add_argument("--matmul", type=int, default=2048, help="matmul size for the peak (default 2048, in every mode)")
     p.add_argument("--matmul-repeats", type=int, default=None, help="default 10 (quick 3)")
     p.add_argument("--skip", nargs="+", default=[], choices=["training", "sampling"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default=None)
+    p.add_argument("--mar", default=None, metavar="DIR",
+                   help="a prepared MAR copy holding bench_mar.py: its sampling is timed in the same repeats")
+    p.add_argument("--mar-python", default=None, help="the Python that runs MAR's harness (default: this one)")
     return p
 
 
@@ -357,8 +487,7 @@ def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
     defaults = {"presets": ["debug"] if q else ["ref-512"], "variants": ["continuous-random", "discrete-raster"] if q
                 else list(VARIANTS), "head_samplers": ["ddpm:5", "ddim:2"] if q else ["ddpm:100", "dpm++2m:20"],
                 "train_batch": 4 if q else None, "train_steps": 2 if q else 10, "warmup": 1 if q else 3,
-                "sample_batch": 2 if q else 16, "repeats": 1 if q else 3, "matmul": 256 if q else 2048,
-                "matmul_repeats": 3 if q else 10}
+                "sample_batch": 2 if q else 16, "repeats": 1 if q else 3, "matmul_repeats": 3 if q else 10}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -366,20 +495,24 @@ def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # one measurement, in the process run_alone started
+        print(RESULT + json.dumps(measure(json.loads(argv[1]))), flush=True)
+        return 0
     args = fill_defaults(make_parser().parse_args(argv))
+    if args.repeats < 3 and not args.quick:
+        raise SystemExit(f"fluid bench: --repeats must be at least 3 for a median (or use --quick), not {args.repeats}")
+    if args.mar and not (Path(args.mar) / "bench_mar.py").is_file():
+        raise SystemExit(f"fluid bench: --mar {args.mar}: no bench_mar.py there (see benchmarks/README.md)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     heads = [parse_head(h) for h in args.head_samplers]
     precs = precisions(device, args.precisions)
-    result = {"benchmark": "fluid-bench/1", "machine": machine(device),
-              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device")},
+    result = {"benchmark": "fluid-bench/2", "machine": machine(device),
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device", "mar", "mar_python")},
               "precisions": precs, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    result["peak_flops"] = {p: matmul_peak(p, device, args.matmul, args.matmul_repeats) for p in precs}
-    result["training"] = [] if "training" in args.skip else bench_training(args.presets, args.variants, precs, args, device,
-                                                                           result["peak_flops"])
-    result["sampling"] = [] if "sampling" in args.skip else bench_sampling(args.presets, args.variants, precs, heads,
-                                                                           args, device)
+    result.update(run_plan(plan(args, precs, heads, device), args, precs, device))
     result["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
