@@ -54,13 +54,12 @@ from pathlib import Path
 import torch
 
 import fluid.sample.generate as generate_module
-from fluid.config import (VARIANTS, HeadSampler, Precision, SampleConfig, TokenType, apply_overrides, flops_per_image,
+from fluid.config import (VARIANTS, HeadSampler, Precision, SampleConfig, flops_per_image,
                           get_preset, resolve_precision)
 from fluid.model import Generator
 from fluid.sample.rng import ImageRNG
-from fluid.train.trainer import Trainer
-
-TEXT_LEN = 12  # prompt tokens of the random text (shapes captions are ~8-12 MiniLM tokens)
+from fluid.train import probe
+from fluid.train.probe import TEXT_LEN, random_batch
 
 
 # ----------------------------------------------------------------------------- machine
@@ -136,64 +135,10 @@ def peak_memory(device: torch.device, out: dict):
 # ----------------------------------------------------------------------------- training
 
 
-class _Geometry:
-    """Stands in for the tokenizer, which the trainer only asks for the token geometry here
-    (the batches come pre-encoded): the preset's own, not a shipped tokenizer's."""
-
-    def __init__(self, m):
-        self.token_type, self.token_dim, self.vocab_size, self._n = m.token_type, m.token_dim, m.vocab_size, m.num_tokens
-
-    def num_tokens(self, resolution: int) -> int:
-        return self._n
-
-    def to(self, device):
-        return self
-
-    def eval(self):
-        return self
-
-    def requires_grad_(self, flag: bool):
-        return self
-
-
-class _SameBatch:
-    """A training stream that hands out one pre-encoded batch (tokens, text, mask) forever."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __iter__(self):
-        while True:
-            yield self.batch
-
-
-def random_batch(cfg, batch: int, device: torch.device, seed: int = 0):
-    m, g = cfg.model, torch.Generator().manual_seed(seed)
-    if m.token_type == TokenType.CONTINUOUS:
-        tokens = torch.randn(batch, m.num_tokens, m.token_dim, generator=g)
-    else:
-        tokens = torch.randint(0, m.vocab_size, (batch, m.num_tokens), generator=g)
-    emb = torch.randn(batch, TEXT_LEN, cfg.text.dim, generator=g)
-    return tokens.to(device), emb.to(device), torch.ones(batch, TEXT_LEN, dtype=torch.bool, device=device)
-
-
 def train_once(cfg, precision: str, batch: int, steps: int, warmup: int, device: torch.device, run_dir: Path) -> dict:
     """Images/s of the trainer's step over ``steps`` steps after ``warmup`` steps."""
-    cfg = apply_overrides(cfg, {"train.precision": precision, "train.batch_size": batch, "train.log_every": 10**9,
-                                "train.val_every": 0, "train.ckpt_every": 10**9, "data.pool": 0,
-                                "data.pool_encoded": False})
-    row: dict = {}
-    with peak_memory(device, row):
-        trainer = Trainer(cfg, run_dir, _Geometry(cfg.model), text_encoder=None, device=device, show_progress=False)
-        trainer.stream = _SameBatch(random_batch(cfg, batch, device))
-        trainer.save = lambda: None  # no checkpoints: not part of a step
-        trainer.fit(warmup)
-        cpu = time.process_time()
-        last = trainer.fit(warmup + steps)
-        cpu = time.process_time() - cpu
-    row["images_per_s"] = last["images_per_s"]
-    row["images_per_cpu_s"] = batch * steps / cpu
-    return row
+    return probe.train_once(cfg, precision, batch, steps, warmup, device, run_dir,
+                            memory=lambda row: peak_memory(device, row))
 
 
 # ----------------------------------------------------------------------------- sampling

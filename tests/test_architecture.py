@@ -2,12 +2,11 @@
 
 - no import cycle between modules of ``fluid``;
 - every import runs down the layers below (or stays inside its own package);
-- no module of ``fluid`` imports an old, deprecated module path (``fluid/moved.py``).
+- no old module path is kept working: no module of ``fluid`` defines a module-level
+  ``__getattr__`` (names forwarded from their old home) or imports ``fluid.moved``.
 
-Imports inside functions count like top-level ones. Two kinds do not: those under
-``if TYPE_CHECKING:`` (annotations only, never run), and those inside a module-level
-``__getattr__`` (a deprecated name re-exported for one release, resolved on first use).
-The modules that stand for moved paths (``fluid.moved.MOVED``) are skipped too.
+Imports inside functions count like top-level ones. One kind does not: those under
+``if TYPE_CHECKING:`` (annotations only, never run).
 """
 
 from __future__ import annotations
@@ -17,14 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from fluid.moved import MOVED
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top. A module may import its own package and any package of a lower layer;
 # packages of one layer do not import each other. docs/architecture.md explains each.
 LAYERS = [
-    ["fluid", "fluid.config", "fluid.files", "fluid.diffusion", "fluid.moved"],  # foundation: plain data and math
+    ["fluid", "fluid.config", "fluid.files", "fluid.diffusion"],  # foundation: plain data and math
     ["fluid.assets"],  # where the shipped weights are
     ["fluid.model", "fluid.text", "fluid.tokenizers"],  # the parts of the method
     ["fluid.shapes"],  # the built-in world: scenes, captions, renderer, its readers, ShapesEval
@@ -53,8 +50,6 @@ def _skipped_blocks(tree: ast.Module) -> set[int]:
     for node in tree.body:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skip.add(id(node))
-        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
-            skip.add(id(node))
     return skip
 
 
@@ -64,6 +59,15 @@ def _walk(node: ast.AST, skip: set[int]):
             continue
         yield child
         yield from _walk(child, skip)
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` reads from (``package``: the importer's)."""
+    base = node.module or ""
+    if node.level:
+        up = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(up + ([base] if base else []))
+    return base
 
 
 def imports(name: str, path: Path, modules: dict[str, Path]) -> dict[str, int]:
@@ -82,10 +86,7 @@ def imports(name: str, path: Path, modules: dict[str, Path]) -> dict[str, int]:
         if isinstance(node, ast.Import):
             targets = [known(a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(up + ([base] if base else []))
+            base = _absolute(node, package)
             # `from pkg import sub` depends on pkg.sub when sub is a module, else on pkg.
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else known(base) for a in node.names]
         for t in targets:
@@ -96,7 +97,7 @@ def imports(name: str, path: Path, modules: dict[str, Path]) -> dict[str, int]:
 
 def import_graph(root: Path = ROOT) -> dict[str, dict[str, int]]:
     modules = module_files(root)
-    return {name: imports(name, path, modules) for name, path in modules.items() if name not in MOVED}
+    return {name: imports(name, path, modules) for name, path in modules.items()}
 
 
 def layer_of(module: str) -> tuple[int, str]:
@@ -145,6 +146,47 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return out
 
 
+def _module_level(body: list[ast.stmt]):
+    """The statements that run at import time: the body, and inside its if / try / with
+    blocks (not inside functions or classes)."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for field in ("body", "orelse", "finalbody"):
+            yield from _module_level(getattr(node, field, []))
+        for handler in getattr(node, "handlers", []):
+            yield from _module_level(handler.body)
+
+
+def old_path_keepers(modules: dict[str, Path]) -> list[str]:
+    """Code that keeps an old path or name working: a module-level ``__getattr__`` (defined
+    or assigned) and any import of ``fluid.moved``, anywhere in a module."""
+    bad = []
+    for name, path in sorted(modules.items()):
+        tree = ast.parse(path.read_text(), str(path))
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        for node in _module_level(tree.body):
+            defined = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "__getattr__"
+            assigned = isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and any(
+                isinstance(t, ast.Name) and t.id == "__getattr__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))
+            if defined or assigned:
+                bad.append(f"{where}:{node.lineno}: {name} defines a module-level __getattr__")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(node, package)
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(t == "fluid.moved" or t.startswith("fluid.moved.") for t in targets):
+                bad.append(f"{where}:{node.lineno}: {name} imports fluid.moved")
+    return bad
+
+
 def layering_violations(graph: dict[str, dict[str, int]], modules: dict[str, Path]) -> list[str]:
     bad = []
     for module, targets in sorted(graph.items()):
@@ -173,25 +215,32 @@ def test_imports_run_down_the_layers(graph):
     assert not bad, "imports against the layering (tests/test_architecture.py LAYERS):\n" + "\n".join(bad)
 
 
-def test_nothing_imports_a_moved_path(graph):
-    users = [f"{m} imports {t}" for m, targets in sorted(graph.items()) for t in targets if t in MOVED]
-    assert not users, "use the new paths (fluid/moved.py):\n" + "\n".join(users)
+def test_no_old_path_is_kept_working():
+    # Nothing was released: code that moves takes every import with it, and no module
+    # forwards names from an old home (module-level __getattr__) or uses a table of moved paths.
+    bad = old_path_keepers(module_files())
+    assert not bad, "import the new home directly:\n" + "\n".join(bad)
 
 
-def test_every_moved_path_stands_for_its_new_home():
-    import importlib
-    import warnings
-
-    for old, new in MOVED.items():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            module = importlib.import_module(old)
-        if isinstance(new, str):
-            assert module is importlib.import_module(new), old
-        else:  # split: every public name of every part
-            for part in map(importlib.import_module, new):
-                assert all(getattr(module, n) is v for n, v in vars(part).items() if not n.startswith("_")), (old, part)
-        assert caught == [] or any(issubclass(w.category, DeprecationWarning) for w in caught), old
+def test_the_old_path_check_catches_a_getattr_and_a_moved_import(tmp_path):
+    (tmp_path / "fluid" / "text").mkdir(parents=True)
+    sources = {
+        "fluid.text.old": "def __getattr__(name):\n    raise AttributeError(name)\n",
+        "fluid.text.later": "import sys\nif sys:\n    __getattr__ = print\n",
+        "fluid.text.uses": "def f():\n    from fluid.moved import alias\n",
+        "fluid.text.relative": "from .. import moved\n",
+        "fluid.text.fine": "class A:\n    def __getattr__(self, name):\n        return name\n",
+    }
+    files = {}
+    for name, source in sources.items():
+        files[name] = tmp_path / (name.replace(".", "/") + ".py")
+        files[name].write_text(source)
+    assert [v.split(": ", 1)[1] for v in old_path_keepers(files)] == [
+        "fluid.text.later defines a module-level __getattr__",
+        "fluid.text.old defines a module-level __getattr__",
+        "fluid.text.relative imports fluid.moved",
+        "fluid.text.uses imports fluid.moved",
+    ]
 
 
 def test_the_checks_catch_a_cycle_and_an_upward_import():

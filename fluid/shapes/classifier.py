@@ -122,15 +122,3 @@ def load_shape_classifier(path: str | Path | None = None, device: str | torch.de
     model = ShapeClassifier(int(meta["width"]), float(meta["threshold"]))
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return model.eval().requires_grad_(False).to(device)
-
-
-def __getattr__(name: str):
-    # Training moved to fluid.shapes.train_classifier (it needs the training data, which
-    # needs this module's patches); the old names keep working for one release.
-    if name in ("train", "main"):
-        from fluid import moved
-        from fluid.shapes import train_classifier
-
-        moved.warn_moved(f"fluid.shapes.classifier.{name}", f"fluid.shapes.train_classifier.{name}")
-        return getattr(train_classifier, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -297,24 +297,3 @@ def build_text_encoder(text_cfg: TextConfig, device: torch.device | str = "cpu",
             f"embeddings; set text.dim={encoder.dim}"
         )
     return encoder
-
-
-_MOVED_NAMES = {
-    "fluid.text.base": ("PromptTruncatedWarning", "UnknownCaptionError", "TextEncoder", "check_prompts", "pad_rows"),
-    "fluid.text.cache": ("EMBEDDINGS_FORMAT", "CachedTextEncoder", "save_embeddings", "load_embeddings",
-                         "PrecomputedTextEncoder"),
-}
-
-
-def __getattr__(name: str):
-    # The interface, padding and caches moved to fluid.text.base and fluid.text.cache; their
-    # old names here keep working for one release.
-    import importlib
-
-    from fluid import moved
-
-    for module, names in _MOVED_NAMES.items():
-        if name in names:
-            moved.warn_moved(f"fluid.text.encoders.{name}", f"{module}.{name}")
-            return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -125,15 +125,3 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"tokenizer folder {path.parent}: {path.name} is not valid JSON ({e})") from None
-
-
-def __getattr__(name: str):
-    # Loading moved to fluid.tokenizers.load (it imports the implementations, which import
-    # this interface); the old names keep working for one release.
-    if name in ("detect_kind", "load_tokenizer"):
-        from fluid import moved
-        from fluid.tokenizers import load
-
-        moved.warn_moved(f"fluid.tokenizers.base.{name}", f"fluid.tokenizers.load.{name}")
-        return getattr(load, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,0 @@
-"""Moved to :mod:`fluid.train.tokenizer_metrics`; this path keeps working for one release (:mod:`fluid.moved`)."""
-
-from fluid.moved import alias
-
-alias(__name__)
