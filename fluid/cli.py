@@ -352,6 +352,19 @@ def cmd_scale(args) -> int:
         print(json.dumps({"sweep": sweep.name, "out": str(args.out), "report": str(Path(args.out) / "report.md"),
                           "loss_vs_params": fits["loss_vs_params"]}))
         return 0
+    from fluid.scaling.plan import make_plan
+
+    unknown = sorted(set(args.only or ()) - {r.name for r in sweep.runs})
+    if unknown:
+        print(f"fluid scale: no run named {', '.join(unknown)} in sweep {sweep.name} (see --list)", file=sys.stderr)
+        return 2
+    runs = [r for r in sweep.runs if not args.only or r.name in args.only]
+    plan = make_plan(sweep, args.out, runs, probe=not args.no_probe, threads=args.threads, device=args.device,
+                     launcher=args.launcher, echo=lambda m: print(m, file=sys.stderr, flush=True))
+    print(plan.format(), file=sys.stderr, flush=True)
+    if args.plan:
+        print(json.dumps({"sweep": sweep.name, "out": str(args.out), "plan": plan.to_dict()}))
+        return 0
     runner = Runner(sweep, args.out, launcher=args.launcher, device=args.device, threads=args.threads,
                     redo_stale=args.redo_stale, echo=lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
@@ -520,6 +533,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--redo-stale", action="store_true", help="archive runs made by another config or data and redo them")
     p.add_argument("--list", action="store_true", help="print the runs with their size and compute, and exit")
     p.add_argument("--analyze-only", action="store_true", help="only redo results.csv, fits, figures and report.md")
+    p.add_argument("--plan", action="store_true",
+                   help="print the plan (images, FLOPs and expected wall time per run on this machine) and exit")
+    p.add_argument("--no-probe", action="store_true",
+                   help="do not time the trainer's step for runs that no finished run on this machine prices")
     p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("presets", help="list the named configurations")

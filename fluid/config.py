@@ -83,10 +83,11 @@ def resolve_precision(precision: "Precision | str", device) -> Precision:
         return precision
     import torch
 
+    from fluid.runtime import native_bf16
+
     if torch.device(device).type == "cuda":
         return Precision.BF16
-    fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    return Precision.BF16 if fast else Precision.FP32
+    return Precision.BF16 if native_bf16() else Precision.FP32
 
 
 def sampling_precision(precision: "Precision | str", device) -> Precision:

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. A module may import its own package and any package of a lower layer;
 # packages of one layer do not import each other. docs/architecture.md explains each.
 LAYERS = [
+    ["fluid.runtime"],  # what the machine is: CPU model, native bf16, threads
     ["fluid", "fluid.config", "fluid.files", "fluid.diffusion"],  # foundation: plain data and math
     ["fluid.assets"],  # where the shipped weights are
     ["fluid.model", "fluid.text", "fluid.tokenizers"],  # the parts of the method
@@ -250,7 +251,7 @@ def test_the_checks_catch_a_cycle_and_an_upward_import():
     files = {m: ROOT / "fluid" / (m.split(".", 1)[1].replace(".", "/") + ".py") for m in fake}
     assert cycles(fake) == [["fluid.data.a", "fluid.data.b"]]
     assert [v.split(": ", 1)[1] for v in layering_violations(fake, files)] == [
-        "fluid.model.x (layer 2, fluid.model) imports fluid.train.y (layer 5, fluid.train)"]
+        "fluid.model.x (layer 3, fluid.model) imports fluid.train.y (layer 6, fluid.train)"]
 
 
 def test_files_stay_short_or_say_why():

@@ -306,3 +306,73 @@ def test_a_config_key_added_later_at_its_default_does_not_make_a_run_stale():
     old["config"]["model"]["width"] = 48  # a real change
     assert not same_identity(old, current)
     assert not same_identity(None, current)
+
+
+PLAN = MICRO.replace("  size:\n    a: {model.depth: 1}\n    b: {}\n", "  lr:\n    x: {train.lr: 0.001}\n    y: {train.lr: 0.002}\n  size:\n    a: {model.depth: 1}\n    b: {}\n")
+
+
+def test_plan_prices_runs_from_done_runs_on_this_machine_else_a_probe(tmp_path):
+    from fluid.scaling.plan import PROBE_STEPS, machine, make_plan
+    from fluid.scaling.runner import RunFolder, fitted_config, run_identity
+
+    import yaml
+
+    sweep = parse_sweep(yaml.safe_load(PLAN))
+    out = tmp_path / "out"
+    names = [r.name for r in sweep.runs]
+    assert len(names) == 4
+    per_image = {r.name: compute_summary(fitted_config(sweep, r))["train_flops_per_image"] for r in sweep.runs}
+
+    # Nothing done, no probe: images and FLOPs are known, the time is not.
+    plan = make_plan(sweep, out, probe=False, threads=1)
+    assert [r.status for r in plan.runs] == ["new"] * 4 and plan.seconds is None
+    assert plan.images_left == 4 * 4 * 4 and plan.flops_left == pytest.approx(16 * sum(per_image.values()))
+    assert "unknown" in plan.format()
+
+    # A run done on this machine prices the runs of the same model (another lr: same speed);
+    # a partial run counts only the steps still to go; the other model is probed once.
+    a_x, a_y = (r for r in sweep.runs if "size=a" in r.name)
+    RunFolder(out, a_x).path.mkdir(parents=True)
+    RunFolder(out, a_x).write({"status": "done", "identity": run_identity(sweep, a_x), "attempts": [
+        {"train_s": 8.0, "eval_s": 3.0, "machine": machine(1)}]})
+    partial = RunFolder(out, a_y).train / "step-0000003"
+    partial.mkdir(parents=True)
+    (partial / "meta.json").write_text('{"step": 3}')
+    (RunFolder(out, a_y).train / "latest").symlink_to(partial.name)
+    with mock.patch("fluid.scaling.plan.probe_seconds_per_image", return_value=0.5) as probe:
+        plan = make_plan(sweep, out, probe=True, threads=1)
+    by = {r.name: r for r in plan.runs}
+    assert by[a_x.name].status == "done" and by[a_x.name].images_left == 0
+    assert by[a_y.name].status == "partial" and by[a_y.name].images_left == 4
+    assert by[a_y.name].train_s == pytest.approx(8.0 / 16 * 4) and by[a_y.name].eval_s == pytest.approx(3.0)
+    assert by[a_y.name].source == f"done-run {a_x.name}"
+    probed = [r for r in plan.runs if "size=b" in r.name]
+    assert probe.call_count == 1 and all(r.source == "probe" and r.train_s == pytest.approx(8.0) for r in probed)
+    assert plan.seconds == pytest.approx(2.0 + 3.0 + 8.0 + 8.0)
+    assert plan.to_dict()["images_left"] == 4 + 16 + 16
+
+    # Seconds measured on another machine (or thread count) are not used.
+    with mock.patch("fluid.scaling.plan.probe_seconds_per_image", return_value=0.25):
+        other = make_plan(sweep, out, probe=True, threads=2)
+    assert {r.source for r in other.runs if r.status != "done"} == {"probe"}
+
+    # A real probe: the trainer's step on the micro model, seconds per image > 0.
+    from fluid.scaling.plan import probe_seconds_per_image
+
+    assert PROBE_STEPS >= 2 and 0 < probe_seconds_per_image(fitted_config(sweep, a_x), threads=1) < 60
+
+
+def test_scale_plan_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    from fluid.cli import main
+
+    sweep = tmp_path / "plan.yaml"
+    sweep.write_text(PLAN)
+    out = tmp_path / "out"
+    assert main(["scale", "--sweep", str(sweep), "--out", str(out), "--plan", "--no-probe"]) == 0
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out.strip().splitlines()[-1])["plan"]
+    assert plan["images_left"] == 64 and len(plan["runs"]) == 4 and plan["seconds"] is None
+    assert "plan: 4 of 4 runs to do, 64 images" in captured.err
+    assert not (out / "runs").exists()
+    assert main(["scale", "--sweep", str(sweep), "--out", str(out), "--only", "no-such-run"]) == 2
+    assert "no run named no-such-run" in capsys.readouterr().err

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from fluid.config import FluidConfig, TokenType
+from fluid.data.sources import file_digest
+from fluid.runtime import machine
 from fluid.scaling.compute import compute_summary
 from fluid.scaling.sweep import RunSpec, Sweep
 from fluid.shapes.digest import renderer_digest  # the code that makes the `shapes` data
@@ -188,8 +190,7 @@ def _checkpoint_plan(run: RunSpec, cfg: FluidConfig) -> tuple[int, int]:
 
 class Runner:
     def __init__(self, sweep: Sweep, out: str | Path, *, launcher: str | None = None, device: str | None = None,
-                 threads: int | None = None, redo_stale: bool = False, python: str | None = None,
-                 echo=print):
+                 threads: int | None = None, redo_stale: bool = False, python: str | None = None, echo=print):
         self.sweep, self.out = sweep, Path(out)
         self.launcher = shlex.split(launcher) if launcher else None
         self.device, self.threads, self.redo_stale = device, threads, redo_stale
@@ -282,8 +283,6 @@ class Runner:
             metrics_file = out / "metrics.json"
             if not ckpt_dir.exists():
                 raise RuntimeError(f"{ckpt_dir} is missing: the checkpoint of an evaluated step was not kept")
-            from fluid.data.sources import file_digest
-
             weights = file_digest(ckpt_dir / "ema.safetensors", 12)
             if metrics_file.exists():
                 rec = json.loads(metrics_file.read_text())
@@ -325,7 +324,8 @@ class Runner:
         cfg.train.ckpt_every, cfg.train.keep_checkpoints = every, keep
         if cfg.train.val_every:
             cfg.train.val_every = math.gcd(cfg.train.val_every, every) if cfg.train.val_every < run.steps else run.steps
-        attempt = {"started": _now()}
+        attempt = {"started": _now(), "machine": machine(self.threads, self.device)}  # plan.py reuses its seconds
+        attempt["machine"].update({"launcher": shlex.join(self.launcher)} if self.launcher else {})
         record["attempts"].append(attempt)
         t0 = time.perf_counter()
         try:
