@@ -31,7 +31,8 @@ LAYERS = [
     ["fluid.sample"],  # prompts -> images
     ["fluid.eval"],  # metrics and reports over samples
     ["fluid.scaling", "fluid.serve"],  # studies over many runs; the web demo
-    ["fluid.cli"],  # `fluid <command>`
+    ["fluid.commands"],  # one module per command: its flags and its work
+    ["fluid.cli"],  # `fluid <command>`: the parser from the commands, the dispatch
 ]
 
 

@@ -248,13 +248,13 @@ def test_fifty_concurrent_requests_are_all_served(url, capsys):
 def test_serve_command_names_the_models(models):
     import argparse
 
-    from fluid.cli import _served_models
+    from fluid.commands.serve import served_models
 
     args = argparse.Namespace(variants=None, checkpoint=None)
-    assert list(_served_models(args)) == ["continuous-random", "continuous-raster", "discrete-random", "discrete-raster"]
+    assert list(served_models(args)) == ["continuous-random", "continuous-raster", "discrete-random", "discrete-raster"]
     path = str(models.paths["tiny-dr"])  # a folder named discrete-raster holding a discrete-raster model
     args = argparse.Namespace(variants=None, checkpoint=[path, f"mine={path}"])
-    assert _served_models(args) == {"discrete-raster": path, "mine": path}
+    assert served_models(args) == {"discrete-raster": path, "mine": path}
     args = argparse.Namespace(variants=["discrete-raster"], checkpoint=[path])
     with pytest.raises(ValueError, match="two served models are named 'discrete-raster'"):
-        _served_models(args)
+        served_models(args)
