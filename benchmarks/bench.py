@@ -203,7 +203,7 @@ def measure(spec: dict) -> dict:
 
         def run(gen_steps: int, head_steps: int | None) -> dict:
             scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=gen_steps, head_sampler=sampler,
-                                compile=spec["compile"])
+                                compile=spec["compile"], packed_head=spec.get("packed", False))
             return sample_once(model, cfg, scfg, head_steps, spec["batch"], spec["precision"], device)
 
         # Warm-up with 2 generation steps and at most 2 head steps; a compiled configuration
@@ -267,10 +267,13 @@ def plan(args, precs, heads, device) -> list[dict]:
                 for prec in precs:
                     for sampler, steps in (heads if continuous else [(None, None)]):
                         for compiled in args.sample_compile if continuous else ["off"]:
-                            specs.append({**base, "kind": "sampling", "preset": preset, "variant": variant,
-                                          "precision": prec, "head_sampler": sampler.value if sampler else None,
-                                          "head_steps": steps, "compile": compiled == "on", "batch": args.sample_batch,
-                                          "gen_steps": args.gen_steps})
+                            packable = continuous and compiled == "off" and prec == "fp32"  # else it is the head itself
+                            for packed in args.sample_packed if packable else ["off"]:
+                                specs.append({**base, "kind": "sampling", "preset": preset, "variant": variant,
+                                              "precision": prec, "head_sampler": sampler.value if sampler else None,
+                                              "head_steps": steps, "compile": compiled == "on",
+                                              "packed": packed == "on", "batch": args.sample_batch,
+                                              "gen_steps": args.gen_steps})
     return specs
 
 
@@ -309,7 +312,7 @@ def sampling_row(spec: dict, reps: list[dict], mar: dict | None) -> dict:
     seconds = statistics.median(r["seconds"] for r in reps)
     b, n = spec["batch"], cfg.model.num_tokens
     row = {"preset": spec["preset"], "variant": spec["variant"], "precision": spec["precision"],
-           "compile": spec["compile"], "head_sampler": spec["head_sampler"], "head_steps": spec["head_steps"],
+           "compile": spec["compile"], "packed_head": spec.get("packed", False), "head_sampler": spec["head_sampler"], "head_steps": spec["head_steps"],
            "batch": b, "tokens": n,
            "generation_steps": min(spec["gen_steps"], n) if cfg.model.order.value == "random" else n,
            "images_per_s": round(b / seconds, 3), "latency_s": round(seconds, 3),
@@ -382,14 +385,14 @@ def markdown(result: dict) -> str:
                      f"{r['gflop_per_image']} | {r['model_gflop_per_s']} | {r['mfu']:.1%} | {r['images_per_cpu_s']} | "
                      f"{r['mfu_cpu_time']:.1%} | {mem} |")
     lines += ["", "## Sampling (CFG 3, linear)", "",
-              "| preset | variant | precision | compiled | head sampler | head steps | batch | tokens | gen. steps | "
+              "| preset | variant | precision | compiled | packed head | head sampler | head steps | batch | tokens | gen. steps | "
               "images/s | latency s | CPU s | head share | vs MAR | peak memory MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["sampling"]:
         mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
         share = f"{r['head_share']:.0%}" if r["head_share"] is not None else "-"
         lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {'yes' if r.get('compile') else 'no'} | "
-                     f"{r['head_sampler'] or '-'} | "
+                     f"{'yes' if r.get('packed_head') else 'no'} | {r['head_sampler'] or '-'} | "
                      f"{r['head_steps'] or '-'} | {r['batch']} | {r['tokens']} | {r['generation_steps']} | "
                      f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | "
                      f"{str(r['vs_mar']) + 'x' if 'vs_mar' in r else '-'} | {mem} |")
@@ -407,6 +410,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="default: fp32, and bf16 where native")
     p.add_argument("--head-samplers", nargs="+", default=None,
                    help="SAMPLER:STEPS for continuous variants (default: ddpm:100 dpm++2m:20)")
+    p.add_argument("--sample-packed", nargs="+", default=["off"], choices=["off", "on"],
+                   help="sample with the diffusion head's weights prepacked for oneDNN (sample.packed_head; "
+                        "continuous variants in fp32, not with compile; default: off)")
     p.add_argument("--sample-compile", nargs="+", default=["off"], choices=["off", "on"],
                    help="sample eagerly and/or with sample.compile (continuous variants; default: off)")
     p.add_argument("--train-batch", type=int, default=None, help="default: the preset's")

@@ -376,11 +376,16 @@ class SampleConfig:
     """``torch.compile`` the diffusion head's network and the random-order backbone for
     sampling. The first batch pays the compilation (tens of seconds on a CPU); numbers
     differ from eager ones in the last bits. See benchmarks/README.md for the measured gain."""
+    packed_head: bool = False
+    """Diffusion head on a CPU in fp32: its weights reordered once into oneDNN's blocked layout
+    (``fluid.model.heads.PackedDenoise``), no compilation. Numbers differ from eager ones in
+    the last bits. Ignored where it does not apply (GPU, bf16) and under ``compile``."""
 
     def __post_init__(self):
         self.cfg_schedule = CFGSchedule(self.cfg_schedule)
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"sample.compile must be true or false, not {self.compile!r}")
+        for name in ("compile", "packed_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"sample.{name} must be true or false, not {getattr(self, name)!r}")
         self.head_sampler = HeadSampler(self.head_sampler)
         for name in ("cfg", "temperature", "x0_clip"):
             _check_number(f"sample.{name}", getattr(self, name), minimum=0.0)

@@ -230,3 +230,44 @@ def test_record_shows_tokens_filling_in():
     generate(model, emb, mask, SampleConfig(steps=16, cfg=1.0), ImageRNG.for_images(0, range(len(emb))), head_steps=3, record=record)
     known = [int(k[0].sum()) for _, _, k in record]
     assert known == sorted(known) and known[-1] == 16 and len(record) == 16
+
+
+def test_packed_head_is_the_head_in_fp32_row_by_row_and_follows_new_weights():
+    from fluid.model.heads import DiffusionHead, PackedDenoise
+
+    if not PackedDenoise.available():
+        pytest.skip("this torch has no oneDNN linear")
+    torch.manual_seed(0)
+    head = DiffusionHead(token_dim=6, cond_dim=24, width=32, depth=2)
+    for p in head.parameters():  # zero-initialised layers would hide a wrong wiring
+        torch.nn.init.normal_(p, std=0.3)
+    packed = PackedDenoise(head)
+    x, c = torch.randn(9, 6), torch.randn(9, 32)
+    with torch.no_grad():
+        out = packed(x, c)
+        torch.testing.assert_close(out, head.denoise(x, c), rtol=1e-5, atol=1e-5)
+        assert torch.equal(packed(x[2:3], c[2:3]), out[2:3]) and torch.equal(packed(x[:4], c[:4]), out[:4])
+        head.load_state_dict({k: v * 1.5 for k, v in head.state_dict().items()})  # in place, as a checkpoint load
+        new = packed(x, c)
+        torch.testing.assert_close(new, head.denoise(x, c), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(new, out, atol=1e-3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(packed(x, c), head.denoise(x, c))  # not fp32: the head itself
+    assert torch.equal(packed(x, c), head.denoise(x, c))  # with gradients: the head itself
+
+
+def test_packed_head_sampling_gives_the_eager_tokens():
+    from fluid.model.heads import PackedDenoise
+
+    if not PackedDenoise.available():
+        pytest.skip("this torch has no oneDNN linear")
+    model = tiny("continuous-random")
+    for p in model.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    emb, mask = text_batch()
+    cfg = SampleConfig(steps=4, cfg=2.0, packed_head=True)
+    run = lambda c, ids: generate(model, emb[ids], mask[ids], c, ImageRNG.for_images(11, ids), head_steps=5)  # noqa: E731
+    fast = run(cfg, [0, 1, 2])
+    assert "_packed_head" in model.__dict__
+    torch.testing.assert_close(fast, run(dataclasses.replace(cfg, packed_head=False), [0, 1, 2]), rtol=1e-3, atol=1e-3)
+    assert not torch.equal(run(dataclasses.replace(cfg, cfg=3.0), [0, 1, 2]), fast)  # not a cached answer

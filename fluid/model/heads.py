@@ -81,6 +81,58 @@ class DiffusionHead(nn.Module):
         return self.out(modulate(self.final_norm(h), shift, scale))  # (M, 2C)
 
 
+class PackedDenoise:
+    """``DiffusionHead.denoise`` for sampling on a CPU in fp32, its linears' weights reordered
+    once into oneDNN's blocked layout (``sample.packed_head``).
+
+    At sampling sizes the head's matmuls are a few dozen rows against 512-1536-wide weights,
+    bound by reading the weights; the blocked layout and the SiLU fused into the first linear of
+    each MLP make the head ~1.4x faster on an AVX-512 CPU (benchmarks/README.md). The math is
+    the same fp32 math in another summation order (results differ from eager in the last bits),
+    and a row's output does not depend on the other rows.
+    Weights are reordered again when the head's parameters change in place (a new checkpoint
+    loaded into the same model); anywhere else (autocast, another dtype or device) it calls
+    the head itself.
+    """
+
+    def __init__(self, head: DiffusionHead):
+        self.head = head
+        self._versions: list[int] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+    def _pack(self) -> None:
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+
+        def pack(linear: nn.Linear):
+            return reorder(linear.weight.detach(), None), linear.bias.detach()
+
+        h = self.head
+        self._input, self._final, self._out = pack(h.input_proj), pack(h.final_ada[1]), pack(h.out)
+        self._blocks = [(pack(b.mlp[0]), pack(b.mlp[2]), pack(b.ada[1]), b.norm) for b in h.blocks]
+        self._versions = [p._version for p in h.parameters()]
+
+    def __call__(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.head
+        weight = h.input_proj.weight
+        if (x.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled()):
+            return h.denoise(x, c)
+        if self._versions != [p._version for p in h.parameters()]:
+            self._pack()
+        linear = torch.ops.mkldnn._linear_pointwise
+        y = linear(x, *self._input, "none", [], "")  # (M, W)
+        sc = F.silu(c)  # every adaLN takes SiLU(c): computed once
+        for first, second, ada, norm in self._blocks:
+            shift, scale, gate = linear(sc, *ada, "none", [], "").chunk(3, dim=-1)
+            inner = linear(modulate(norm(y), shift, scale), *first, "swish", [], "")
+            y = y + gate * linear(inner, *second, "none", [], "")
+        shift, scale = linear(sc, *self._final, "none", [], "").chunk(2, dim=-1)
+        return linear(modulate(h.final_norm(y), shift, scale), *self._out, "none", [], "")  # (M, 2C)
+
+
 class TiedLinearHead(nn.Module):
     """MaskGIT-style output for discrete tokens: a transform, then logits against the input
     code embedding (weights tied) plus a per-code bias."""

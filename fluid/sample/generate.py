@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from fluid.config import CFGSchedule, HeadSampler, SampleConfig
 from fluid.model.generator import Generator
+from fluid.model.heads import PackedDenoise
 from fluid.model.masking import tokens_per_step
 from fluid.sample.rng import ImageRNG
 
@@ -79,7 +80,13 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
     c = model.cfg.token_dim
     m = z.shape[0] // 2 if guided else z.shape[0]
     diffusion = respaced(model, head_steps or model.cfg.head_sample_steps)
-    denoise = compiled(model, "head", model.head.denoise) if cfg.compile else model.head.denoise
+    denoise = model.head.denoise
+    if cfg.compile:
+        denoise = compiled(model, "head", model.head.denoise)
+    elif cfg.packed_head and PackedDenoise.available():
+        if "_packed_head" not in model.__dict__:  # reordered weights, made once per model
+            model.__dict__["_packed_head"] = PackedDenoise(model.head)
+        denoise = model.__dict__["_packed_head"]
     # The token condition is the same at every diffusion step, and the time condition the
     # same for every token: compute each once, not once per step and token.
     cz = model.head.cond_proj(z)  # (M or 2M, W)

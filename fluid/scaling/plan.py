@@ -51,7 +51,7 @@ class PlannedRun:
     eval_s: float | None
     """Expected evaluation seconds still to go (None: unknown or not included)."""
     source: str
-    """Where the times come from: ``done-run <name>``, ``probe``, ``done`` or ``unknown``."""
+    """Where the times come from: ``done-run <name>``, ``probe``, ``probe failed: <why>``, ``done`` or ``unknown``."""
 
 
 @dataclasses.dataclass
@@ -174,7 +174,7 @@ def make_plan(sweep: Sweep, out: str | Path, runs: list[RunSpec] | None = None, 
     if launcher:
         here["launcher"] = shlex.join(shlex.split(launcher))  # as the runner records it
     rates = _measured_rates(sweep, out, here)
-    probed: dict[str, float] = {}
+    probed: dict[str, tuple[float | None, str]] = {}
     planned = []
     for run in runs if runs is not None else sweep.runs:
         cfg = fitted_config(sweep, run)
@@ -198,8 +198,11 @@ def make_plan(sweep: Sweep, out: str | Path, runs: list[RunSpec] | None = None, 
             if key not in probed:
                 if echo:
                     echo(f"  timing the trainer's step for {run.name} ...")
-                probed[key] = probe_seconds_per_image(cfg, threads, device)
-            per_image, source = probed[key], "probe"
+                try:
+                    probed[key] = (probe_seconds_per_image(cfg, threads, device), "probe")
+                except Exception as e:  # the run itself fails the same way, is recorded and the sweep goes on
+                    probed[key] = (None, f"probe failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            per_image, source = probed[key]
         train_s = per_image * images if per_image is not None else None
         evals_left = len(run.eval_steps)  # evaluation runs after training, over every evaluated step
         eval_s = eval_per_step * evals_left if eval_per_step is not None else None
