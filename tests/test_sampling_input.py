@@ -84,6 +84,10 @@ def test_samples_json_records_the_values_used(tmp_path):
     assert used["head_steps"] is None and used["x0_clip"] is None  # no diffusion head
     record = json.loads((out / "samples.json").read_text())
     assert record["images"][0]["index"] == 0 and record["threads"] == 1
+    assert used["packed_head"] is False  # off unless asked for; a discrete model has no head to pack either
+    assert main(["sample", "--variant", "discrete-random", "--prompt", "a circle", "--packed-head",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "samples.json").read_text())["sample"]["packed_head"] is False
 
 
 def test_a_binary_prompts_file_is_named(tmp_path, capsys):

@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--confidence", action="store_true", help="discrete random order: MaskGIT confidence selection")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (does not change the images)")
     p.add_argument("--compile", action="store_true", help="torch.compile the head and backbone (pays off over many batches)")
+    p.add_argument("--packed-head", action="store_true",
+                   help="fp32 on a CPU: the diffusion head with oneDNN-packed weights (about 1.2x on ref-512 sampling; "
+                        "numbers differ from the eager head's in the last bits)")
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default=None)
@@ -50,7 +53,8 @@ def run(args) -> int:
                                          use_ema=not args.raw_weights)
     overrides = dict(cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature, steps=args.steps,
                      confidence=args.confidence or None, head_steps=args.head_steps, batch_size=args.batch_size,
-                     head_sampler=args.head_sampler, compile=args.compile or None)
+                     head_sampler=args.head_sampler, compile=args.compile or None,
+                     packed_head=args.packed_head or None)
     used = pipe.settings(**overrides)  # checks every value before any sampling
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,8 @@ class FluidPipeline:
                 "steps": min(scfg.steps, m.num_tokens) if random_order else m.num_tokens,  # raster: one per token
                 "head_steps": self.head_steps(head_steps), "x0_clip": scfg.x0_clip if self.model.continuous else None,
                 "confidence": scfg.confidence, "batch_size": scfg.batch_size,
-                "head_sampler": scfg.head_sampler.value if self.model.continuous else None, "compile": scfg.compile}
+                "head_sampler": scfg.head_sampler.value if self.model.continuous else None, "compile": scfg.compile,
+                "packed_head": scfg.packed_head and self.model.continuous}
 
     @torch.no_grad()
     def generate_tokens(self, prompts: Sequence[str], seed: int = 0, record: list | None = None,
