@@ -312,7 +312,8 @@ def sampling_row(spec: dict, reps: list[dict], mar: dict | None) -> dict:
     seconds = statistics.median(r["seconds"] for r in reps)
     b, n = spec["batch"], cfg.model.num_tokens
     row = {"preset": spec["preset"], "variant": spec["variant"], "precision": spec["precision"],
-           "compile": spec["compile"], "packed_head": spec.get("packed", False), "head_sampler": spec["head_sampler"], "head_steps": spec["head_steps"],
+           "compile": spec["compile"], "packed_head": spec.get("packed", False),
+           "head_sampler": spec["head_sampler"], "head_steps": spec["head_steps"],
            "batch": b, "tokens": n,
            "generation_steps": min(spec["gen_steps"], n) if cfg.model.order.value == "random" else n,
            "images_per_s": round(b / seconds, 3), "latency_s": round(seconds, 3),

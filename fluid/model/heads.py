@@ -87,7 +87,7 @@ class PackedDenoise:
 
     At sampling sizes the head's matmuls are a few dozen rows against 512-1536-wide weights,
     bound by reading the weights; the blocked layout and the SiLU fused into the first linear of
-    each MLP make the head ~1.4x faster on an AVX-512 CPU (benchmarks/README.md). The math is
+    each MLP make the head 1.5-1.7x faster on an AVX-512 CPU (benchmarks/README.md). The math is
     the same fp32 math in another summation order (results differ from eager in the last bits),
     and a row's output does not depend on the other rows.
     Weights are reordered again when the head's parameters change in place (a new checkpoint
