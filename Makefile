@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test install browser test-fast clean
+.PHONY: demo serve test install browser test-fast lint format clean
 
 # Create the virtual environment and install Fluid with its test tools (once).
 $(STAMP): pyproject.toml
@@ -30,6 +30,15 @@ browser:
 # The whole test suite.
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 --dist loadfile
+
+# Lint and format checks (ruff, settings in pyproject.toml); `make format` rewrites in place.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 --dist loadfile -m "not slow"

@@ -54,21 +54,24 @@ from pathlib import Path
 import torch
 
 import fluid.sample.generate as generate_module
-from fluid.config import (VARIANTS, HeadSampler, Precision, SampleConfig, flops_per_image,
-                          get_preset, resolve_precision)
+from fluid.config import VARIANTS, HeadSampler, Precision, SampleConfig, flops_per_image, get_preset, resolve_precision
 from fluid.model import Generator
 from fluid.sample.rng import ImageRNG
 from fluid.train import probe
 from fluid.train.probe import TEXT_LEN, random_batch
-
 
 # ----------------------------------------------------------------------------- machine
 
 
 def machine(device: torch.device) -> dict:
     """What the figures were measured on."""
-    info = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    info = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
@@ -137,8 +140,9 @@ def peak_memory(device: torch.device, out: dict):
 
 def train_once(cfg, precision: str, batch: int, steps: int, warmup: int, device: torch.device, run_dir: Path) -> dict:
     """Images/s of the trainer's step over ``steps`` steps after ``warmup`` steps."""
-    return probe.train_once(cfg, precision, batch, steps, warmup, device, run_dir,
-                            memory=lambda row: peak_memory(device, row))
+    return probe.train_once(
+        cfg, precision, batch, steps, warmup, device, run_dir, memory=lambda row: peak_memory(device, row)
+    )
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -150,7 +154,8 @@ def parse_head(spec: str) -> tuple[HeadSampler, int]:
     try:
         return HeadSampler(name), int(steps or 100)
     except ValueError:
-        raise SystemExit(f"fluid bench: --head-samplers takes SAMPLER:STEPS (e.g. ddpm:100 dpm++2m:20), not {spec!r}")
+        msg = f"fluid bench: --head-samplers takes SAMPLER:STEPS (e.g. ddpm:100 dpm++2m:20), not {spec!r}"
+        raise SystemExit(msg) from None
 
 
 def sample_once(model, cfg, scfg: SampleConfig, head_steps: int, batch: int, precision: str, device) -> dict:
@@ -172,8 +177,9 @@ def sample_once(model, cfg, scfg: SampleConfig, head_steps: int, batch: int, pre
         with peak_memory(device, row), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             _sync(device)
             t, cpu = time.perf_counter(), time.process_time()
-            generate_module.generate(model, emb, mask, scfg, ImageRNG.for_images(0, range(batch), device),
-                                     head_steps=head_steps)
+            generate_module.generate(
+                model, emb, mask, scfg, ImageRNG.for_images(0, range(batch), device), head_steps=head_steps
+            )
             _sync(device)
             seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     finally:
@@ -202,8 +208,14 @@ def measure(spec: dict) -> dict:
         sampler, steps = HeadSampler(spec["head_sampler"] or "ddpm"), spec["head_steps"]
 
         def run(gen_steps: int, head_steps: int | None) -> dict:
-            scfg = SampleConfig(cfg=3.0, cfg_schedule="linear", steps=gen_steps, head_sampler=sampler,
-                                compile=spec["compile"], packed_head=spec.get("packed", False))
+            scfg = SampleConfig(
+                cfg=3.0,
+                cfg_schedule="linear",
+                steps=gen_steps,
+                head_sampler=sampler,
+                compile=spec["compile"],
+                packed_head=spec.get("packed", False),
+            )
             return sample_once(model, cfg, scfg, head_steps, spec["batch"], spec["precision"], device)
 
         # Warm-up with 2 generation steps and at most 2 head steps; a compiled configuration
@@ -223,11 +235,16 @@ def run_alone(spec: dict) -> dict:
     shares its threads, caches or memory high-water mark."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(spec)], cwd=root, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(spec)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
+            return json.loads(line[len(RESULT) :])
     raise SystemExit(f"fluid bench: measuring {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
@@ -239,8 +256,10 @@ def mar_once(mar_dir: Path, python: str, gen_steps: int) -> dict:
         env = {**os.environ, "SAMPLE_ONLY": "1", "SAMPLE_ITERS": str(gen_steps), "REPS": "1", "OUT_JSON": str(out)}
         proc = subprocess.run([python, "bench_mar.py"], cwd=mar_dir, env=env, capture_output=True, text=True)
         if proc.returncode or not out.is_file():
-            raise SystemExit(f"fluid bench: the MAR harness in {mar_dir} failed (exit {proc.returncode}):\n"
-                             f"{(proc.stderr or proc.stdout)[-3000:]}")
+            raise SystemExit(
+                f"fluid bench: the MAR harness in {mar_dir} failed (exit {proc.returncode}):\n"
+                f"{(proc.stderr or proc.stdout)[-3000:]}"
+            )
         result = json.loads(out.read_text())
     r = result[f"sample_fp32_iter{gen_steps}"]
     return {"seconds": r["s_per_batch"], "batch": r["bsz"], "threads": result.get("threads")}
@@ -258,22 +277,42 @@ def plan(args, precs, heads, device) -> list[dict]:
             for variant in args.variants:
                 batch = args.train_batch or get_preset(preset, variant=variant).train.batch_size
                 for prec in precs:
-                    specs.append({**base, "kind": "training", "preset": preset, "variant": variant, "precision": prec,
-                                  "batch": batch, "steps": args.train_steps, "warmup": args.warmup})
+                    specs.append(
+                        {
+                            **base,
+                            "kind": "training",
+                            "preset": preset,
+                            "variant": variant,
+                            "precision": prec,
+                            "batch": batch,
+                            "steps": args.train_steps,
+                            "warmup": args.warmup,
+                        }
+                    )
     if "sampling" not in args.skip:
         for preset in args.presets:
             for variant in args.variants:
                 continuous = variant.startswith("continuous")
                 for prec in precs:
-                    for sampler, steps in (heads if continuous else [(None, None)]):
+                    for sampler, steps in heads if continuous else [(None, None)]:
                         for compiled in args.sample_compile if continuous else ["off"]:
                             packable = continuous and compiled == "off" and prec == "fp32"  # else it is the head itself
                             for packed in args.sample_packed if packable else ["off"]:
-                                specs.append({**base, "kind": "sampling", "preset": preset, "variant": variant,
-                                              "precision": prec, "head_sampler": sampler.value if sampler else None,
-                                              "head_steps": steps, "compile": compiled == "on",
-                                              "packed": packed == "on", "batch": args.sample_batch,
-                                              "gen_steps": args.gen_steps})
+                                specs.append(
+                                    {
+                                        **base,
+                                        "kind": "sampling",
+                                        "preset": preset,
+                                        "variant": variant,
+                                        "precision": prec,
+                                        "head_sampler": sampler.value if sampler else None,
+                                        "head_steps": steps,
+                                        "compile": compiled == "on",
+                                        "packed": packed == "on",
+                                        "batch": args.sample_batch,
+                                        "gen_steps": args.gen_steps,
+                                    }
+                                )
     return specs
 
 
@@ -298,29 +337,47 @@ def training_row(spec: dict, reps: list[dict], peaks: dict) -> dict:
     ips = statistics.median(r["images_per_s"] for r in reps)
     ipc = statistics.median(r["images_per_cpu_s"] for r in reps)
     peak = peaks[spec["precision"]]
-    return {"preset": spec["preset"], "variant": spec["variant"], "precision": spec["precision"],
-            "batch": spec["batch"], "images_per_s": round(ips, 2),
-            "runs_images_per_s": [round(r["images_per_s"], 2) for r in reps],
-            "gflop_per_image": round(flops / 1e9, 4), "model_gflop_per_s": round(ips * flops / 1e9, 2),
-            "peak_gflop_per_s": round(peak["wall"] / 1e9, 2), "mfu": round(ips * flops / peak["wall"], 4),
-            # The same per CPU second: what a busy machine's wall clock cannot show.
-            "images_per_cpu_s": round(ipc, 2), "mfu_cpu_time": round(ipc * flops / peak["cpu"], 4), **_memory(reps)}
+    return {
+        "preset": spec["preset"],
+        "variant": spec["variant"],
+        "precision": spec["precision"],
+        "batch": spec["batch"],
+        "images_per_s": round(ips, 2),
+        "runs_images_per_s": [round(r["images_per_s"], 2) for r in reps],
+        "gflop_per_image": round(flops / 1e9, 4),
+        "model_gflop_per_s": round(ips * flops / 1e9, 2),
+        "peak_gflop_per_s": round(peak["wall"] / 1e9, 2),
+        "mfu": round(ips * flops / peak["wall"], 4),
+        # The same per CPU second: what a busy machine's wall clock cannot show.
+        "images_per_cpu_s": round(ipc, 2),
+        "mfu_cpu_time": round(ipc * flops / peak["cpu"], 4),
+        **_memory(reps),
+    }
 
 
 def sampling_row(spec: dict, reps: list[dict], mar: dict | None) -> dict:
     cfg = get_preset(spec["preset"], variant=spec["variant"])
     seconds = statistics.median(r["seconds"] for r in reps)
     b, n = spec["batch"], cfg.model.num_tokens
-    row = {"preset": spec["preset"], "variant": spec["variant"], "precision": spec["precision"],
-           "compile": spec["compile"], "packed_head": spec.get("packed", False),
-           "head_sampler": spec["head_sampler"], "head_steps": spec["head_steps"],
-           "batch": b, "tokens": n,
-           "generation_steps": min(spec["gen_steps"], n) if cfg.model.order.value == "random" else n,
-           "images_per_s": round(b / seconds, 3), "latency_s": round(seconds, 3),
-           "latency_per_image_s": round(seconds / b, 4), "runs_s": [round(r["seconds"], 3) for r in reps],
-           "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in reps), 3),
-           "head_share": round(statistics.median(r["head_share"] for r in reps), 3) if spec["head_sampler"] else None,
-           **_memory(reps)}
+    row = {
+        "preset": spec["preset"],
+        "variant": spec["variant"],
+        "precision": spec["precision"],
+        "compile": spec["compile"],
+        "packed_head": spec.get("packed", False),
+        "head_sampler": spec["head_sampler"],
+        "head_steps": spec["head_steps"],
+        "batch": b,
+        "tokens": n,
+        "generation_steps": min(spec["gen_steps"], n) if cfg.model.order.value == "random" else n,
+        "images_per_s": round(b / seconds, 3),
+        "latency_s": round(seconds, 3),
+        "latency_per_image_s": round(seconds / b, 4),
+        "runs_s": [round(r["seconds"], 3) for r in reps],
+        "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in reps), 3),
+        "head_share": round(statistics.median(r["head_share"] for r in reps), 3) if spec["head_sampler"] else None,
+        **_memory(reps),
+    }
     if mar and spec["precision"] == "fp32" and b == mar["batch"]:
         row["vs_mar"] = round(row["images_per_s"] / mar["images_per_s"], 3)
     return row
@@ -346,100 +403,168 @@ def run_plan(specs: list[dict], args, precs, device) -> dict:
             bar.update()
     bar.close()
     end = {p: matmul_peak(p, device, args.matmul, args.matmul_repeats) for p in precs}
-    peaks = {p: {**max(start[p], end[p], key=lambda v: v["wall"]), "start_wall": start[p]["wall"],
-                 "end_wall": end[p]["wall"]} for p in precs}
+    peaks = {
+        p: {
+            **max(start[p], end[p], key=lambda v: v["wall"]),
+            "start_wall": start[p]["wall"],
+            "end_wall": end[p]["wall"],
+        }
+        for p in precs
+    }
     mar = None
     if mar_runs:
         seconds = statistics.median(r["seconds"] for r in mar_runs)
-        mar = {"images_per_s": round(mar_runs[0]["batch"] / seconds, 3), "latency_s": round(seconds, 3),
-               "batch": mar_runs[0]["batch"], "threads": mar_runs[0]["threads"], "generation_steps": args.gen_steps,
-               "head_steps": 100, "runs_s": [round(r["seconds"], 3) for r in mar_runs]}
-    return {"peak_flops": peaks, "mar": mar,
-            "training": [training_row(s, runs[_key(s)], peaks) for s in specs if s["kind"] == "training"],
-            "sampling": [sampling_row(s, runs[_key(s)], mar) for s in specs if s["kind"] == "sampling"]}
+        mar = {
+            "images_per_s": round(mar_runs[0]["batch"] / seconds, 3),
+            "latency_s": round(seconds, 3),
+            "batch": mar_runs[0]["batch"],
+            "threads": mar_runs[0]["threads"],
+            "generation_steps": args.gen_steps,
+            "head_steps": 100,
+            "runs_s": [round(r["seconds"], 3) for r in mar_runs],
+        }
+    return {
+        "peak_flops": peaks,
+        "mar": mar,
+        "training": [training_row(s, runs[_key(s)], peaks) for s in specs if s["kind"] == "training"],
+        "sampling": [sampling_row(s, runs[_key(s)], mar) for s in specs if s["kind"] == "sampling"],
+    }
+
 
 # ----------------------------------------------------------------------------- report
 
 
 def markdown(result: dict) -> str:
     mc, s = result["machine"], result["settings"]
-    lines = [f"# fluid bench{' --quick' if s['quick'] else ''}", "",
-             f"{mc['cpu']} ({', '.join(mc['cpu_flags']) or 'no vector flags read'}; torch {mc['torch']}, "
-             f"capability {mc['cpu_capability']}), {mc['threads']} threads, device {mc['device']}, "
-             f"load average {mc['load_average_1min']} at the start; {s['repeats']} interleaved repeats, each "
-             "configuration alone in its own process; medians.", "",
-             "Matmul peak (" + f"{s['matmul']}^3, median of {s['matmul_repeats']}, the higher of the run's start and end): "
-             + ", ".join(f"{p} {v['wall'] / 1e9:.1f} GFLOP/s ({v['cpu'] / 1e9:.1f} per CPU second)"
-                        for p, v in result["peak_flops"].items()) + ".", ""]
+    lines = [
+        f"# fluid bench{' --quick' if s['quick'] else ''}",
+        "",
+        f"{mc['cpu']} ({', '.join(mc['cpu_flags']) or 'no vector flags read'}; torch {mc['torch']}, "
+        f"capability {mc['cpu_capability']}), {mc['threads']} threads, device {mc['device']}, "
+        f"load average {mc['load_average_1min']} at the start; {s['repeats']} interleaved repeats, each "
+        "configuration alone in its own process; medians.",
+        "",
+        "Matmul peak ("
+        + f"{s['matmul']}^3, median of {s['matmul_repeats']}, the higher of the run's start and end): "
+        + ", ".join(
+            f"{p} {v['wall'] / 1e9:.1f} GFLOP/s ({v['cpu'] / 1e9:.1f} per CPU second)"
+            for p, v in result["peak_flops"].items()
+        )
+        + ".",
+        "",
+    ]
     mar = result.get("mar")
     if mar:
-        lines += [f"MAR reference (fp32, batch {mar['batch']}, {mar['generation_steps']} generation steps, "
-                  f"{mar['head_steps']} head steps, CFG 3 linear, {mar['threads']} threads), timed in the same repeats: "
-                  f"{mar['images_per_s']} images/s ({mar['latency_s']} s per batch; runs {mar['runs_s']}).", ""]
-    lines += ["## Training (the trainer's step)", "",
-              "| preset | variant | precision | batch | images/s | GFLOP/image | GFLOP/s | MFU | images/CPU-s | "
-              "MFU (CPU time) | peak memory MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"MAR reference (fp32, batch {mar['batch']}, {mar['generation_steps']} generation steps, "
+            f"{mar['head_steps']} head steps, CFG 3 linear, {mar['threads']} threads), timed in the same repeats: "
+            f"{mar['images_per_s']} images/s ({mar['latency_s']} s per batch; runs {mar['runs_s']}).",
+            "",
+        ]
+    lines += [
+        "## Training (the trainer's step)",
+        "",
+        "| preset | variant | precision | batch | images/s | GFLOP/image | GFLOP/s | MFU | images/CPU-s | "
+        "MFU (CPU time) | peak memory MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["training"]:
         mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
-        lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {r['batch']} | {r['images_per_s']} | "
-                     f"{r['gflop_per_image']} | {r['model_gflop_per_s']} | {r['mfu']:.1%} | {r['images_per_cpu_s']} | "
-                     f"{r['mfu_cpu_time']:.1%} | {mem} |")
-    lines += ["", "## Sampling (CFG 3, linear)", "",
-              "| preset | variant | precision | compiled | packed head | head sampler | head steps | batch | tokens | gen. steps | "
-              "images/s | latency s | CPU s | head share | vs MAR | peak memory MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {r['preset']} | {r['variant']} | {r['precision']} | {r['batch']} | {r['images_per_s']} | "
+            f"{r['gflop_per_image']} | {r['model_gflop_per_s']} | {r['mfu']:.1%} | {r['images_per_cpu_s']} | "
+            f"{r['mfu_cpu_time']:.1%} | {mem} |"
+        )
+    lines += [
+        "",
+        "## Sampling (CFG 3, linear)",
+        "",
+        "| preset | variant | precision | compiled | packed head | head sampler | head steps | batch "
+        "| tokens | gen. steps | "
+        "images/s | latency s | CPU s | head share | vs MAR | peak memory MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["sampling"]:
         mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
         share = f"{r['head_share']:.0%}" if r["head_share"] is not None else "-"
-        lines.append(f"| {r['preset']} | {r['variant']} | {r['precision']} | {'yes' if r.get('compile') else 'no'} | "
-                     f"{'yes' if r.get('packed_head') else 'no'} | {r['head_sampler'] or '-'} | "
-                     f"{r['head_steps'] or '-'} | {r['batch']} | {r['tokens']} | {r['generation_steps']} | "
-                     f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | "
-                     f"{str(r['vs_mar']) + 'x' if 'vs_mar' in r else '-'} | {mem} |")
+        lines.append(
+            f"| {r['preset']} | {r['variant']} | {r['precision']} | {'yes' if r.get('compile') else 'no'} | "
+            f"{'yes' if r.get('packed_head') else 'no'} | {r['head_sampler'] or '-'} | "
+            f"{r['head_steps'] or '-'} | {r['batch']} | {r['tokens']} | {r['generation_steps']} | "
+            f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | "
+            f"{str(r['vs_mar']) + 'x' if 'vs_mar' in r else '-'} | {mem} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fluid bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fluid bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="bench", help="folder for bench.json and bench.md")
     p.add_argument("--quick", action="store_true", help="tiny settings (debug preset, a few steps): that it runs")
     p.add_argument("--presets", nargs="+", default=None, help="default: ref-512 (quick: debug)")
     p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS, help="default: all four")
-    p.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
-                   help="default: fp32, and bf16 where native")
-    p.add_argument("--head-samplers", nargs="+", default=None,
-                   help="SAMPLER:STEPS for continuous variants (default: ddpm:100 dpm++2m:20)")
-    p.add_argument("--sample-packed", nargs="+", default=["off"], choices=["off", "on"],
-                   help="sample with the diffusion head's weights prepacked for oneDNN (sample.packed_head; "
-                        "continuous variants in fp32, not with compile; default: off)")
-    p.add_argument("--sample-compile", nargs="+", default=["off"], choices=["off", "on"],
-                   help="sample eagerly and/or with sample.compile (continuous variants; default: off)")
+    p.add_argument(
+        "--precisions", nargs="+", default=None, choices=["fp32", "bf16"], help="default: fp32, and bf16 where native"
+    )
+    p.add_argument(
+        "--head-samplers",
+        nargs="+",
+        default=None,
+        help="SAMPLER:STEPS for continuous variants (default: ddpm:100 dpm++2m:20)",
+    )
+    p.add_argument(
+        "--sample-packed",
+        nargs="+",
+        default=["off"],
+        choices=["off", "on"],
+        help="sample with the diffusion head's weights prepacked for oneDNN (sample.packed_head; "
+        "continuous variants in fp32, not with compile; default: off)",
+    )
+    p.add_argument(
+        "--sample-compile",
+        nargs="+",
+        default=["off"],
+        choices=["off", "on"],
+        help="sample eagerly and/or with sample.compile (continuous variants; default: off)",
+    )
     p.add_argument("--train-batch", type=int, default=None, help="default: the preset's")
     p.add_argument("--train-steps", type=int, default=None, help="measured steps per run (default 10; quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="steps before measuring (default 3; quick 1)")
     p.add_argument("--sample-batch", type=int, default=None, help="default 16 (quick 2)")
     p.add_argument("--gen-steps", type=int, default=64, help="random-order generation steps (capped at the tokens)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="interleaved repeats, at least 3 outside --quick (default 3; quick 1)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="interleaved repeats, at least 3 outside --quick (default 3; quick 1)"
+    )
     p.add_argument("--matmul", type=int, default=2048, help="matmul size for the peak (default 2048, in every mode)")
     p.add_argument("--matmul-repeats", type=int, default=None, help="default 10 (quick 3)")
     p.add_argument("--skip", nargs="+", default=[], choices=["training", "sampling"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default=None)
-    p.add_argument("--mar", default=None, metavar="DIR",
-                   help="a prepared MAR copy holding bench_mar.py: its sampling is timed in the same repeats")
+    p.add_argument(
+        "--mar",
+        default=None,
+        metavar="DIR",
+        help="a prepared MAR copy holding bench_mar.py: its sampling is timed in the same repeats",
+    )
     p.add_argument("--mar-python", default=None, help="the Python that runs MAR's harness (default: this one)")
     return p
 
 
 def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
     q = args.quick
-    defaults = {"presets": ["debug"] if q else ["ref-512"], "variants": ["continuous-random", "discrete-raster"] if q
-                else list(VARIANTS), "head_samplers": ["ddpm:5", "ddim:2"] if q else ["ddpm:100", "dpm++2m:20"],
-                "train_batch": 4 if q else None, "train_steps": 2 if q else 10, "warmup": 1 if q else 3,
-                "sample_batch": 2 if q else 16, "repeats": 1 if q else 3, "matmul_repeats": 3 if q else 10}
+    defaults = {
+        "presets": ["debug"] if q else ["ref-512"],
+        "variants": ["continuous-random", "discrete-raster"] if q else list(VARIANTS),
+        "head_samplers": ["ddpm:5", "ddim:2"] if q else ["ddpm:100", "dpm++2m:20"],
+        "train_batch": 4 if q else None,
+        "train_steps": 2 if q else 10,
+        "warmup": 1 if q else 3,
+        "sample_batch": 2 if q else 16,
+        "repeats": 1 if q else 3,
+        "matmul_repeats": 3 if q else 10,
+    }
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -461,9 +586,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     heads = [parse_head(h) for h in args.head_samplers]
     precs = precisions(device, args.precisions)
-    result = {"benchmark": "fluid-bench/2", "machine": machine(device),
-              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device", "mar", "mar_python")},
-              "precisions": precs, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {
+        "benchmark": "fluid-bench/2",
+        "machine": machine(device),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device", "mar", "mar_python")},
+        "precisions": precs,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     result.update(run_plan(plan(args, precs, heads, device), args, precs, device))
     result["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     out = Path(args.out)

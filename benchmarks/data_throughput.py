@@ -26,19 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import emit  # benchmarks/common.py
 from PIL import Image
 
 from fluid.assets import tokenizer_path
 from fluid.config import VARIANTS, apply_overrides, get_preset
 from fluid.data.images import ImagePolicy
 from fluid.data.prepare import PrepareOptions, prepare
-from fluid.shapes.dataset import ShapesDataset
 from fluid.data.sources import FolderSource
+from fluid.shapes.dataset import ShapesDataset
 from fluid.text.encoders import build_text_encoder
 from fluid.tokenizers.load import load_tokenizer
 from fluid.train.trainer import Trainer
-
-from common import emit  # benchmarks/common.py
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> Path:
@@ -54,16 +53,21 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> Path:
         for i, a, c in zip(idx, arr, captions):
             short, aspect = int(rng.integers(200, 300)), float(rng.uniform(1.0, 1.6))
             size = (int(short * aspect), short) if i % 2 else (short, int(short * aspect))
-            Image.fromarray(a).resize(size, Image.Resampling.BICUBIC).save(folder / "images" / f"{i:06d}.jpg", quality=90)
-            lines.append(json.dumps({"image": f"images/{i:06d}.jpg", "caption": f"{c}, photo {i} of the benchmark set"}))
+            Image.fromarray(a).resize(size, Image.Resampling.BICUBIC).save(
+                folder / "images" / f"{i:06d}.jpg", quality=90
+            )
+            lines.append(
+                json.dumps({"image": f"images/{i:06d}.jpg", "caption": f"{c}, photo {i} of the benchmark set"})
+            )
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
 
 def train_rate(cfg, run: Path, tokenizer, text_encoder, steps: int) -> float:
     """Images/s over the second half of ``2 * steps`` optimisation steps."""
-    cfg = apply_overrides(cfg, {"train.steps": 2 * steps, "train.log_every": steps, "train.val_every": 0,
-                                "train.ckpt_every": 10**9})
+    cfg = apply_overrides(
+        cfg, {"train.steps": 2 * steps, "train.log_every": steps, "train.val_every": 0, "train.ckpt_every": 10**9}
+    )
     trainer = Trainer(cfg, run, tokenizer, text_encoder, show_progress=False)
     trainer.fit()
     records = [json.loads(line) for line in open(run / "metrics.jsonl")]
@@ -91,18 +95,37 @@ def main() -> None:
     folder = Path(args.folder) if args.folder else make_photos(tmp / "photos", args.images)
 
     cfg = get_preset(args.preset, variant=args.variant)
-    tokenizer = load_tokenizer(cfg.tokenizer.path or tokenizer_path(cfg.model.token_type), kind=cfg.tokenizer.kind,
-                               patch_size=cfg.tokenizer.patch_size).to(device).eval()
+    tokenizer = (
+        load_tokenizer(
+            cfg.tokenizer.path or tokenizer_path(cfg.model.token_type),
+            kind=cfg.tokenizer.kind,
+            patch_size=cfg.tokenizer.patch_size,
+        )
+        .to(device)
+        .eval()
+    )
     text_encoder = build_text_encoder(cfg.text, device=device)
     policy = ImagePolicy.from_data_config(cfg.data)
 
     source = FolderSource(folder, shard_size=256)
-    result = prepare(source, tmp / "cache", tokenizer, text_encoder, policy,
-                     PrepareOptions(workers=args.workers, batch_size=64, progress=sys.stderr.isatty()))
+    result = prepare(
+        source,
+        tmp / "cache",
+        tokenizer,
+        text_encoder,
+        policy,
+        PrepareOptions(workers=args.workers, batch_size=64, progress=sys.stderr.isatty()),
+    )
     counts = result.manifest["counts"]
-    prep = {"images_per_s": round(result.images_per_s, 2), "seconds": round(result.seconds, 2), "records": result.records,
-            "written": counts["written"], "skipped": counts["skipped"], "workers": args.workers,
-            "views_encoded_per_image": len(result.manifest["views"])}
+    prep = {
+        "images_per_s": round(result.images_per_s, 2),
+        "seconds": round(result.seconds, 2),
+        "records": result.records,
+        "written": counts["written"],
+        "skipped": counts["skipped"],
+        "workers": args.workers,
+        "views_encoded_per_image": len(result.manifest["views"]),
+    }
     print(f"prepare: {prep['images_per_s']} images/s ({result.records} in {prep['seconds']} s)", file=sys.stderr)
 
     data = {"data.num_workers": args.workers, "data.flip": True, "train.batch_size": args.batch_size}
@@ -118,14 +141,29 @@ def main() -> None:
                 rates[name].append(round(ips, 2))
                 print(f"{preset}: train from {name}: {ips:.1f} images/s", file=sys.stderr)
         raw, cache = statistics.median(rates["raw"]), statistics.median(rates["cache"])
-        train[preset] = {"raw_images_per_s": raw, "cache_images_per_s": cache, "cache_speedup": round(cache / raw, 2),
-                         "raw_runs": rates["raw"], "cache_runs": rates["cache"]}
+        train[preset] = {
+            "raw_images_per_s": raw,
+            "cache_images_per_s": cache,
+            "cache_speedup": round(cache / raw, 2),
+            "raw_runs": rates["raw"],
+            "cache_runs": rates["cache"],
+        }
     out = {
-        "benchmark": "data_throughput", "device": str(device), "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "variant": args.variant, "batch_size": args.batch_size, "resolution": cfg.data.resolution,
-        "tokenizer": tokenizer.identity(), "text_encoder": text_encoder.identity(),
-        "dataset": {"folder": folder.name if args.folder is None else str(folder), "generated": args.folder is None, "records": counts["seen"]},
+        "benchmark": "data_throughput",
+        "device": str(device),
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "variant": args.variant,
+        "batch_size": args.batch_size,
+        "resolution": cfg.data.resolution,
+        "tokenizer": tokenizer.identity(),
+        "text_encoder": text_encoder.identity(),
+        "dataset": {
+            "folder": folder.name if args.folder is None else str(folder),
+            "generated": args.folder is None,
+            "records": counts["seen"],
+        },
         "prepare": prep,
         "train": train,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -20,13 +20,12 @@ import platform
 import time
 
 import torch
+from common import emit  # benchmarks/common.py
 
 from fluid.config import VARIANTS, SampleConfig, get_preset
 from fluid.model import Generator
 from fluid.sample.generate import generate
 from fluid.sample.rng import ImageRNG
-
-from common import emit  # benchmarks/common.py
 
 
 def timed(fn, repeats: int) -> float:
@@ -37,19 +36,30 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - t) / repeats
 
 
-def bench(variant: str, preset: str, num_tokens: int, batch: int, repeats: int, head_steps: int,
-          use_cache: bool = True) -> dict:
+def bench(
+    variant: str, preset: str, num_tokens: int, batch: int, repeats: int, head_steps: int, use_cache: bool = True
+) -> dict:
     cfg = get_preset(preset, variant=variant)
     cfg.model = dataclasses.replace(cfg.model, num_tokens=num_tokens)
     torch.manual_seed(0)
     model = Generator(cfg.model, cfg.text).eval()
     emb, mask = torch.randn(batch, 12, cfg.text.dim), torch.ones(batch, 12, dtype=torch.bool)
     scfg = SampleConfig(cfg=3.0, batch_size=batch)
-    seconds = timed(lambda: generate(model, emb, mask, scfg, ImageRNG.for_images(0, range(len(emb))),
-                                     head_steps=head_steps, use_cache=use_cache), repeats)
-    return {"variant": variant, "tokens": num_tokens, "kv_cache": use_cache if cfg.model.order.value == "raster" else None,
-            "batch": batch, "seconds_per_batch": round(seconds, 4), "images_per_s": round(batch / seconds, 3),
-            "latency_per_image_s": round(seconds / batch, 5)}
+    seconds = timed(
+        lambda: generate(
+            model, emb, mask, scfg, ImageRNG.for_images(0, range(len(emb))), head_steps=head_steps, use_cache=use_cache
+        ),
+        repeats,
+    )
+    return {
+        "variant": variant,
+        "tokens": num_tokens,
+        "kv_cache": use_cache if cfg.model.order.value == "raster" else None,
+        "batch": batch,
+        "seconds_per_batch": round(seconds, 4),
+        "images_per_s": round(batch / seconds, 3),
+        "latency_per_image_s": round(seconds / batch, 5),
+    }
 
 
 def main() -> None:
@@ -71,20 +81,40 @@ def main() -> None:
     for v in ("discrete-raster", "continuous-raster"):
         with_cache = bench(v, args.preset, args.long_tokens, args.long_batch_size, 1, args.head_steps, True)
         without = bench(v, args.preset, args.long_tokens, args.long_batch_size, 1, args.head_steps, False)
-        cache.append({"variant": v, "tokens": args.long_tokens, "with_cache_s": with_cache["seconds_per_batch"],
-                      "recompute_s": without["seconds_per_batch"],
-                      "speedup": round(without["seconds_per_batch"] / with_cache["seconds_per_batch"], 2)})
+        cache.append(
+            {
+                "variant": v,
+                "tokens": args.long_tokens,
+                "with_cache_s": with_cache["seconds_per_batch"],
+                "recompute_s": without["seconds_per_batch"],
+                "speedup": round(without["seconds_per_batch"] / with_cache["seconds_per_batch"], 2),
+            }
+        )
     # The continuous variant's end-to-end time is dominated by the diffusion head (head_steps
     # MLP calls per token, the same with or without the cache); with one head step the
     # ratio is the backbone's own speedup.
     with_cache = bench("continuous-raster", args.preset, args.long_tokens, args.long_batch_size, 1, 1, True)
     without = bench("continuous-raster", args.preset, args.long_tokens, args.long_batch_size, 1, 1, False)
-    cache.append({"variant": "continuous-raster", "tokens": args.long_tokens, "head_steps": 1,
-                  "with_cache_s": with_cache["seconds_per_batch"], "recompute_s": without["seconds_per_batch"],
-                  "speedup": round(without["seconds_per_batch"] / with_cache["seconds_per_batch"], 2)})
-    result = {"benchmark": "sampling", "preset": args.preset, "threads": args.threads, "torch": torch.__version__,
-              "cpu": platform.processor() or platform.machine(), "head_steps": args.head_steps,
-              "variants": rows, "kv_cache": cache}
+    cache.append(
+        {
+            "variant": "continuous-raster",
+            "tokens": args.long_tokens,
+            "head_steps": 1,
+            "with_cache_s": with_cache["seconds_per_batch"],
+            "recompute_s": without["seconds_per_batch"],
+            "speedup": round(without["seconds_per_batch"] / with_cache["seconds_per_batch"], 2),
+        }
+    )
+    result = {
+        "benchmark": "sampling",
+        "preset": args.preset,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "head_steps": args.head_steps,
+        "variants": rows,
+        "kv_cache": cache,
+    }
     emit(result, args.out)
 
 

@@ -20,13 +20,12 @@ import time
 import urllib.request
 
 import torch
+from common import emit  # benchmarks/common.py
 
 from fluid.config import VARIANTS
 from fluid.serve.app import create_app, running_server
 from fluid.serve.load import load_test, run_one
 from fluid.serve.worker import ModelSet
-
-from common import emit  # benchmarks/common.py
 
 
 def wait_loaded(url: str, n: int, timeout: float = 300) -> float:
@@ -57,13 +56,27 @@ def main() -> None:
         alone = run_one(url, -1, {"prompt": "a red square", "model": args.model})
         summary = load_test(url, requests=args.requests, concurrency=args.concurrency, model=args.model)
     outcomes = summary.pop("outcomes")
-    emit({"benchmark": "serve_load", "model": args.model, **summary,
-          "idle_request": {"first_frame_s": round(alone.first_frame_s, 3), "latency_s": round(alone.latency_s, 3),
-                           "frames": alone.frames},
-          "server_up_s": round(up, 2), "models_loaded_s": round(loaded, 2),
-          "problems": [o for o in outcomes if not o["ok"]][:5],
-          "threads": args.threads, "load_average_1min": round(os.getloadavg()[0], 2), "cpu": platform.processor() or platform.machine(),
-          "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}, args.out)
+    emit(
+        {
+            "benchmark": "serve_load",
+            "model": args.model,
+            **summary,
+            "idle_request": {
+                "first_frame_s": round(alone.first_frame_s, 3),
+                "latency_s": round(alone.latency_s, 3),
+                "frames": alone.frames,
+            },
+            "server_up_s": round(up, 2),
+            "models_loaded_s": round(loaded, 2),
+            "problems": [o for o in outcomes if not o["ok"]][:5],
+            "threads": args.threads,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

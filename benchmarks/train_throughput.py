@@ -17,12 +17,11 @@ import time
 from contextlib import nullcontext
 
 import torch
+from common import emit  # benchmarks/common.py
 
 from fluid.config import VARIANTS, flops_per_image, get_preset
 from fluid.model import Generator
 from fluid.train.optim import build_optimizer
-
-from common import emit  # benchmarks/common.py
 
 
 def matmul_peak(dtype, device, n=1024, reps=10) -> float:
@@ -44,8 +43,13 @@ def measure(cfg, precision: str, batch: int, steps: int, warmup: int, device) ->
     m = cfg.model
     g = torch.Generator(device).manual_seed(0)
     shape = (batch, m.num_tokens, m.token_dim) if model.continuous else (batch, m.num_tokens)
-    tokens = torch.randn(shape, device=device) if model.continuous else torch.randint(0, m.vocab_size, shape, device=device)
-    emb, mask = torch.randn(batch, 12, cfg.text.dim, device=device), torch.ones(batch, 12, dtype=torch.bool, device=device)
+    tokens = (
+        torch.randn(shape, device=device) if model.continuous else torch.randint(0, m.vocab_size, shape, device=device)
+    )
+    emb, mask = (
+        torch.randn(batch, 12, cfg.text.dim, device=device),
+        torch.ones(batch, 12, dtype=torch.bool, device=device),
+    )
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
     for i in range(warmup + steps):
         if i == warmup:
@@ -64,9 +68,14 @@ def measure(cfg, precision: str, batch: int, steps: int, warmup: int, device) ->
     flops = flops_per_image(m, cfg.text, text_len=12)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_peak(dtype, device)
-    return {"precision": precision, "images_per_s": round(ips, 2), "step_s": round(seconds / steps, 4),
-            "model_tflops": round(ips * flops / 1e12, 4), "matmul_peak_tflops": round(peak / 1e12, 4),
-            "fraction_of_peak": round(ips * flops / peak, 4)}
+    return {
+        "precision": precision,
+        "images_per_s": round(ips, 2),
+        "step_s": round(seconds / steps, 4),
+        "model_tflops": round(ips * flops / 1e12, 4),
+        "matmul_peak_tflops": round(peak / 1e12, 4),
+        "fraction_of_peak": round(ips * flops / peak, 4),
+    }
 
 
 def main() -> None:
@@ -82,11 +91,18 @@ def main() -> None:
     args = p.parse_args()
     cfg = get_preset(args.preset, variant=args.variant)
     device = torch.device(args.device)
-    result = {"benchmark": "train_throughput", "preset": args.preset, "variant": args.variant,
-              "batch_size": args.batch_size, "device": str(device), "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "params": sum(p.numel() for p in Generator(cfg.model, cfg.text).parameters()),
-              "runs": [measure(cfg, prec, args.batch_size, args.steps, args.warmup, device) for prec in args.precisions]}
+    result = {
+        "benchmark": "train_throughput",
+        "preset": args.preset,
+        "variant": args.variant,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "params": sum(p.numel() for p in Generator(cfg.model, cfg.text).parameters()),
+        "runs": [measure(cfg, prec, args.batch_size, args.steps, args.warmup, device) for prec in args.precisions],
+    }
     emit(result, args.out)
 
 

@@ -1,4 +1,4 @@
-__version__ = '0.1.0'
+__version__ = "0.1.0"
 
 
 def _strict_mkl_on_intel(cpuinfo: str | None = None) -> str | None:

@@ -19,19 +19,46 @@ if os.environ.get("FLUID_ONLINE") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from fluid.commands import (bench, demo, embed_captions, export, prepare, presets, sample, save_pretrained,  # noqa: E402
-                            scale, serve, train, train_tokenizer)
+from fluid.commands import (
+    bench,
+    demo,
+    embed_captions,
+    export,
+    prepare,
+    presets,
+    sample,
+    save_pretrained,  # noqa: E402
+    scale,
+    serve,
+    train,
+    train_tokenizer,
+)
 from fluid.commands import eval as evaluate  # noqa: E402
 from fluid.config import ConfigError  # noqa: E402
 from fluid.train.checkpoint import CheckpointError  # noqa: E402
 
 # In the order `fluid --help` lists them.
-COMMANDS = (demo, serve, save_pretrained, train, sample, train_tokenizer, export, embed_captions, evaluate, prepare,
-            scale, presets, bench)
+COMMANDS = (
+    demo,
+    serve,
+    save_pretrained,
+    train,
+    sample,
+    train_tokenizer,
+    export,
+    embed_captions,
+    evaluate,
+    prepare,
+    scale,
+    presets,
+    bench,
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fluid", description="Autoregressive text-to-image generation with continuous tokens")
+    parser = argparse.ArgumentParser(
+        prog="fluid", description="Autoregressive text-to-image generation with continuous tokens"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

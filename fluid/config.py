@@ -72,7 +72,7 @@ class Precision(str, enum.Enum):
     FP32 = "fp32"
 
 
-def resolve_precision(precision: "Precision | str", device) -> Precision:
+def resolve_precision(precision: Precision | str, device) -> Precision:
     """``auto`` -> bf16 on CUDA and on CPUs with native bf16 matmuls, fp32 elsewhere.
 
     On a CPU without AMX / AVX512-BF16, bf16 matmuls are emulated and run ~100x slower than
@@ -90,7 +90,7 @@ def resolve_precision(precision: "Precision | str", device) -> Precision:
     return Precision.BF16 if native_bf16() else Precision.FP32
 
 
-def sampling_precision(precision: "Precision | str", device) -> Precision:
+def sampling_precision(precision: Precision | str, device) -> Precision:
     """The precision images are sampled in: as :func:`resolve_precision`, except that ``auto``
     samples in fp32 on a CPU.
 
@@ -179,7 +179,9 @@ class DataConfig:
         if self.shuffle_buffer < 1:
             raise ConfigError(f"data.shuffle_buffer must be >= 1, not {self.shuffle_buffer}")
         if self.pool_encoded and (not self.pool or self.flip):
-            raise ConfigError("data.pool_encoded needs data.pool > 0 and data.flip off (the pool is encoded once, unflipped)")
+            raise ConfigError(
+                "data.pool_encoded needs data.pool > 0 and data.flip off (the pool is encoded once, unflipped)"
+            )
         if self.resolution < 16 or self.resolution % 16:
             raise ConfigError(f"data.resolution must be a multiple of 16 and >= 16, not {self.resolution}")
 
@@ -358,8 +360,10 @@ class SampleConfig:
     cfg: float = 3.0
     """Guidance scale: 1 is none, 0 the unconditional model, above 1 follows the prompt harder."""
     cfg_schedule: CFGSchedule = CFGSchedule.LINEAR
+    """How the guidance scale moves over generation: ``constant``, or ``linear`` from 1 with the
+    fraction of tokens already generated."""
     temperature: float = 1.0
-    """Diffusion head: scales the sampling noise. Discrete: softmax temperature. 0: no
+    """Diffusion head: scales the sampling noise; discrete tokens: the softmax temperature. 0: no
     sampling noise (the head's mean path; the most likely code)."""
     x0_clip: float = 5.0
     """Diffusion head: clip its x0 estimate to +-x0_clip while sampling (0: off). Tokens are
@@ -368,6 +372,7 @@ class SampleConfig:
     confidence: bool = False
     """Discrete random order: MaskGIT confidence-based selection instead of the random order."""
     batch_size: int = 16
+    """Images per batch (does not change the images)."""
     head_sampler: HeadSampler = HeadSampler.DDPM
     """Diffusion head: ``ddpm`` (ancestral, ``model.head_sample_steps`` ~100 steps) or a
     deterministic ODE sampler that needs few steps, ``ddim`` or ``dpm++2m`` (set the head
@@ -427,14 +432,14 @@ class FluidConfig:
         return _to_plain(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FluidConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FluidConfig:
         return _from_plain(cls, d, prefix="")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "FluidConfig":
+    def load(cls, path: str | Path) -> FluidConfig:
         path = Path(path)
         text = path.read_text()
         d = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
@@ -442,7 +447,7 @@ class FluidConfig:
             return get_preset(d["preset"], overrides=d.get("overrides") or {})
         return cls.from_dict(d)
 
-    def replace(self, **sections) -> "FluidConfig":
+    def replace(self, **sections) -> FluidConfig:
         return dataclasses.replace(self, **sections)
 
 
@@ -519,7 +524,9 @@ def _coerce(value, tp, key: str):
         if tp is str:
             return str(value)
     except ValueError:
-        choices = f" (choose {', '.join(m.value for m in tp)})" if isinstance(tp, type) and issubclass(tp, enum.Enum) else ""
+        choices = (
+            f" (choose {', '.join(m.value for m in tp)})" if isinstance(tp, type) and issubclass(tp, enum.Enum) else ""
+        )
         raise ConfigError(f"bad value {value!r} for {key}{choices}") from None
     return value
 
@@ -541,7 +548,9 @@ def apply_overrides(cfg: FluidConfig, overrides: dict[str, Any] | list[str]) -> 
                 for k, v in value.items():
                     _set(d, f"{key}.{k}", v)
                 continue
-            raise ConfigError(f"override key {key!r} must be section.key (sections: {', '.join(k for k in d if k != 'preset')})")
+            raise ConfigError(
+                f"override key {key!r} must be section.key (sections: {', '.join(k for k in d if k != 'preset')})"
+            )
         _set(d, key, value)
     return FluidConfig.from_dict(d)
 
@@ -567,20 +576,46 @@ def _paper(width: int, depth: int, heads: int, **train) -> FluidConfig:
         tokenizer=TokenizerConfig(kind="auto"),
         data=DataConfig(source="wds", resolution=256),
         train=TrainConfig(
-            steps=1_000_000, batch_size=2048, lr=1e-4, warmup_steps=65_000, ema_decay=0.9999, compile=True,
-            val_every=10_000, val_size=30_000, ckpt_every=10_000, **train,
+            steps=1_000_000,
+            batch_size=2048,
+            lr=1e-4,
+            warmup_steps=65_000,
+            ema_decay=0.9999,
+            compile=True,
+            val_every=10_000,
+            val_size=30_000,
+            ckpt_every=10_000,
+            **train,
         ),
     )
 
 
-def _shapes(width: int, depth: int, heads: int, *, steps: int, batch_size: int, head_depth: int = 6,
-            aligner_depth: int = 6, num_tokens: int = 16, lr: float = 4e-4) -> FluidConfig:
+def _shapes(
+    width: int,
+    depth: int,
+    heads: int,
+    *,
+    steps: int,
+    batch_size: int,
+    head_depth: int = 6,
+    aligner_depth: int = 6,
+    num_tokens: int = 16,
+    lr: float = 4e-4,
+) -> FluidConfig:
     """The built-in data: 64x64 shapes, 16 tokens, offline MiniLM text encoder."""
     return FluidConfig(
         model=ModelConfig(width=width, depth=depth, heads=heads, num_tokens=num_tokens, head_depth=head_depth),
         text=TextConfig(aligner_depth=aligner_depth),
-        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(1000, steps // 10),
-                          ema_decay=0.999, val_every=max(1, steps // 20), val_size=512, ckpt_every=max(1, steps // 10)),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_steps=min(1000, steps // 10),
+            ema_decay=0.999,
+            val_every=max(1, steps // 20),
+            val_size=512,
+            ckpt_every=max(1, steps // 10),
+        ),
     )
 
 
@@ -655,12 +690,15 @@ def count_params(m: ModelConfig, t: TextConfig) -> dict[str, int]:
     qk = 2 * (w // m.heads) if m.qk_norm else 0
     text_block = attn + mlp + 2 * norm + qk
     image_block = 2 * attn + mlp + 3 * norm + 2 * qk
-    text = (t.dim * w + w) + t.max_length * w + w + t.aligner_depth * text_block + norm  # proj, pos, null, blocks, final norm
+    text = (
+        (t.dim * w + w) + t.max_length * w + w + t.aligner_depth * text_block + norm
+    )  # proj, pos, null, blocks, final norm
     if m.token_type == TokenType.CONTINUOUS:
         token_in = m.token_dim * w + w
         c = m.token_dim
         out_c = 2 * c if m.learn_sigma else c
-        # input proj, time MLP (freq 256 -> hw -> hw), cond proj, res blocks (LN, adaLN 3hw, MLP hw->hw->hw), final (adaLN 2hw, linear)
+        # input proj, time MLP (freq 256 -> hw -> hw), cond proj, res blocks (LN, adaLN 3hw,
+        # MLP hw->hw->hw), final (adaLN 2hw, linear)
         head = (c * hw + hw) + (256 * hw + hw + hw * hw + hw) + (w * hw + hw)
         head += m.head_depth * (2 * hw + (hw * 3 * hw + 3 * hw) + 2 * (hw * hw + hw))
         head += (hw * 2 * hw + 2 * hw) + (hw * out_c + out_c)
@@ -674,7 +712,7 @@ def count_params(m: ModelConfig, t: TextConfig) -> dict[str, int]:
     return parts
 
 
-def mean_mask_fraction(num_tokens: int, schedule: "MaskSchedule | str" = "cosine", samples: int = 20_001) -> float:
+def mean_mask_fraction(num_tokens: int, schedule: MaskSchedule | str = "cosine", samples: int = 20_001) -> float:
     """Expected fraction of an image's tokens masked in random-order training (the tokens the
     head is trained on), with the rounding of ``fluid.model.masking.training_mask``: about
     2/pi = 0.64 for the cosine schedule (0.665 at 16 tokens), 0.90 for MAR's truncated normal."""
@@ -690,8 +728,9 @@ def mean_mask_fraction(num_tokens: int, schedule: "MaskSchedule | str" = "cosine
     return float(np.clip(np.ceil(ratio * num_tokens), 1, num_tokens).mean() / num_tokens)
 
 
-def flops_per_image(m: ModelConfig, t: TextConfig, text_len: int | None = None, train: bool = True,
-                    mask_ratio: float | None = None) -> float:
+def flops_per_image(
+    m: ModelConfig, t: TextConfig, text_len: int | None = None, train: bool = True, mask_ratio: float | None = None
+) -> float:
     """Matmul FLOPs per image (forward + backward when ``train``), counting 2 per MAC.
 
     Training: every token goes through the backbone; the output head sees the predicted

@@ -14,7 +14,9 @@ def _umask() -> int:
     return mask
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
     """``safetensors.torch.save_file`` with the permissions of any other new file.
 
     safetensors writes through a private temporary file and renames it, so its files come
@@ -38,5 +40,7 @@ def read_lines(path: str | Path, what: str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ValueError(f"{what} {path} is not UTF-8 text (line {line}, byte {e.start}): is it the right file?") from None
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text (line {line}, byte {e.start}): is it the right file?"
+        ) from None
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]

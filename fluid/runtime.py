@@ -34,5 +34,8 @@ def machine(threads: int | None = None, device: str | None = None) -> dict:
     """What a time per image depends on: the CPU model, the threads and the device."""
     import torch
 
-    return {"cpu": cpu_name(), "threads": int(threads or os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
-            "device": device or "cpu"}
+    return {
+        "cpu": cpu_name(),
+        "threads": int(threads or os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
+        "device": device or "cpu",
+    }

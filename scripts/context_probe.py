@@ -16,22 +16,23 @@ per family), which the reported evaluation does not use.
 from __future__ import annotations
 
 import argparse
-import json
 import itertools
+import json
 
 import torch
 
 from fluid.config import VARIANTS, Precision
-from fluid.shapes.evaluation import ShapesEval
 from fluid.model.masking import tokens_per_step
 from fluid.sample.generate import _gather_rows, _pair, condition, guidance_scale, sample_from_head
 from fluid.sample.pipeline import FluidPipeline
 from fluid.sample.rng import ImageRNG
+from fluid.shapes.evaluation import ShapesEval
 
 
 @torch.no_grad()
-def generate_with_revealed(pipe: FluidPipeline, prompts: list[str], seed: int, real_tokens: torch.Tensor, k: int,
-                           **sample) -> torch.Tensor:
+def generate_with_revealed(
+    pipe: FluidPipeline, prompts: list[str], seed: int, real_tokens: torch.Tensor, k: int, **sample
+) -> torch.Tensor:
     """Images for ``prompts`` whose first ``k`` random-order tokens are ``real_tokens``'s."""
     model, scfg = pipe.model, pipe.sample_config(**sample)
     emb, mask = pipe.text_encoder(list(prompts))
@@ -49,8 +50,10 @@ def generate_with_revealed(pipe: FluidPipeline, prompts: list[str], seed: int, r
     for count in tokens_per_step(n - k, n - k) if n > k else []:
         x = model.embed_masked(_pair(tokens, True), _pair(known, True))  # (2B, N, W)
         h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (2B, N, W)
-        pos = orders[:, done:done + count]  # (B, count)
-        new, _ = sample_from_head(model, _gather_rows(h, pos, True), guidance_scale(scfg, done + count, n), scfg, True, rng)
+        pos = orders[:, done : done + count]  # (B, count)
+        new, _ = sample_from_head(
+            model, _gather_rows(h, pos, True), guidance_scale(scfg, done + count, n), scfg, True, rng
+        )
         tokens[rows, pos] = new.view(b, count, *tokens.shape[2:]).to(tokens.dtype)
         known[rows, pos] = True
         done += count
@@ -74,14 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.revealed:
         calls = itertools.count()
 
-        def source(prompts, seed):
+        def source(prompts, seed, calls=calls, k=k):
             i = next(calls)  # ShapesEval asks family by family, seed by seed, in item order
-            part = real_tokens[i * len(prompts):(i + 1) * len(prompts)]
+            part = real_tokens[i * len(prompts) : (i + 1) * len(prompts)]
             return generate_with_revealed(pipe, prompts, seed, part, k, cfg=args.cfg, temperature=args.temperature)
 
         result, _ = evaluation(source, progress=False)
-        print(json.dumps({"variant": args.variant, "revealed": k, "overall": round(result.overall, 4),
-                          **{f: round(v, 3) for f, v in result.per_family.items()}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "variant": args.variant,
+                    "revealed": k,
+                    "overall": round(result.overall, 4),
+                    **{f: round(v, 3) for f, v in result.per_family.items()},
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

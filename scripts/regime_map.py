@@ -17,7 +17,7 @@ import csv
 import json
 from pathlib import Path
 
-from fluid.scaling.runner import fitted_config
+from fluid.scaling.identity import fitted_config
 from fluid.scaling.sweep import load_sweep
 
 
@@ -44,13 +44,17 @@ def regime_rows(results: Path, sweep_name: str, references: dict[str, str] | Non
         for name, m in models.items():
             if m.token_type.value == "discrete" and name in at:
                 if m.order.value in references:
-                    raise SystemExit(f"two discrete {m.order.value} runs ({references[m.order.value]}, {name}): "
-                                     "name the reference with --reference ORDER=RUN")
+                    raise SystemExit(
+                        f"two discrete {m.order.value} runs ({references[m.order.value]}, {name}): "
+                        "name the reference with --reference ORDER=RUN"
+                    )
                 references[m.order.value] = name
     for order, name in references.items():
         if name not in at:
-            raise SystemExit(f"{results}: the {order} reference {name!r} has no row at step {step} "
-                             f"(finished at that step: {', '.join(sorted(at)) or 'none'})")
+            raise SystemExit(
+                f"{results}: the {order} reference {name!r} has no row at step {step} "
+                f"(finished at that step: {', '.join(sorted(at)) or 'none'})"
+            )
     out = []
     for run in sweep.runs:
         r, m = at.get(run.name), models[run.name]
@@ -58,14 +62,27 @@ def regime_rows(results: Path, sweep_name: str, references: dict[str, str] | Non
             continue
         ref = at[references[m.order.value]]
         overall, fd = _float(r.get("shapes_eval.overall")), _float(r.get("shapes_fd"))
-        out.append({"run": run.name, "variant": r["variant"], "reference": references[m.order.value],
-                    "step": step, "images": int(r["images"]),
-                    "tokens": m.num_tokens, "channels": m.token_dim, "head_width": m.head_width_,
-                    "ratio": round(m.head_width_ / m.token_dim, 2), "prediction": m.prediction,
-                    "noise_draws": m.timestep_multiplier, "overall": overall, "shapes_fd": fd,
-                    "reference_overall": float(ref["shapes_eval.overall"]), "reference_fd": float(ref["shapes_fd"]),
-                    "gap_overall": round(overall - float(ref["shapes_eval.overall"]), 4) if overall is not None else None,
-                    "gap_fd": round(fd - float(ref["shapes_fd"]), 1) if fd is not None else None})
+        out.append(
+            {
+                "run": run.name,
+                "variant": r["variant"],
+                "reference": references[m.order.value],
+                "step": step,
+                "images": int(r["images"]),
+                "tokens": m.num_tokens,
+                "channels": m.token_dim,
+                "head_width": m.head_width_,
+                "ratio": round(m.head_width_ / m.token_dim, 2),
+                "prediction": m.prediction,
+                "noise_draws": m.timestep_multiplier,
+                "overall": overall,
+                "shapes_fd": fd,
+                "reference_overall": float(ref["shapes_eval.overall"]),
+                "reference_fd": float(ref["shapes_fd"]),
+                "gap_overall": round(overall - float(ref["shapes_eval.overall"]), 4) if overall is not None else None,
+                "gap_fd": round(fd - float(ref["shapes_fd"]), 1) if fd is not None else None,
+            }
+        )
     if not out:
         raise SystemExit(f"{results}: no continuous run with a discrete reference of its order at step {step}")
     return out
@@ -73,15 +90,21 @@ def regime_rows(results: Path, sweep_name: str, references: dict[str, str] | Non
 
 def write_table(rows: list[dict], path: Path) -> None:
     refs = ", ".join(sorted({f"`{r['reference']}` ({r['variant'].split('-')[1]})" for r in rows}))
-    lines = [f"Continuous arms against the discrete run of the same order ({refs}), at step {rows[0]['step']} "
-             f"({rows[0]['images']:,d} images each). Gap = continuous minus discrete: above 0 on ShapesEval and "
-             "below 0 on `shapes_fd` is continuous ahead.", "",
-             "| arm | order | tokens x channels | head | head / token width | target | draws | ShapesEval | gap | "
-             "`shapes_fd` | gap |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Continuous arms against the discrete run of the same order ({refs}), at step {rows[0]['step']} "
+        f"({rows[0]['images']:,d} images each). Gap = continuous minus discrete: above 0 on ShapesEval and "
+        "below 0 on `shapes_fd` is continuous ahead.",
+        "",
+        "| arm | order | tokens x channels | head | head / token width | target | draws | ShapesEval | gap | "
+        "`shapes_fd` | gap |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in sorted(rows, key=lambda r: (r["variant"], r["channels"], r["ratio"], r["prediction"], r["noise_draws"])):
-        lines.append(f"| {r['run']} | {r['variant'].split('-')[1]} | {r['tokens']} x {r['channels']} | {r['head_width']} | "
-                     f"{r['ratio']:g}x | {r['prediction']} | {r['noise_draws']} | {r['overall']:.3f} | "
-                     f"{r['gap_overall']:+.3f} | {r['shapes_fd']:.0f} | {r['gap_fd']:+.0f} |")
+        lines.append(
+            f"| {r['run']} | {r['variant'].split('-')[1]} | {r['tokens']} x {r['channels']} | {r['head_width']} | "
+            f"{r['ratio']:g}x | {r['prediction']} | {r['noise_draws']} | {r['overall']:.3f} | "
+            f"{r['gap_overall']:+.3f} | {r['shapes_fd']:.0f} | {r['gap_fd']:+.0f} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -94,15 +117,25 @@ def write_figure(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
     colours = dict(zip(sorted({r["channels"] for r in rows}), ("tab:blue", "tab:orange", "tab:green", "tab:red")))
     markers = {"eps": "o", "x": "s", "v": "^"}
-    for ax, key, label in ((axes[0], "gap_overall", "ShapesEval overall: continuous - discrete (higher: continuous ahead)"),
-                           (axes[1], "gap_fd", "shapes_fd: continuous - discrete (lower: continuous ahead)")):
+    for ax, key, label in (
+        (axes[0], "gap_overall", "ShapesEval overall: continuous - discrete (higher: continuous ahead)"),
+        (axes[1], "gap_fd", "shapes_fd: continuous - discrete (lower: continuous ahead)"),
+    ):
         for r in rows:
             raster = r["variant"].endswith("raster")
-            ax.scatter(r["ratio"], r[key], marker=markers.get(r["prediction"], "o"), s=25 + 12 * r["noise_draws"],
-                       facecolors="none" if raster else colours[r["channels"]], edgecolors=colours[r["channels"]],
-                       linewidths=1.5, label=f"{r['tokens']} x {r['channels']}, {'raster' if raster else 'random'}")
-            ax.annotate(r["run"].split("=")[-1], (r["ratio"], r[key]), fontsize=6, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.scatter(
+                r["ratio"],
+                r[key],
+                marker=markers.get(r["prediction"], "o"),
+                s=25 + 12 * r["noise_draws"],
+                facecolors="none" if raster else colours[r["channels"]],
+                edgecolors=colours[r["channels"]],
+                linewidths=1.5,
+                label=f"{r['tokens']} x {r['channels']}, {'raster' if raster else 'random'}",
+            )
+            ax.annotate(
+                r["run"].split("=")[-1], (r["ratio"], r[key]), fontsize=6, xytext=(4, 3), textcoords="offset points"
+            )
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ratios = sorted({r["ratio"] for r in rows})
@@ -113,8 +146,11 @@ def write_figure(rows: list[dict], path: Path) -> None:
         handles, labels = ax.get_legend_handles_labels()
         seen = dict(zip(labels, handles))
         ax.legend(seen.values(), seen.keys(), title="tokens x channels, order", fontsize=7, title_fontsize=7)
-    fig.suptitle("Continuous arms against the discrete arm of the same order at an equal budget "
-                 "(o: eps, s: x-prediction; size: noise draws; hollow: raster)", fontsize=9)
+    fig.suptitle(
+        "Continuous arms against the discrete arm of the same order at an equal budget "
+        "(o: eps, s: x-prediction; size: noise draws; hollow: raster)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -124,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, help="the sweep's results.csv")
     p.add_argument("--sweep", required=True, help="the sweep (name or YAML) that made it")
-    p.add_argument("--reference", action="append", default=[], metavar="ORDER=RUN",
-                   help="the discrete run to compare an order's continuous runs with (default: the sweep's one "
-                        "discrete run of that order)")
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="ORDER=RUN",
+        help="the discrete run to compare an order's continuous runs with (default: the sweep's one "
+        "discrete run of that order)",
+    )
     p.add_argument("--step", type=int, default=None, help="evaluated step (default: the last)")
     p.add_argument("--out", type=Path, required=True, help="folder for regime.md, regime.png, regime.json")
     args = p.parse_args(argv)

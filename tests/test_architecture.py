@@ -173,7 +173,8 @@ def old_path_keepers(modules: dict[str, Path]) -> list[str]:
             defined = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "__getattr__"
             assigned = isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and any(
                 isinstance(t, ast.Name) and t.id == "__getattr__"
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
             if defined or assigned:
                 bad.append(f"{where}:{node.lineno}: {name} defines a module-level __getattr__")
         for node in ast.walk(tree):
@@ -247,12 +248,17 @@ def test_the_old_path_check_catches_a_getattr_and_a_moved_import(tmp_path):
 
 def test_the_checks_catch_a_cycle_and_an_upward_import():
     # A hand-made graph: model imports train (upward) and two data modules import each other.
-    fake = {"fluid.model.x": {"fluid.train.y": 3}, "fluid.train.y": {},
-            "fluid.data.a": {"fluid.data.b": 1}, "fluid.data.b": {"fluid.data.a": 1}}
+    fake = {
+        "fluid.model.x": {"fluid.train.y": 3},
+        "fluid.train.y": {},
+        "fluid.data.a": {"fluid.data.b": 1},
+        "fluid.data.b": {"fluid.data.a": 1},
+    }
     files = {m: ROOT / "fluid" / (m.split(".", 1)[1].replace(".", "/") + ".py") for m in fake}
     assert cycles(fake) == [["fluid.data.a", "fluid.data.b"]]
     assert [v.split(": ", 1)[1] for v in layering_violations(fake, files)] == [
-        "fluid.model.x (layer 3, fluid.model) imports fluid.train.y (layer 6, fluid.train)"]
+        "fluid.model.x (layer 3, fluid.model) imports fluid.train.y (layer 6, fluid.train)"
+    ]
 
 
 def test_files_stay_short_or_say_why():

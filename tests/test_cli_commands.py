@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import WordHashEncoder, make_tokenizer, random_inception_file, tiny_config
 from PIL import Image
 from safetensors.torch import load_file
-
-from conftest import WordHashEncoder, make_tokenizer, random_inception_file, tiny_config
 from tiny_data import fake_coco
 
 from fluid.cli import main
@@ -56,20 +55,69 @@ def test_installed_fluid_prepares_trains_samples_exports_evaluates_and_demos(tmp
     # Precomputed caption embeddings: the children need not load a text encoder.
     captions = all_captions() + [a["caption"] for a in json.loads(coco_captions.read_text())["annotations"]]
     emb = save_embeddings(minilm, captions, tmp_path / "emb.safetensors")
-    common = ["--preset", "debug", "--tokenizer", tmp_path / "tok", "--set", "data.resolution=32", f"text.encoder={emb}"]
+    common = [
+        "--preset",
+        "debug",
+        "--tokenizer",
+        tmp_path / "tok",
+        "--set",
+        "data.resolution=32",
+        f"text.encoder={emb}",
+    ]
 
     cache, run = tmp_path / "cache", tmp_path / "run"
-    prepared = json.loads(run_fluid("prepare", *common, "--source", "shapes", "--count", 24, "--shard-size", 8,
-                                    "--val-fraction", 0.25, "--workers", 0, "--out", cache).splitlines()[-1])
+    prepared = json.loads(
+        run_fluid(
+            "prepare",
+            *common,
+            "--source",
+            "shapes",
+            "--count",
+            24,
+            "--shard-size",
+            8,
+            "--val-fraction",
+            0.25,
+            "--workers",
+            0,
+            "--out",
+            cache,
+        ).splitlines()[-1]
+    )
     assert prepared["written"] == 24 and prepared["tokenizer"] == make_tokenizer("kl").identity()
 
-    trained = json.loads(run_fluid("train", *common, "data.source=cache", f"data.path={cache}", "train.val_every=0",
-                                   "--steps", 2, "--batch-size", 4, "--out", run).splitlines()[-1])
+    trained = json.loads(
+        run_fluid(
+            "train",
+            *common,
+            "data.source=cache",
+            f"data.path={cache}",
+            "train.val_every=0",
+            "--steps",
+            2,
+            "--batch-size",
+            4,
+            "--out",
+            run,
+        ).splitlines()[-1]
+    )
     assert trained["steps"] == 2 and (run / "latest" / "ema.safetensors").is_file()
     assert json.loads((run / "latest" / "config.json").read_text())["data"]["path"] == str(cache)
 
-    run_fluid("sample", "--checkpoint", run, "--prompt", "a red square", "--prompt", "a blue circle", "--seeds", 0, 1,
-              "--out", tmp_path / "samples")
+    run_fluid(
+        "sample",
+        "--checkpoint",
+        run,
+        "--prompt",
+        "a red square",
+        "--prompt",
+        "a blue circle",
+        "--seeds",
+        0,
+        1,
+        "--out",
+        tmp_path / "samples",
+    )
     record = json.loads((tmp_path / "samples" / "samples.json").read_text())
     assert record["checkpoint"] == str(run) and len(record["images"]) == 4
     # 32 px: the run's own model drew them, not the shipped 64 px one.
@@ -79,11 +127,38 @@ def test_installed_fluid_prepares_trains_samples_exports_evaluates_and_demos(tmp
     exported = load_file(str(tmp_path / "export" / "ema.safetensors"))
     assert {v.dtype for v in exported.values() if v.is_floating_point()} == {torch.float16}
 
-    run_fluid("eval", "--checkpoint", tmp_path / "export", "--out", tmp_path / "eval",
-              "--metrics", "val_loss", "fid", "geneval", "--val-size", 4,
-              "--inception-weights", tmp_path / "inception.pth", "--coco-captions", coco_captions,
-              "--coco-images", coco_images, "--coco-size", 2, "--geneval-metadata", geneval, "--geneval-samples", 1,
-              "--geneval-out", tmp_path / "geneval", "--cache-dir", tmp_path / "stats", "--threads", 1, "--no-progress")
+    run_fluid(
+        "eval",
+        "--checkpoint",
+        tmp_path / "export",
+        "--out",
+        tmp_path / "eval",
+        "--metrics",
+        "val_loss",
+        "fid",
+        "geneval",
+        "--val-size",
+        4,
+        "--inception-weights",
+        tmp_path / "inception.pth",
+        "--coco-captions",
+        coco_captions,
+        "--coco-images",
+        coco_images,
+        "--coco-size",
+        2,
+        "--geneval-metadata",
+        geneval,
+        "--geneval-samples",
+        1,
+        "--geneval-out",
+        tmp_path / "geneval",
+        "--cache-dir",
+        tmp_path / "stats",
+        "--threads",
+        1,
+        "--no-progress",
+    )
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     assert m["fid"]["pairs"] == 2 and m["fid"]["value"] > 0 and m["val_loss"]["value"] > 0
     assert m["geneval"]["written"] == 1
@@ -98,9 +173,17 @@ def test_installed_fluid_prepares_trains_samples_exports_evaluates_and_demos(tmp
     for entry in demo["variants"].values():
         assert entry["grid"] in page and entry["progress"] in page
         grid = Image.open(tmp_path / "demo" / entry["grid"])
-        assert grid.width > len(demo["seeds"]) * 64 and grid.height > len(demo["prompts"]) * 64  # prompts x seeds, 64 px
-    assert {p["family"] for p in demo["prompts"]} == {"single_object", "two_object", "counting", "colors", "position",
-                                                      "color_attr"}  # GenEval's six task families
+        assert (
+            grid.width > len(demo["seeds"]) * 64 and grid.height > len(demo["prompts"]) * 64
+        )  # prompts x seeds, 64 px
+    assert {p["family"] for p in demo["prompts"]} == {
+        "single_object",
+        "two_object",
+        "counting",
+        "colors",
+        "position",
+        "color_attr",
+    }  # GenEval's six task families
 
 
 def test_installed_fluid_samples_an_image_alone_as_in_a_batch(tmp_path):
@@ -111,7 +194,9 @@ def test_installed_fluid_samples_an_image_alone_as_in_a_batch(tmp_path):
     prompts = ["a red square", "two blue circles", "a green cross left of a yellow triangle", "", "a purple circle"]
     fast = ["--variant", "continuous-random", "--seeds", "3", "--steps", "4", "--head-steps", "8"]
     run_fluid("sample", *fast, "--prompt", "a red square", "--out", tmp_path / "one")
-    run_fluid("sample", *fast, *[a for p in prompts for a in ("--prompt", p)], "--batch-size", "5", "--out", tmp_path / "many")
+    run_fluid(
+        "sample", *fast, *[a for p in prompts for a in ("--prompt", p)], "--batch-size", "5", "--out", tmp_path / "many"
+    )
     assert (tmp_path / "one" / "000-seed3.png").read_bytes() == (tmp_path / "many" / "000-seed3.png").read_bytes()
 
 
@@ -142,7 +227,10 @@ def test_export_writes_the_fp16_inference_only_form_of_the_shipped_models(tmp_pa
     files = {p.name for p in (tmp_path / "export").iterdir()}
     assert files == {"config.json", "ema.safetensors", "meta.json"}  # no raw weights, no optimizer state
     assert files <= {p.name for p in generator_path("continuous-random").iterdir()}  # the shipped form
-    ema, exported = load_file(str(run / "latest" / "ema.safetensors")), load_file(str(tmp_path / "export" / "ema.safetensors"))
+    ema, exported = (
+        load_file(str(run / "latest" / "ema.safetensors")),
+        load_file(str(tmp_path / "export" / "ema.safetensors")),
+    )
     assert exported.keys() == ema.keys()
     for k, v in ema.items():
         assert exported[k].dtype == (torch.float16 if v.is_floating_point() else v.dtype)
@@ -152,7 +240,9 @@ def test_export_writes_the_fp16_inference_only_form_of_the_shipped_models(tmp_pa
     # The export samples as the checkpoint does, up to fp16 rounding of the weights.
     kw = dict(tokenizer=make_tokenizer("kl"), text_encoder=WordHashEncoder(), device="cpu")
     a = FluidPipeline.from_pretrained(run, **kw)(["a red square"], seed=0, output_type="tensor", head_steps=5)
-    b = FluidPipeline.from_pretrained(tmp_path / "export", **kw)(["a red square"], seed=0, output_type="tensor", head_steps=5)
+    b = FluidPipeline.from_pretrained(tmp_path / "export", **kw)(
+        ["a red square"], seed=0, output_type="tensor", head_steps=5
+    )
     assert (a - b).abs().max() < 0.1
     assert main(["export", str(run), "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
     assert {v.dtype for v in load_file(str(tmp_path / "bf16" / "ema.safetensors")).values()} >= {torch.bfloat16}
@@ -183,8 +273,26 @@ def test_train_tokenizer_command_writes_a_loadable_tokenizer(tmp_path, capsys):
     from fluid.tokenizers.load import load_tokenizer
 
     out = tmp_path / "tok"
-    assert main(["train-tokenizer", "--preset", "debug-vq", "--set", "codebook_size=32", "--steps", "3",
-                 "--batch-size", "4", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                "--preset",
+                "debug-vq",
+                "--set",
+                "codebook_size=32",
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     tok = load_tokenizer(out)
     assert result["tokenizer"] == tok.identity() and tok.cfg.codebook_size == 32  # the --set override was applied
@@ -200,8 +308,20 @@ def test_embed_captions_command_stores_the_encoders_embeddings(tmp_path, minilm,
 
     captions = ["a red square", "two blue circles", "a cross left of a triangle"]
     (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
-    assert main(["embed-captions", "--captions", str(tmp_path / "captions.txt"), "--out", str(tmp_path / "emb.safetensors"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "embed-captions",
+                "--captions",
+                str(tmp_path / "captions.txt"),
+                "--out",
+                str(tmp_path / "emb.safetensors"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "wrote 3 caption embeddings" in capsys.readouterr().out
     stored = PrecomputedTextEncoder(tmp_path / "emb.safetensors")
     for order in (captions, captions[::-1]):  # each caption gets its own embedding, whatever the order asked
@@ -210,3 +330,47 @@ def test_embed_captions_command_stores_the_encoders_embeddings(tmp_path, minilm,
         torch.testing.assert_close(emb.float()[mask], ref.float()[ref_mask], atol=2e-3, rtol=1e-2)
     with pytest.raises(UnknownCaptionError):
         stored(["a caption that was never embedded"])
+
+
+def test_sampling_flags_are_made_from_sample_config_fields():
+    import argparse
+
+    from fluid.commands._common import field_docs, sample_args
+    from fluid.config import HeadSampler, SampleConfig
+
+    docs = field_docs(SampleConfig)
+    assert docs["cfg"].startswith("Guidance scale") and "x0_clip" in docs  # the docstring under each field
+    p = argparse.ArgumentParser()
+    sample_args(p, "cfg", "head_sampler", "packed_head", "batch_size")
+    args = p.parse_args([])
+    assert (args.cfg, args.head_sampler, args.packed_head, args.batch_size, args.head_steps) == (
+        None,
+        None,
+        False,
+        None,
+        None,
+    )  # the model's own settings
+    args = p.parse_args(["--cfg", "2.5", "--head-sampler", "ddim", "--packed-head", "--batch-size", "4"])
+    assert (args.cfg, HeadSampler(args.head_sampler), args.packed_head, args.batch_size) == (
+        2.5,
+        HeadSampler.DDIM,
+        True,
+        4,
+    )
+    with pytest.raises(SystemExit):
+        p.parse_args(["--head-sampler", "euler"])  # not a HeadSampler
+    with pytest.raises(ValueError, match="no field"):
+        sample_args(argparse.ArgumentParser(), "cfg_scale")
+
+
+def test_sample_and_eval_share_their_sampling_flags():
+    from fluid.cli import make_parser
+
+    parser = make_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    flags = {
+        name: {a.dest: (a.type, a.choices, a.default) for a in sub.choices[name]._actions}
+        for name in ("sample", "eval")
+    }
+    for dest in ("cfg", "temperature", "steps", "head_steps", "head_sampler", "batch_size"):
+        assert flags["sample"][dest] == flags["eval"][dest], dest

@@ -5,7 +5,17 @@ import json
 import pytest
 
 from fluid.cli import main
-from fluid.config import PRESETS, VARIANTS, ConfigError, FluidConfig, LRSchedule, Order, TokenType, apply_overrides, get_preset
+from fluid.config import (
+    PRESETS,
+    VARIANTS,
+    ConfigError,
+    FluidConfig,
+    LRSchedule,
+    Order,
+    TokenType,
+    apply_overrides,
+    get_preset,
+)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -25,8 +35,16 @@ def test_variant_switch_and_lr_schedule_defaults():
 
 
 def test_overrides_are_typed_and_checked():
-    cfg = apply_overrides(get_preset("debug"), ["model.width=128", "train.lr=3e-4", "train.betas=[0.9, 0.99]",
-                                                "data.holdout=true", "sample.cfg_schedule=constant"])
+    cfg = apply_overrides(
+        get_preset("debug"),
+        [
+            "model.width=128",
+            "train.lr=3e-4",
+            "train.betas=[0.9, 0.99]",
+            "data.holdout=true",
+            "sample.cfg_schedule=constant",
+        ],
+    )
     assert cfg.model.width == 128 and cfg.train.lr == 3e-4 and cfg.train.betas == (0.9, 0.99)
     assert cfg.data.holdout is True and cfg.sample.cfg_schedule.value == "constant"
     with pytest.raises(ConfigError, match="unknown config key 'model.widht'"):

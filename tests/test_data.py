@@ -99,27 +99,46 @@ def test_image_paths_stay_inside_the_images_folder(tmp_path):
     (root / "images").mkdir(parents=True)
     (root / "images" / "ok.png").write_bytes(encode(picture(0, 40, 40)))
     (tmp_path / "secret.png").write_bytes(encode(picture(0, 40, 40)))
-    names = ["images/ok.png", "../secret.png", "images/../../secret.png", str(tmp_path / "secret.png"),
-             "images/./ok.png"]
+    names = [
+        "images/ok.png",
+        "../secret.png",
+        "images/../../secret.png",
+        str(tmp_path / "secret.png"),
+        "images/./ok.png",
+    ]
     (root / "metadata.jsonl").write_text("".join(json.dumps({"image": n, "caption": "a cat"}) + "\n" for n in names))
     records = FolderSource(root).records
-    assert [r.error[0] if r.error else None for r in records] == [None, Skip.OUTSIDE_ROOT, Skip.OUTSIDE_ROOT,
-                                                                  Skip.OUTSIDE_ROOT, None]
+    assert [r.error[0] if r.error else None for r in records] == [
+        None,
+        Skip.OUTSIDE_ROOT,
+        Skip.OUTSIDE_ROOT,
+        Skip.OUTSIDE_ROOT,
+        None,
+    ]
     assert "images_outside_root" in records[1].error[1]
     allowed = FolderSource(root, outside_root=True)
     assert all(r.error is None for r in allowed.records) and allowed.describe()["outside_root"] is True
-    coco = {"images": [{"id": 1, "file_name": "../secret.png"}, {"id": 2, "file_name": "ok.png"}],
-            "annotations": [{"id": 10, "image_id": 1, "caption": "a cat"}, {"id": 11, "image_id": 2, "caption": "a dog"}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "../secret.png"}, {"id": 2, "file_name": "ok.png"}],
+        "annotations": [{"id": 10, "image_id": 1, "caption": "a cat"}, {"id": 11, "image_id": 2, "caption": "a dog"}],
+    }
     (root / "captions.json").write_text(json.dumps(coco))
     assert [r.error[0] if r.error else None for r in CocoSource(root / "captions.json", root / "images").records] == [
-        Skip.OUTSIDE_ROOT, None]
+        Skip.OUTSIDE_ROOT,
+        None,
+    ]
 
 
 def test_captions_are_cleaned_or_rejected():
     assert clean_caption(" a  red\ncircle\t") == "a red circle"
     assert clean_caption("café".encode()) == "café"
-    for raw, reason in ((None, Skip.MISSING_CAPTION), ("  ", Skip.EMPTY_CAPTION), (b"caf\xe9", Skip.NON_UTF8_CAPTION),
-                        ("caf\udce9", Skip.NON_UTF8_CAPTION), (42, Skip.MISSING_CAPTION)):
+    for raw, reason in (
+        (None, Skip.MISSING_CAPTION),
+        ("  ", Skip.EMPTY_CAPTION),
+        (b"caf\xe9", Skip.NON_UTF8_CAPTION),
+        ("caf\udce9", Skip.NON_UTF8_CAPTION),
+        (42, Skip.MISSING_CAPTION),
+    ):
         with pytest.raises(RecordError) as e:
             clean_caption(raw)
         assert e.value.reason == reason, raw
@@ -208,16 +227,34 @@ def test_tar_samples_read_by_seeking_are_the_streamed_ones(tmp_path):
     import tarfile
 
     long = "d/" + "x" * 150  # a name longer than a tar header holds (an extended header before it)
-    odd = _tar(tmp_path / "odd.tar", [("d", None), (f"{long}.png", b"i1"), (f"{long}.txt", b"c1"),
-                                      ("__meta__.json", b"{}"), ("README", b"no extension"), ("k\u00e9y.png", b"i2"),
-                                      ("k\u00e9y.txt", b"c2"), ("a.png", b"i3"), ("b.png", b"i4"), ("a.txt", b"c3")])
+    odd = _tar(
+        tmp_path / "odd.tar",
+        [
+            ("d", None),
+            (f"{long}.png", b"i1"),
+            (f"{long}.txt", b"c1"),
+            ("__meta__.json", b"{}"),
+            ("README", b"no extension"),
+            ("k\u00e9y.png", b"i2"),
+            ("k\u00e9y.txt", b"c2"),
+            ("a.png", b"i3"),
+            ("b.png", b"i4"),
+            ("a.txt", b"c3"),
+        ],
+    )
     shard = write_wds(tmp_path / "w", build_items(5), per_shard=4, broken=False)[0]
     full = shard.read_bytes()
     with tarfile.open(shard) as t:
         members = t.getmembers()
-    cuts = {f"{where}{j}": full[:stop] for j, m in enumerate(members)
-            for where, stop in (("data", m.offset_data + m.size // 2), ("header", m.offset + 100),
-                                ("end", m.offset_data + m.size))}
+    cuts = {
+        f"{where}{j}": full[:stop]
+        for j, m in enumerate(members)
+        for where, stop in (
+            ("data", m.offset_data + m.size // 2),
+            ("header", m.offset + 100),
+            ("end", m.offset_data + m.size),
+        )
+    }
     for name, data in {"odd": odd.read_bytes(), "whole": full, **cuts, "empty": b""}.items():
         path = tmp_path / "cut" / f"{name}.tar"
         path.parent.mkdir(exist_ok=True)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer
+from helpers import make_tokenizer
 from tiny_data import (
     BOMB_PIXELS,
     build_items,
@@ -36,8 +36,13 @@ FAST = dict(workers=0, batch_size=8, progress=False)
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
     items = build_items()
-    return SimpleNamespace(items=items, folder=write_folder(root / "folder", items), coco=write_coco(root / "coco", items),
-                           wds=write_wds(root / "wds", items), root=root)
+    return SimpleNamespace(
+        items=items,
+        folder=write_folder(root / "folder", items),
+        coco=write_coco(root / "coco", items),
+        wds=write_wds(root / "wds", items),
+        root=root,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +65,11 @@ def expected(items, kind: str):
 
 @pytest.mark.parametrize("kind", ["folder", "coco", "wds"])
 def test_counts_and_skip_reasons_per_source(tmp_path, raw, kl, minilm, kind):
-    source = {"folder": lambda: FolderSource(raw.folder, shard_size=10), "coco": lambda: CocoSource(raw.coco, shard_size=10),
-              "wds": lambda: WdsSource(raw.wds)}[kind]()
+    source = {
+        "folder": lambda: FolderSource(raw.folder, shard_size=10),
+        "coco": lambda: CocoSource(raw.coco, shard_size=10),
+        "wds": lambda: WdsSource(raw.wds),
+    }[kind]()
     m = prepare(source, tmp_path / "cache", kl, minilm, POLICY, PrepareOptions(**FAST)).manifest
     seen, skips, fixes = expected(raw.items, kind)
     assert m["counts"]["seen"] == seen
@@ -95,12 +103,16 @@ def test_cache_holds_the_tokenizer_moments_of_both_views_and_the_text(tmp_path, 
     # Posterior samples from the moments have the tokenizer's per-token spread.
     assert isinstance(kl, KLAutoencoder)
     z, _ = kl.posterior(images)
-    assert t["mean"].shape == (len(meta["keys"]), 2, kl.num_tokens(32), kl.token_dim) and z.shape[0] == len(meta["keys"])
+    assert t["mean"].shape == (len(meta["keys"]), 2, kl.num_tokens(32), kl.token_dim) and z.shape[0] == len(
+        meta["keys"]
+    )
 
 
 def test_vq_cache_holds_codes(tmp_path, raw, minilm):
     vq = make_tokenizer("vq")
-    m = prepare(FolderSource(raw.folder, shard_size=50), tmp_path / "c", vq, minilm, POLICY, PrepareOptions(**FAST)).manifest
+    m = prepare(
+        FolderSource(raw.folder, shard_size=50), tmp_path / "c", vq, minilm, POLICY, PrepareOptions(**FAST)
+    ).manifest
     cache = Cache(tmp_path / "c")
     assert m["token_type"] == "discrete" and cache.shard(0).tensor("codes").dtype == torch.int16
     meta = cache.metadata(0)
@@ -164,7 +176,9 @@ def test_ranks_prepare_their_units_and_the_last_to_finish_writes_the_manifest(tm
     assert not (many / "manifest.json").exists() and not (many / "report.jsonl").exists()
     assert sorted(p.name for p in many.glob("shard-*.json")) == ["shard-000001.json", "shard-000003.json"]
     last = prepare(source, many, kl, minilm, POLICY, PrepareOptions(rank=0, world=2, **FAST))
-    assert last.remaining == [] and last.units == 3 and last.manifest == json.loads((many / "manifest.json").read_text())
+    assert (
+        last.remaining == [] and last.units == 3 and last.manifest == json.loads((many / "manifest.json").read_text())
+    )
     _same_files(tmp_path / "one", many)
     # Rerun: nothing to do, with any split; a single process finishes a split run too.
     assert prepare(source, many, kl, minilm, POLICY, PrepareOptions(rank=1, world=2, **FAST)).records == 0
@@ -203,8 +217,12 @@ def test_bad_rank_and_world_values_are_refused_clearly(tmp_path, raw, kl, minilm
     from fluid.cli import main
     from fluid.data.prepare import process_rank
 
-    for rank, world, message in ((2, 2, r"rank must be .* in \[0, 1\] for world 2, not 2"), (-1, 2, "rank must be"),
-                                 (0, 0, "world must be a whole number >= 1"), ("1", 2, "rank must be a whole number")):
+    for rank, world, message in (
+        (2, 2, r"rank must be .* in \[0, 1\] for world 2, not 2"),
+        (-1, 2, "rank must be"),
+        (0, 0, "world must be a whole number >= 1"),
+        ("1", 2, "rank must be a whole number"),
+    ):
         with pytest.raises(ValueError, match=message):
             PrepareOptions(rank=rank, world=world)
     with pytest.raises(ValueError, match="overwrite cannot be combined with world > 1"):
@@ -212,13 +230,34 @@ def test_bad_rank_and_world_values_are_refused_clearly(tmp_path, raw, kl, minilm
     assert process_rank(environ={}) == (0, 1)
     assert process_rank(environ={"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)  # torchrun
     assert process_rank(1, 2, environ={"RANK": "3", "WORLD_SIZE": "4"}) == (1, 2)  # the options win
-    for env, args, message in (({"RANK": "1"}, (), "needs the number of processes"), ({}, (None, 4), "needs this process's rank"),
-                               ({"RANK": "x", "WORLD_SIZE": "2"}, (), "RANK='x' is not a whole number"),
-                               ({"RANK": "4", "WORLD_SIZE": "4"}, (), r"in \[0, 3\] for world 4")):
+    for env, args, message in (
+        ({"RANK": "1"}, (), "needs the number of processes"),
+        ({}, (None, 4), "needs this process's rank"),
+        ({"RANK": "x", "WORLD_SIZE": "2"}, (), "RANK='x' is not a whole number"),
+        ({"RANK": "4", "WORLD_SIZE": "4"}, (), r"in \[0, 3\] for world 4"),
+    ):
         with pytest.raises(ValueError, match=message):
             process_rank(*args, environ=env)
-    assert main(["prepare", "--preset", "debug", "--source", "folder", "--path", str(raw.folder), "--out",
-                 str(tmp_path / "c"), "--rank", "2", "--world", "2"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "--preset",
+                "debug",
+                "--source",
+                "folder",
+                "--path",
+                str(raw.folder),
+                "--out",
+                str(tmp_path / "c"),
+                "--rank",
+                "2",
+                "--world",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "rank must be a whole number in [0, 1] for world 2, not 2" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
@@ -238,22 +277,55 @@ def test_cli_ranks_started_together_write_the_cache_of_one_process(tmp_path, kl,
     emb = save_embeddings(minilm, all_captions(), tmp_path / "emb.safetensors")
 
     def command(out, *extra):
-        return [sys.executable, "-m", "fluid.cli", "prepare", "--preset", "debug", "--tokenizer", str(tmp_path / "tok"),
-                "--set", "data.resolution=32", f"text.encoder={emb}", "--source", "shapes", "--count", "40",
-                "--shard-size", "8", "--workers", "0", "--out", str(out), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "fluid.cli",
+            "prepare",
+            "--preset",
+            "debug",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--set",
+            "data.resolution=32",
+            f"text.encoder={emb}",
+            "--source",
+            "shapes",
+            "--count",
+            "40",
+            "--shard-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    procs = [subprocess.Popen(command(tmp_path / "many", "--rank", "0", "--world", "2"), env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE),
-             subprocess.Popen(command(tmp_path / "many"), env={**env, "RANK": "1", "WORLD_SIZE": "2"}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    procs = [
+        subprocess.Popen(
+            command(tmp_path / "many", "--rank", "0", "--world", "2"),
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ),
+        subprocess.Popen(
+            command(tmp_path / "many"),
+            env={**env, "RANK": "1", "WORLD_SIZE": "2"},
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ),
+    ]
     subprocess.run(command(tmp_path / "one"), check=True, env=env, capture_output=True)
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert sum("written" in s and s.get("done") is not False for s in summaries) >= 1  # the last one: the full summary
-    for (out, err), s in zip(outs, summaries):
+    for (_out, err), s in zip(outs, summaries):
         if s.get("done") is False:
             assert "finished its" in err and "remain" in err and "manifest.json" in err
     _same_files(tmp_path / "one", tmp_path / "many")
@@ -263,8 +335,14 @@ def test_strict_stops_at_the_first_bad_record(tmp_path, raw, kl, minilm):
     with pytest.raises(PrepareError, match="line4.*bad_metadata.*--strict"):
         prepare(FolderSource(raw.folder), tmp_path / "c", kl, minilm, POLICY, PrepareOptions(strict=True, **FAST))
     clean = [it for it in raw.items if not it.skip]
-    m = prepare(FolderSource(write_folder(tmp_path / "clean", clean, bad_line=False)), tmp_path / "c2", kl, minilm,
-                POLICY, PrepareOptions(strict=True, **FAST)).manifest
+    m = prepare(
+        FolderSource(write_folder(tmp_path / "clean", clean, bad_line=False)),
+        tmp_path / "c2",
+        kl,
+        minilm,
+        POLICY,
+        PrepareOptions(strict=True, **FAST),
+    ).manifest
     assert m["counts"]["written"] == len(clean) and m["counts"]["skipped"] == 0
 
 
@@ -316,8 +394,9 @@ def test_cache_files_are_as_readable_as_any_other_file(tmp_path, raw, kl, minilm
 
 
 def test_held_out_split(tmp_path, raw, kl, minilm):
-    m = prepare(CocoSource(raw.coco, shard_size=7), tmp_path / "c", kl, minilm, POLICY,
-                PrepareOptions(val_fraction=0.3, **FAST)).manifest
+    m = prepare(
+        CocoSource(raw.coco, shard_size=7), tmp_path / "c", kl, minilm, POLICY, PrepareOptions(val_fraction=0.3, **FAST)
+    ).manifest
     c = m["counts"]
     assert 0 < c["val"] < c["written"] and c["train"] + c["val"] == c["written"]
     cache = Cache(tmp_path / "c")
@@ -339,18 +418,67 @@ def test_cli_prepare_then_train_from_the_cache(tmp_path, raw, kl, minilm, capsys
     with warnings.catch_warnings():  # the long caption's truncation warning
         warnings.simplefilter("ignore")
         emb = save_embeddings(minilm, captions, tmp_path / "emb.safetensors")  # no encoder to load in the CLI
-    common = ["--preset", "debug", "--tokenizer", str(tmp_path / "tok"), "--set", "data.resolution=32", f"text.encoder={emb}"]
-    args = ["prepare", *common, "--source", "folder", "--path", str(raw.folder), "--out", str(tmp_path / "cache"),
-            "--workers", "1", "--max-pixels", str(BOMB_PIXELS), "--shard-size", "9"]
+    common = [
+        "--preset",
+        "debug",
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--set",
+        "data.resolution=32",
+        f"text.encoder={emb}",
+    ]
+    args = [
+        "prepare",
+        *common,
+        "--source",
+        "folder",
+        "--path",
+        str(raw.folder),
+        "--out",
+        str(tmp_path / "cache"),
+        "--workers",
+        "1",
+        "--max-pixels",
+        str(BOMB_PIXELS),
+        "--shard-size",
+        "9",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     seen, skips, _ = expected(raw.items, "folder")
     assert summary["seen"] == seen and summary["skipped_by_reason"] == dict(skips) and summary["images_per_s"] > 0
-    assert main(["prepare", *common, "--source", "folder", "--path", str(raw.folder), "--out", str(tmp_path / "strict"),
-                 "--workers", "0", "--strict"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                *common,
+                "--source",
+                "folder",
+                "--path",
+                str(raw.folder),
+                "--out",
+                str(tmp_path / "strict"),
+                "--workers",
+                "0",
+                "--strict",
+            ]
+        )
+        == 2
+    )
     assert "--strict stops" in capsys.readouterr().err
-    run = ["train", *common, "data.source=cache", f"data.path={tmp_path / 'cache'}", "train.val_every=0",
-           "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "run")]
+    run = [
+        "train",
+        *common,
+        "data.source=cache",
+        f"data.path={tmp_path / 'cache'}",
+        "train.val_every=0",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(run) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
 
@@ -362,9 +490,16 @@ def test_moments_of_a_diffusers_vae_match_its_encode():
     from fluid.tokenizers.adapters import DiffusersKLTokenizer
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-                        layers_per_block=1, scaling_factor=0.5, shift_factor=0.1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        scaling_factor=0.5,
+        shift_factor=0.1,
+    )
     tok = DiffusersKLTokenizer(vae.eval(), patch_size=2)
     images = torch.rand(3, 3, 16, 16) * 2 - 1
     mean, logvar = token_moments(tok, images)
@@ -391,15 +526,36 @@ def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_cache(tmp_path, kl
     emb = save_embeddings(minilm, all_captions(), tmp_path / "emb.safetensors")
 
     def command(out):
-        return [sys.executable, "-m", "fluid.cli", "prepare", "--preset", "debug", "--tokenizer", str(tmp_path / "tok"),
-                "--set", "data.resolution=32", f"text.encoder={emb}", "--source", "shapes", "--count", "400",
-                "--shard-size", "8", "--workers", "1", "--out", str(out)]
+        return [
+            sys.executable,
+            "-m",
+            "fluid.cli",
+            "prepare",
+            "--preset",
+            "debug",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--set",
+            "data.resolution=32",
+            f"text.encoder={emb}",
+            "--source",
+            "shapes",
+            "--count",
+            "400",
+            "--shard-size",
+            "8",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+        ]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(command(tmp_path / "full"), check=True, env=env, capture_output=True)
     part = tmp_path / "part"
-    proc = subprocess.Popen(command(part), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(part), env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while len(list(part.glob("shard-*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

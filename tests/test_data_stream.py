@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import WordHashEncoder, make_tokenizer, tiny_config
+from helpers import WordHashEncoder, make_tokenizer, tiny_config
 from tiny_data import (
     BOMB_PIXELS,
     build_items,
@@ -24,8 +24,8 @@ from fluid.data.prepare import PrepareOptions, prepare
 from fluid.data.sources import FolderSource, WdsSource
 from fluid.data.stream import EncodedBatch, RawBatch, TrainStream
 from fluid.data.streaming import BatchMaker, DataStream, Plan
-from fluid.train.validation import ValidationSet
 from fluid.train.trainer import Trainer
+from fluid.train.validation import ValidationSet
 
 FAST = dict(workers=0, batch_size=8, progress=False)
 
@@ -34,11 +34,23 @@ FAST = dict(workers=0, batch_size=8, progress=False)
 def data(tmp_path_factory, minilm):
     root = tmp_path_factory.mktemp("stream")
     items = build_items(12)
-    d = SimpleNamespace(root=root, folder=write_folder(root / "folder", items), coco=write_coco(root / "coco", items),
-                        wds=write_wds(root / "wds", items), kl=make_tokenizer("kl"), vq=make_tokenizer("vq"))
+    d = SimpleNamespace(
+        root=root,
+        folder=write_folder(root / "folder", items),
+        coco=write_coco(root / "coco", items),
+        wds=write_wds(root / "wds", items),
+        kl=make_tokenizer("kl"),
+        vq=make_tokenizer("vq"),
+    )
     policy = ImagePolicy(resolution=32, max_pixels=BOMB_PIXELS)
-    prepare(FolderSource(d.folder, shard_size=5), root / "cache-kl", d.kl, minilm, policy,
-            PrepareOptions(val_fraction=0.25, **FAST))
+    prepare(
+        FolderSource(d.folder, shard_size=5),
+        root / "cache-kl",
+        d.kl,
+        minilm,
+        policy,
+        PrepareOptions(val_fraction=0.25, **FAST),
+    )
     prepare(WdsSource(d.wds), root / "cache-vq", d.vq, minilm, policy, PrepareOptions(**FAST))
     return d
 
@@ -49,8 +61,11 @@ class IdBatches(BatchMaker):
     def __call__(self, k):
         info = torch.utils.data.get_worker_info()
         located = [self.plan.locate(p) for p in self.positions(k)]
-        return (torch.tensor([[e, gid] for e, _, _, gid in located]), torch.tensor(k),
-                torch.tensor(-1 if info is None else info.id))
+        return (
+            torch.tensor([[e, gid] for e, _, _, gid in located]),
+            torch.tensor(k),
+            torch.tensor(-1 if info is None else info.id),
+        )
 
 
 @pytest.mark.parametrize("start", [0, 3])
@@ -85,8 +100,12 @@ def _same(a, b):
 
 @pytest.mark.parametrize("source", ["cache-kl", "cache-vq", "wds", "coco"])
 def test_resuming_or_adding_workers_gives_the_same_batches(data, source):
-    path = {"cache-kl": data.root / "cache-kl", "cache-vq": data.root / "cache-vq", "wds": data.wds[0].parent,
-            "coco": data.coco}[source]
+    path = {
+        "cache-kl": data.root / "cache-kl",
+        "cache-vq": data.root / "cache-vq",
+        "wds": data.wds[0].parent,
+        "coco": data.coco,
+    }[source]
     kind = "cache" if source.startswith("cache") else source
     cfg = DataConfig(source=kind, path=str(path), resolution=32, shuffle_buffer=6, flip=True)
     ref = _batches(cfg, 7)
@@ -111,7 +130,11 @@ def test_local_tars_read_by_seeking_give_the_batches_of_piped_ones_with_any_work
     n = 9  # more than an epoch (every shard, the broken one too)
     assert n * 4 > maker.plan.total
     ref = _batches(local, n)
-    for cfg in (piped, DataConfig(**{**vars(local), "num_workers": 2}), DataConfig(**{**vars(piped), "num_workers": 2})):
+    for cfg in (
+        piped,
+        DataConfig(**{**vars(local), "num_workers": 2}),
+        DataConfig(**{**vars(piped), "num_workers": 2}),
+    ):
         for a, b in zip(ref, _batches(cfg, n), strict=True):
             _same(a, b)
     for a, b in zip(ref[5:], _batches(piped, 4, start=5), strict=True):
@@ -218,7 +241,10 @@ def test_training_from_a_cache_resumes_exactly(tmp_path, data, minilm):
     Trainer(cfg(), tmp_path / "b", data.kl, minilm, resume=True, show_progress=False).fit()
     from safetensors.torch import load_file
 
-    a, b = load_file(str(tmp_path / "a/latest/model.safetensors")), load_file(str(tmp_path / "b/latest/model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "a/latest/model.safetensors")),
+        load_file(str(tmp_path / "b/latest/model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = lambda run: [r["loss"] for r in map(json.loads, open(run / "metrics.jsonl")) if "loss" in r]  # noqa: E731
     assert losses(tmp_path / "a")[2:] == losses(tmp_path / "b")[2:]
@@ -230,7 +256,9 @@ def test_validation_sets_from_a_held_out_split_or_a_val_path(data, minilm):
     held = sum(Cache(data.root / "cache-kl").sizes("val"))
     a, b = ValidationSet.build(cfg, data.kl, minilm), ValidationSet.build(cfg, data.kl, minilm)
     assert len(a) == held and torch.equal(a.tokens, b.tokens) and torch.equal(a.text_emb, b.text_emb)
-    raw = apply_overrides(cfg, {"data.source": "folder", "data.path": str(data.folder), "data.val_path": str(data.folder)})
+    raw = apply_overrides(
+        cfg, {"data.source": "folder", "data.path": str(data.folder), "data.val_path": str(data.folder)}
+    )
     v = ValidationSet.build(raw, data.kl, minilm)
     # Every good pair of the folder, and the "bomb": 1.2 Mpx is within the default pixel limit.
     assert len(v) == Cache(data.root / "cache-kl").manifest["counts"]["written"] + 1
@@ -272,7 +300,10 @@ def test_the_rendered_pool_that_trained_the_shipped_models_draws_from_it_and_res
     Trainer(cfg(), tmp_path / "b", tok, enc, resume=True, show_progress=False).fit()
     from safetensors.torch import load_file
 
-    a, b = load_file(str(tmp_path / "a/latest/model.safetensors")), load_file(str(tmp_path / "b/latest/model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "a/latest/model.safetensors")),
+        load_file(str(tmp_path / "b/latest/model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -303,7 +334,7 @@ def test_an_encoded_shapes_pool_serves_posterior_samples_and_resumes_exactly(tmp
         z = (first.tokens - mean) / torch.exp(0.5 * logvar)  # standardised posterior draws
         assert z.abs().max() < 6 and 0.7 < z.std() < 1.3
     emb, _ = minilm([captions[i] for i in idx])
-    torch.testing.assert_close(first.text_emb[:, :emb.shape[1]], emb)
+    torch.testing.assert_close(first.text_emb[:, : emb.shape[1]], emb)
 
     def cfg():
         c = tiny_config("continuous-random" if kind == "kl" else "discrete-random", steps=4, batch_size=4, ckpt_every=2)
@@ -314,7 +345,10 @@ def test_an_encoded_shapes_pool_serves_posterior_samples_and_resumes_exactly(tmp
     Trainer(cfg(), tmp_path / "b", tok, minilm, resume=True, show_progress=False).fit()
     from safetensors.torch import load_file
 
-    a, b = load_file(str(tmp_path / "a/latest/model.safetensors")), load_file(str(tmp_path / "b/latest/model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "a/latest/model.safetensors")),
+        load_file(str(tmp_path / "b/latest/model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from fluid.shapes.classifier_data import blur_and_noise, ellipses_inside, polygon_inside
 from fluid.shapes.dataset import ShapesDataset
+from fluid.shapes.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
 from fluid.shapes.render import render
 from fluid.shapes.scenes import BACKGROUND, COLORS, FAMILIES, KINDS, Family, SceneSpec, ShapeObject, all_captions
-from fluid.shapes.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
-from fluid.shapes.classifier_data import blur_and_noise, ellipses_inside, polygon_inside
 
 PER_FAMILY = 50
 
@@ -184,5 +184,7 @@ def test_the_classifier_patches_file_is_reused_only_for_the_same_scenes(tmp_path
     monkeypatch.setattr(shape_data, "training_patches", patches)
     file = tmp_path / "patches.safetensors"
     for images, seed in [({"render": 2}, 0), ({"render": 2}, 0), ({"render": 2}, 1), ({"render": 3}, 1)]:
-        train(tmp_path / "clf", epochs=1, batch_size=64, seed=seed, width=4, images=images, patches=file, progress=False)
+        train(
+            tmp_path / "clf", epochs=1, batch_size=64, seed=seed, width=4, images=images, patches=file, progress=False
+        )
     assert calls == [({"render": 2}, 0), ({"render": 2}, 1), ({"render": 3}, 1)]  # the second run reused the file

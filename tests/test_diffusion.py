@@ -39,8 +39,9 @@ def test_posterior_matches_bayes_rule():
     x0, xt = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.8]], dtype=torch.float64)
     ab_prev, beta = d.alphas_cumprod[36], d.betas[37]
     grid = torch.linspace(-6, 6, 200_001, dtype=torch.float64)
-    logp = (-(grid - ab_prev.sqrt() * 0.3) ** 2 / (2 * (1 - ab_prev))
-            - (-0.8 - (1 - beta).sqrt() * grid) ** 2 / (2 * beta))
+    logp = -((grid - ab_prev.sqrt() * 0.3) ** 2) / (2 * (1 - ab_prev)) - (-0.8 - (1 - beta).sqrt() * grid) ** 2 / (
+        2 * beta
+    )
     p = torch.softmax(logp, 0)
     mean = (p * grid).sum()
     var = (p * (grid - mean) ** 2).sum()
@@ -52,7 +53,9 @@ def test_posterior_matches_bayes_rule():
 def test_kl_and_nll_closed_forms():
     m1, lv1, m2, lv2 = map(torch.tensor, (0.5, -1.0, -0.2, 0.3))
     kl = normal_kl(m1, lv1, m2, lv2)
-    expected = math.log(math.exp(0.3) ** 0.5 / math.exp(-1.0) ** 0.5) + (math.exp(-1.0) + 0.7 ** 2) / (2 * math.exp(0.3)) - 0.5
+    expected = (
+        math.log(math.exp(0.3) ** 0.5 / math.exp(-1.0) ** 0.5) + (math.exp(-1.0) + 0.7**2) / (2 * math.exp(0.3)) - 0.5
+    )
     assert abs(kl.item() - expected) < 1e-6
     x = torch.tensor(1.2)
     nll = gaussian_nll(x, m2, lv2)
@@ -65,7 +68,7 @@ def test_loss_is_mse_plus_weighted_vlb():
     x0, noise = torch.randn(6, 3), torch.randn(6, 3)
     t = torch.tensor([0, 1, 2, 400, 998, 999])
     out = torch.randn(6, 6)
-    loss = d.training_losses(lambda xt, tt: out, x0, t, noise, vlb_weight=0.5)
+    loss = d.training_losses(lambda xt, tt, out=out: out, x0, t, noise, vlb_weight=0.5)
     mse = ((out[:, :3] - noise) ** 2).mean(1)
     vlb = d.vlb_terms(out, x0, d.q_sample(x0, t, noise), t)
     torch.testing.assert_close(loss, mse + 0.5 * vlb)
@@ -169,8 +172,9 @@ def test_head_learns_a_2d_mixture():
     zs = torch.zeros(n, 8)
     # x0_clip as the sampler uses it (SampleConfig.x0_clip): the data lie well inside +-5.
     with torch.no_grad():
-        samples = d.respace(100).sample(lambda x, tt: head(x, tt, zs), torch.randn(n, 2, generator=gen), generator=gen,
-                                        x0_clip=5.0)
+        samples = d.respace(100).sample(
+            lambda x, tt: head(x, tt, zs), torch.randn(n, 2, generator=gen), generator=gen, x0_clip=5.0
+        )
     ref = _mixture(200_000, gen)
     assert torch.allclose(samples.mean(0), ref.mean(0), atol=0.08), (samples.mean(0), ref.mean(0))
     torch.testing.assert_close(torch.cov(samples.T), torch.cov(ref.T), atol=0.1, rtol=0.1)
@@ -201,8 +205,9 @@ def test_respaced_sampling_survives_small_epsilon_errors_with_x0_clip():
     assert unclipped.std(0).min() > 10  # the failure the clip exists for
 
 
-def _iddpm_lt_bits(betas: np.ndarray, t: int, x0: np.ndarray, eps_true: np.ndarray, eps_pred: np.ndarray,
-                   v: np.ndarray) -> float:
+def _iddpm_lt_bits(
+    betas: np.ndarray, t: int, x0: np.ndarray, eps_true: np.ndarray, eps_pred: np.ndarray, v: np.ndarray
+) -> float:
     """Improved DDPM's L_{t-1} for one timestep t > 0, written from the paper's equations alone
     (eqs. 9-13 and 15 of Nichol & Dhariwal 2021), in float64 numpy: the mean over channels of
     KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), in bits."""
@@ -211,7 +216,9 @@ def _iddpm_lt_bits(betas: np.ndarray, t: int, x0: np.ndarray, eps_true: np.ndarr
     abar_prev = abar[t - 1]
     xt = np.sqrt(abar[t]) * x0 + np.sqrt(1 - abar[t]) * eps_true  # eq. 9
     beta_tilde = (1 - abar_prev) / (1 - abar[t]) * betas[t]  # eq. 11
-    mu_tilde = np.sqrt(abar_prev) * betas[t] / (1 - abar[t]) * x0 + np.sqrt(alphas[t]) * (1 - abar_prev) / (1 - abar[t]) * xt  # eq. 11
+    mu_tilde = (
+        np.sqrt(abar_prev) * betas[t] / (1 - abar[t]) * x0 + np.sqrt(alphas[t]) * (1 - abar_prev) / (1 - abar[t]) * xt
+    )  # eq. 11
     mu_model = (xt - betas[t] / np.sqrt(1 - abar[t]) * eps_pred) / np.sqrt(alphas[t])  # eq. 13
     var_model = np.exp(v * np.log(betas[t]) + (1 - v) * np.log(beta_tilde))  # eq. 15, v in [0, 1]
     kl = 0.5 * (np.log(var_model / beta_tilde) + (beta_tilde + (mu_tilde - mu_model) ** 2) / var_model - 1.0)
@@ -233,10 +240,16 @@ def test_hybrid_loss_is_iddpm_lt_with_lambda_times_T():
         eps_pred = eps_true + 0.3 * rng.normal(size=c)  # an imperfect prediction
         v_net = rng.uniform(-1, 1, size=c)  # the network's raw output in [-1, 1]
         out = torch.tensor(np.concatenate([eps_pred, v_net]))[None]
-        loss = d.training_losses(lambda xt, tt: out, torch.tensor(x0)[None], torch.tensor([t]),
-                                 torch.tensor(eps_true)[None], vlb_weight=ModelConfig().vlb_weight)
-        expected = np.mean((eps_pred - eps_true) ** 2) + lam * T * _iddpm_lt_bits(betas, t, x0, eps_true, eps_pred,
-                                                                                   (v_net + 1) / 2)
+        loss = d.training_losses(
+            lambda xt, tt, out=out: out,
+            torch.tensor(x0)[None],
+            torch.tensor([t]),
+            torch.tensor(eps_true)[None],
+            vlb_weight=ModelConfig().vlb_weight,
+        )
+        expected = np.mean((eps_pred - eps_true) ** 2) + lam * T * _iddpm_lt_bits(
+            betas, t, x0, eps_true, eps_pred, (v_net + 1) / 2
+        )
         # The loss is computed in float32 (as in training), hence the tolerance.
         assert abs(loss.item() - expected) < 1e-5 * max(1.0, abs(expected)), (t, loss.item(), expected)
 
@@ -280,8 +293,11 @@ def test_ode_samplers_converge_to_the_exact_flow_of_gaussian_data():
     noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ab_T = base.alphas_cumprod[-1]
     exact = mu + s * (noise - ab_T.sqrt() * mu) / (ab_T * s**2 + 1 - ab_T).sqrt()
-    err = {(k, order): (base.respace(k).sample_ode(eps_fn, noise, order=order) - exact).abs().max().item()
-           for k in (50, 100, 400, 1000) for order in (1, 2)}
+    err = {
+        (k, order): (base.respace(k).sample_ode(eps_fn, noise, order=order) - exact).abs().max().item()
+        for k in (50, 100, 400, 1000)
+        for order in (1, 2)
+    }
     assert err[1000, 1] < 5e-3 and err[1000, 2] < 1.5e-3, err
     assert err[100, 1] < 0.05 and err[100, 2] < 0.015, err
     for k in (50, 100, 400, 1000):
@@ -331,7 +347,9 @@ def test_prediction_target_loss_and_x0_match_their_closed_forms(prediction):
     # The samplers use the same x_0: one respaced step lands on it.
     one = d.respace(1)
     noise_in = torch.randn(5, 3, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(one.sample_ode(lambda x, tt: out, noise_in), one.predict_x0(out, noise_in, torch.zeros(5, dtype=torch.long)))
+    torch.testing.assert_close(
+        one.sample_ode(lambda x, tt: out, noise_in), one.predict_x0(out, noise_in, torch.zeros(5, dtype=torch.long))
+    )
 
 
 def test_noise_draws_per_token_repeat_each_token_with_its_own_timestep_and_noise():

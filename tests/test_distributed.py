@@ -1,14 +1,11 @@
 """Two training processes on CPU with the gloo backend, as torchrun would start them."""
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import WordHashEncoder, make_tokenizer, tiny_config
 from safetensors.torch import load_file
-
-from conftest import WordHashEncoder, make_tokenizer, tiny_config
 
 
 def _worker(rank: int, world: int, run_dir: str, init_file: str) -> None:
@@ -19,8 +16,14 @@ def _worker(rank: int, world: int, run_dir: str, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         cfg = tiny_config(steps=4, batch_size=4, ckpt_every=4)
-        trainer = Trainer(cfg, run_dir, make_tokenizer("kl"), WordHashEncoder(),
-                          dist=DistInfo(rank, world, 0, "cpu"), show_progress=False)
+        trainer = Trainer(
+            cfg,
+            run_dir,
+            make_tokenizer("kl"),
+            WordHashEncoder(),
+            dist=DistInfo(rank, world, 0, "cpu"),
+            show_progress=False,
+        )
         trainer.fit()
         # DDP keeps the replicas identical: compare every rank's weights with rank 0's.
         for p in trainer.model.parameters():
@@ -37,7 +40,7 @@ def test_two_process_ddp_training(tmp_path):
     mp.spawn(_worker, args=(2, str(run), str(tmp_path / "init")), nprocs=2, join=True)
     state = load_file(str(run / "latest" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in state.values())
-    meta = (run / "latest" / "training_state.pt")
+    meta = run / "latest" / "training_state.pt"
     saved = torch.load(meta, weights_only=True)
     # train.batch_size is the global batch: 2 processes x 2 images; no random state to save
     # (each micro-batch's draws follow from the seed, the step and its slot).

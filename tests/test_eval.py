@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from helpers import make_tokenizer, random_inception_file, tiny_config
 from PIL import Image
-
-from conftest import make_tokenizer, random_inception_file, tiny_config
 from tiny_data import fake_coco
+
 from fluid.eval.frechet import FeatureStats, InceptionFeatures, cache_key, cached_reference, frechet_distance
 
 
@@ -83,8 +83,8 @@ def test_reference_statistics_are_cached(tmp_path):
 
 
 def test_reference_keys_follow_the_data(tmp_path):
-    from fluid.shapes.dataset import ShapesDataset
     from fluid.eval.run import files_digest, shapes_fingerprint
+    from fluid.shapes.dataset import ShapesDataset
 
     assert shapes_fingerprint(ShapesDataset("test", 32)) == shapes_fingerprint(ShapesDataset("test", 32))
     assert shapes_fingerprint(ShapesDataset("test", 32)) != shapes_fingerprint(ShapesDataset("test", 64))
@@ -105,10 +105,12 @@ def no_downloads():
     import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 
     refuse = AssertionError("no downloads")
-    with mock.patch("torch.hub.load_state_dict_from_url", side_effect=refuse), \
-            mock.patch.object(tf_inception, "load_state_dict_from_url", side_effect=refuse), \
-            mock.patch("socket.socket.connect", side_effect=refuse), \
-            mock.patch("socket.create_connection", side_effect=refuse):
+    with (
+        mock.patch("torch.hub.load_state_dict_from_url", side_effect=refuse),
+        mock.patch.object(tf_inception, "load_state_dict_from_url", side_effect=refuse),
+        mock.patch("socket.socket.connect", side_effect=refuse),
+        mock.patch("socket.create_connection", side_effect=refuse),
+    ):
         yield
 
 
@@ -142,8 +144,13 @@ def test_inception_features_load_from_a_local_file(tmp_path):
     from fluid.eval.run import EvalOptions, coco_fid
 
     captions, images = fake_coco(tmp_path)
-    opts = EvalOptions(inception_weights=str(path), coco_captions=str(captions), coco_images=str(images), coco_size=2,
-                       cache_dir=str(tmp_path / "cache"))
+    opts = EvalOptions(
+        inception_weights=str(path),
+        coco_captions=str(captions),
+        coco_images=str(images),
+        coco_size=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
     fid = coco_fid(lambda prompts, seed: torch.zeros(len(prompts), 3, 16, 16), 16, opts, "cpu", progress=False)
     assert fid["pairs"] == 2 and np.isfinite(fid["value"]) and fid["value"] > 0 and not fid["reference"]["cached"]
     assert Path(fid["reference"]["file"]).is_file()
@@ -176,8 +183,10 @@ def test_shapes_eval_scores_renders_near_one_and_noise_near_zero():
     assert blank.overall == 0.0
     # generate() calls the source once per (family, seed), prompts in order
     calls = []
-    images = ev.generate(lambda prompts, seed: calls.append((tuple(prompts), seed)) or torch.zeros(len(prompts), 3, 64, 64),
-                         progress=False)
+    images = ev.generate(
+        lambda prompts, seed: calls.append((tuple(prompts), seed)) or torch.zeros(len(prompts), 3, 64, 64),
+        progress=False,
+    )
     assert images.shape[0] == len(ev) and len(calls) == 6 * 2
     assert [p for c in calls for p in c[0]] == [it.prompt for it in ev.items]
 
@@ -189,7 +198,9 @@ def test_learned_detector_reads_round_trips_and_rejects_blobs():
     assert acc["render"]["min"] >= 0.97, acc["render"]
     # the KL decoder rounds off small objects: counting scenes are the hard case (the
     # template reader reads only ~57% of them, and 87% of colour-attribution scenes)
-    assert acc["kl"]["counting"] >= 0.8 and min(v for k, v in acc["kl"].items() if k not in ("counting", "min")) >= 0.95, acc["kl"]
+    assert (
+        acc["kl"]["counting"] >= 0.8 and min(v for k, v in acc["kl"].items() if k not in ("counting", "min")) >= 0.95
+    ), acc["kl"]
     assert acc["blobs_named"] <= 0.15
 
 
@@ -208,7 +219,9 @@ def test_shapes_fd_separates_real_from_noise():
     ds = ShapesDataset("test")
     ref = FeatureStats.from_features(feats(ds.batch(range(400))[0]))
     real = FeatureStats.from_features(feats(ds.batch(range(400, 600))[0]))
-    noise = FeatureStats.from_features(feats(torch.rand(200, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1))
+    noise = FeatureStats.from_features(
+        feats(torch.rand(200, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    )
     recolored = FeatureStats.from_features(feats(ds.batch(range(400, 600))[0][:, [2, 0, 1]]))  # RGB -> BRG: off-palette
     assert frechet_distance(real, ref) < 0.25 * frechet_distance(recolored, ref) < frechet_distance(noise, ref)
     assert feats(torch.zeros(2, 3, 32, 32)).shape == (2, 64)
@@ -218,8 +231,8 @@ def test_shapes_fd_separates_real_from_noise():
 
 
 def test_validation_loss_is_identical_across_calls(minilm):
-    from fluid.train.validation import ValidationSet, loss_name, validation_loss
     from fluid.model import Generator
+    from fluid.train.validation import ValidationSet, loss_name, validation_loss
 
     for variant, kind in (("continuous-random", "kl"), ("discrete-raster", "vq")):
         cfg = tiny_config(variant)
@@ -262,9 +275,14 @@ def test_coco_protocol_sample_is_fixed_and_well_formed(tmp_path):
 def test_geneval_export_layout(tmp_path):
     from fluid.eval.geneval import export_geneval, read_geneval_metadata
 
-    lines = [{"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
-             {"tag": "two_object", "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}],
-              "prompt": "a photo of a cat and a dog"}]
+    lines = [
+        {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
+        {
+            "tag": "two_object",
+            "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}],
+            "prompt": "a photo of a cat and a dog",
+        },
+    ]
     meta = tmp_path / "evaluation_metadata.jsonl"
     meta.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     calls = []
@@ -275,7 +293,10 @@ def test_geneval_export_layout(tmp_path):
 
     out = tmp_path / "geneval"
     summary = export_geneval(source, meta, out, n_samples=3, seed=10, progress=False, maker={"model": "m"})
-    assert summary["written"] == 2 and calls == [(["a photo of a cat"] * 3, 10), (["a photo of a cat and a dog"] * 3, 11)]
+    assert summary["written"] == 2 and calls == [
+        (["a photo of a cat"] * 3, 10),
+        (["a photo of a cat and a dog"] * 3, 11),
+    ]
     for i, rec in enumerate(lines):
         folder = out / f"{i:05d}"
         assert [json.loads(x) for x in (folder / "metadata.jsonl").read_text().splitlines()] == [rec]
@@ -302,8 +323,14 @@ def test_geneval_rerun_never_keeps_stale_results(tmp_path):
         return path
 
     def folders(out):
-        return {p.name: ([json.loads(p.joinpath("metadata.jsonl").read_text())["prompt"]],
-                         sorted(x.name for x in (p / "samples").iterdir())) for p in sorted(out.iterdir()) if p.is_dir()}
+        return {
+            p.name: (
+                [json.loads(p.joinpath("metadata.jsonl").read_text())["prompt"]],
+                sorted(x.name for x in (p / "samples").iterdir()),
+            )
+            for p in sorted(out.iterdir())
+            if p.is_dir()
+        }
 
     out, a = tmp_path / "out", {"model": "a", "sample": {"cfg": 3.0}}
     export_geneval(source, meta("one.jsonl", ["a cat", "a dog", "a cow"]), out, 4, progress=False, maker=a)
@@ -316,12 +343,16 @@ def test_geneval_rerun_never_keeps_stale_results(tmp_path):
     # Other prompts: changed folders are redone, folders past the new list removed.
     summary = export_geneval(source, meta("two.jsonl", ["a cat", "a horse"]), out, 4, progress=False, maker=a)
     assert (summary["kept"], summary["written"], summary["removed"]) == (1, 1, 1)
-    assert folders(out) == {"00000": (["a cat"], [f"{k:04d}.png" for k in range(4)]),
-                            "00001": (["a horse"], [f"{k:04d}.png" for k in range(4)])}
+    assert folders(out) == {
+        "00000": (["a cat"], [f"{k:04d}.png" for k in range(4)]),
+        "00001": (["a horse"], [f"{k:04d}.png" for k in range(4)]),
+    }
     # Fewer samples per prompt: no extra image is left for GenEval to score.
     export_geneval(source, tmp_path / "two.jsonl", out, 2, progress=False, maker=a)
     assert all(samples == ["0000.png", "0001.png"] for _, samples in folders(out).values())
-    summary = export_geneval(source, tmp_path / "two.jsonl", out, 2, progress=False, maker={"model": "b"}, overwrite=True)
+    summary = export_geneval(
+        source, tmp_path / "two.jsonl", out, 2, progress=False, maker={"model": "b"}, overwrite=True
+    )
     assert summary["written"] == 2 and json.loads((out / "fluid_export.json").read_text())["maker"] == {"model": "b"}
     # A folder of numbered prompt folders that does not say what made them is not taken over either.
     (tmp_path / "foreign" / "00000").mkdir(parents=True)
@@ -334,15 +365,33 @@ def test_fluid_eval_geneval_refuses_another_models_export(tmp_path, capsys):
 
     meta = tmp_path / "meta.jsonl"
     meta.write_text('{"tag": "single_object", "prompt": "a photo of a circle"}\n')
-    common = ["--metrics", "geneval", "--geneval-metadata", str(meta), "--geneval-samples", "1",
-              "--geneval-out", str(tmp_path / "g"), "--device", "cpu", "--threads", "1", "--no-progress"]
+    common = [
+        "--metrics",
+        "geneval",
+        "--geneval-metadata",
+        str(meta),
+        "--geneval-samples",
+        "1",
+        "--geneval-out",
+        str(tmp_path / "g"),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     assert main(["eval", "--variant", "discrete-raster", "--out", str(tmp_path / "a"), *common]) == 0
     assert main(["eval", "--variant", "discrete-random", "--out", str(tmp_path / "b"), *common]) == 2
     assert "discrete-raster" in capsys.readouterr().err and not (tmp_path / "b" / "metrics.json").exists()
-    assert main(["eval", "--variant", "discrete-random", "--out", str(tmp_path / "b"), *common, "--geneval-overwrite"]) == 0
+    assert (
+        main(["eval", "--variant", "discrete-random", "--out", str(tmp_path / "b"), *common, "--geneval-overwrite"])
+        == 0
+    )
     rec = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert rec["metrics"]["geneval"]["written"] == 1
-    assert json.loads((tmp_path / "g" / "fluid_export.json").read_text())["maker"]["model"]["variant"] == "discrete-random"
+    assert (
+        json.loads((tmp_path / "g" / "fluid_export.json").read_text())["maker"]["model"]["variant"] == "discrete-random"
+    )
 
 
 # ----------------------------------------------------------------------------- fluid eval
@@ -353,20 +402,54 @@ def test_fluid_eval_end_to_end(tmp_path):
     from fluid.cli import main
 
     out = tmp_path / "eval"
-    rc = main(["eval", "--variant", "discrete-random", "--out", str(out), "--prompts-per-family", "2", "--seeds", "1",
-               "--val-size", "16", "--detector-per-family", "4", "--fd-reference", "256", "--cache-dir", str(tmp_path / "c"),
-               "--device", "cpu", "--threads", "1", "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "--variant",
+            "discrete-random",
+            "--out",
+            str(out),
+            "--prompts-per-family",
+            "2",
+            "--seeds",
+            "1",
+            "--val-size",
+            "16",
+            "--detector-per-family",
+            "4",
+            "--fd-reference",
+            "256",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rec = json.loads((out / "metrics.json").read_text())
     m = rec["metrics"]
     assert set(m) == {"shapes_eval", "shapes_fd", "val_loss", "detector"}
     assert m["shapes_eval"]["images"] == 12 and 0 <= m["shapes_eval"]["overall"] <= 1
-    assert set(m["shapes_eval"]["per_family"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert set(m["shapes_eval"]["per_family"]) == {
+        "single_object",
+        "two_object",
+        "counting",
+        "colors",
+        "position",
+        "color_attr",
+    }
     assert m["shapes_fd"]["value"] > 0 and m["val_loss"]["pairs"] == 16 and np.isfinite(m["val_loss"]["value"])
     assert rec["checkpoint"]["variant"] == "discrete-random" and len(rec["checkpoint"]["weights_sha256"]) == 12
     assert rec["config"]["model"]["token_type"] == "discrete"
     report = (out / "report.md").read_text()
-    assert "ShapesEval" in report and "shapes_eval/counting.png" in report and (out / "shapes_eval" / "counting.png").is_file()
+    assert (
+        "ShapesEval" in report
+        and "shapes_eval/counting.png" in report
+        and (out / "shapes_eval" / "counting.png").is_file()
+    )
     assert list((tmp_path / "c").glob("*.npz"))  # the shapes_fd reference was cached
     assert main(["eval", "--variant", "discrete-random", "--out", str(out), "--metrics", "fid"]) == 2  # inputs missing
 
@@ -378,8 +461,27 @@ def test_fluid_eval_variant_all_evaluates_each_shipped_model_into_its_own_folder
     from fluid.train.checkpoint import read_meta
 
     out = tmp_path / "eval"
-    assert main(["eval", "--variant", "all", "--out", str(out), "--metrics", "val_loss", "--val-size", "4",
-                 "--device", "cpu", "--threads", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--variant",
+                "all",
+                "--out",
+                str(out),
+                "--metrics",
+                "val_loss",
+                "--val-size",
+                "4",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary) == 4 and (out / "summary.md").is_file()
     losses = {}

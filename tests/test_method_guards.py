@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 import torch
-from test_model import float64, text_batch, tiny, tokens_for  # noqa: F401 (float64 is a fixture)
+from helpers import text_batch, tiny, tokens_for
 
 import fluid.model.generator as generator_module
 from fluid.config import SampleConfig
@@ -52,8 +52,7 @@ def test_mask_ratio_follows_the_cosine_law_in_distribution():
     model = tiny("discrete-random")
     seen = []
     real = generator_module.training_mask
-    with mock.patch.object(generator_module, "training_mask",
-                           lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]):
+    with mock.patch.object(generator_module, "training_mask", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]):
         emb, mask = text_batch(b=64)
         for seed in range(20):
             model(tokens_for(model, b=64, seed=seed), emb, mask, torch.Generator().manual_seed(seed))
@@ -61,9 +60,16 @@ def test_mask_ratio_follows_the_cosine_law_in_distribution():
     assert abs(frac - 0.6652) < 0.02
 
 
-@pytest.mark.parametrize("variant, confidence", [("continuous-random", False), ("discrete-random", False),
-                                                 ("discrete-random", True), ("continuous-raster", False),
-                                                 ("discrete-raster", False)])
+@pytest.mark.parametrize(
+    "variant, confidence",
+    [
+        ("continuous-random", False),
+        ("discrete-random", False),
+        ("discrete-random", True),
+        ("continuous-raster", False),
+        ("discrete-raster", False),
+    ],
+)
 def test_every_sampler_generates_every_token_exactly_once(variant, confidence):
     model = tiny(variant)
     emb, mask = text_batch()

@@ -5,45 +5,13 @@ import re
 
 import pytest
 import torch
+from helpers import text_batch, tiny, tokens_for
 
 from fluid.config import PRESETS, VARIANTS, SampleConfig, count_params, flops_per_image, get_preset
 from fluid.model import Generator
 from fluid.model.masking import cosine_mask_ratio, random_orders, tokens_per_step, training_mask
-from fluid.sample.generate import condition, generate
+from fluid.sample.generate import generate
 from fluid.sample.rng import ImageRNG
-
-
-@pytest.fixture
-def float64():
-    """Sampling from an untrained head amplifies rounding by up to 1/sqrt(alpha-bar_T) ~ 1e4:
-    exact-comparison tests run in float64 so that only real differences show."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def tiny(variant: str, **model) -> Generator:
-    cfg = get_preset("debug", variant=variant)
-    # Without zero-init the untrained head is not the constant 0, so guidance has an effect.
-    cfg.model = dataclasses.replace(cfg.model, **{"zero_init": False, **model})
-    torch.manual_seed(0)
-    return Generator(cfg.model, cfg.text).eval()
-
-
-def text_batch(b=3, length=5, dim=384, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    emb = torch.randn(b, length, dim, generator=g)
-    mask = torch.ones(b, length, dtype=torch.bool)
-    mask[1, 3:] = False
-    return emb, mask
-
-
-def tokens_for(model: Generator, b=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if model.continuous:
-        return torch.randn(b, model.cfg.num_tokens, model.cfg.token_dim, generator=g)
-    return torch.randint(0, model.cfg.vocab_size, (b, model.cfg.num_tokens), generator=g)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -101,8 +69,8 @@ def test_causal_attention_hides_later_tokens(token_type):
         a = model.backbone(model.embed_shifted(tokens), text, tmask)
         b = model.backbone(model.embed_shifted(changed), text, tmask)
     # Position i sees tokens < i: outputs up to and including position j are untouched.
-    assert torch.equal(a[:, :j + 1], b[:, :j + 1])
-    assert not torch.allclose(a[:, j + 1:], b[:, j + 1:])
+    assert torch.equal(a[:, : j + 1], b[:, : j + 1])
+    assert not torch.allclose(a[:, j + 1 :], b[:, j + 1 :])
 
 
 def test_random_order_attention_is_bidirectional():
@@ -142,7 +110,9 @@ def test_guidance_at_scale_one_equals_the_conditional_model(variant, float64):
     else:
         assert torch.equal(plain, guided)
     # ... and guidance does change the result at scale 4.
-    strong = generate(model, emb, mask, dataclasses.replace(cfg, cfg=4.0), ImageRNG.for_images(3, range(len(emb))), head_steps=5)
+    strong = generate(
+        model, emb, mask, dataclasses.replace(cfg, cfg=4.0), ImageRNG.for_images(3, range(len(emb))), head_steps=5
+    )
     assert not torch.equal(plain, strong)
 
 
@@ -227,7 +197,15 @@ def test_record_shows_tokens_filling_in():
     model = tiny("continuous-random")
     emb, mask = text_batch()
     record = []
-    generate(model, emb, mask, SampleConfig(steps=16, cfg=1.0), ImageRNG.for_images(0, range(len(emb))), head_steps=3, record=record)
+    generate(
+        model,
+        emb,
+        mask,
+        SampleConfig(steps=16, cfg=1.0),
+        ImageRNG.for_images(0, range(len(emb))),
+        head_steps=3,
+        record=record,
+    )
     known = [int(k[0].sum()) for _, _, k in record]
     assert known == sorted(known) and known[-1] == 16 and len(record) == 16
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import WordHashEncoder, make_tokenizer, tiny_config
 
-from conftest import WordHashEncoder, make_tokenizer, tiny_config
 from fluid.config import ConfigError, get_preset
 
 ATOL = 2e-5
@@ -46,13 +46,23 @@ def _train(rank: int, world: int, init_file: str | None, spec: dict) -> None:
         cfg = tiny_config(spec.get("variant", "continuous-random"), **{"precision": "fp32", **spec["train"]})
         for k, v in spec.get("model", {}).items():
             setattr(cfg.model, k, v)
-        trainer = Trainer(cfg, spec["run"], make_tokenizer("kl" if cfg.model.token_type.value == "continuous" else "vq"),
-                          WordHashEncoder(), resume=spec.get("resume", False), dist=DistInfo(rank, world, 0, "cpu"),
-                          show_progress=False)
+        trainer = Trainer(
+            cfg,
+            spec["run"],
+            make_tokenizer("kl" if cfg.model.token_type.value == "continuous" else "vq"),
+            WordHashEncoder(),
+            resume=spec.get("resume", False),
+            dist=DistInfo(rank, world, 0, "cpu"),
+            show_progress=False,
+        )
         for steps in spec.get("stops", [None]):  # stopping at a checkpoint and going on changes nothing
             last = trainer.fit(steps)
-        state = {"model": _full_state(trainer.model), "ema": _full_state(trainer.ema.model), "last": last,
-                 "step": trainer.step}
+        state = {
+            "model": _full_state(trainer.model),
+            "ema": _full_state(trainer.ema.model),
+            "last": last,
+            "step": trainer.step,
+        }
         if rank == 0:
             torch.save(state, spec["out"])
     finally:
@@ -125,8 +135,12 @@ def one_process(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_give_the_weights_of_one(tmp_path, one_process, parallel):
-    two = run(2, tmp_path, parallel, train=dict(steps=3, batch_size=8, micro_batch_size=2, val_every=3, val_size=130,
-                                               parallel=parallel))
+    two = run(
+        2,
+        tmp_path,
+        parallel,
+        train=dict(steps=3, batch_size=8, micro_batch_size=2, val_every=3, val_size=130, parallel=parallel),
+    )
     d = max_diff(one_process["model"], two["model"])
     assert d < ATOL, d
     assert max_diff(one_process["ema"], two["ema"]) < ATOL
@@ -199,17 +213,23 @@ def test_activation_checkpointing_gives_the_same_gradients_with_fewer_saved_acti
 
 
 def test_training_from_a_cache_never_builds_the_text_encoder(tmp_path, minilm, monkeypatch):
+    from tiny_data import BOMB_PIXELS
+
+    from fluid.data.images import ImagePolicy
     from fluid.data.prepare import PrepareOptions, prepare
     from fluid.data.sources import ShapesSource
     from fluid.train import text_side
     from fluid.train.trainer import Trainer
-    from tiny_data import BOMB_PIXELS
-
-    from fluid.data.images import ImagePolicy
 
     kl = make_tokenizer("kl")
-    prepare(ShapesSource(20, 32, shard_size=8), tmp_path / "cache", kl, minilm,
-            ImagePolicy(resolution=32, max_pixels=BOMB_PIXELS), PrepareOptions(workers=0, batch_size=8, progress=False))
+    prepare(
+        ShapesSource(20, 32, shard_size=8),
+        tmp_path / "cache",
+        kl,
+        minilm,
+        ImagePolicy(resolution=32, max_pixels=BOMB_PIXELS),
+        PrepareOptions(workers=0, batch_size=8, progress=False),
+    )
 
     def refuse(*a, **k):
         raise AssertionError("the text encoder was built")
@@ -277,8 +297,9 @@ def _hang(rank: int, world: int, init_file: str, out: str) -> None:
 
     from fluid.train.distributed import CollectiveTimeout, DistInfo, explain_timeouts
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=3))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=3)
+    )
     if rank == 1:
         time.sleep(8)  # a hung rank: never joins the all-reduce
         os._exit(0)
@@ -350,5 +371,7 @@ def test_a_checkpoint_from_before_the_global_batch_names_the_batch_to_resume_wit
     torch.save(state, path)
     with pytest.raises(ValueError, match="train.batch_size=8"):
         Trainer(tiny_config(steps=2, batch_size=4), tmp_path / "run", tok, enc, resume=True, show_progress=False)
-    assert Trainer(tiny_config(steps=2, batch_size=8), tmp_path / "run", tok, enc, resume=True,
-                   show_progress=False).step == 1
+    assert (
+        Trainer(tiny_config(steps=2, batch_size=8), tmp_path / "run", tok, enc, resume=True, show_progress=False).step
+        == 1
+    )

@@ -35,11 +35,17 @@ def shipped(minilm):
 def _eval_record(digest: str) -> dict:
     """The parts of `fluid eval`'s metrics.json the card reads, for weights ``digest``."""
     families = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-    return {"format": "fluid-eval/1", "time": "2025-01-01T00:00:00+00:00",
-            "checkpoint": {"weights_sha256": digest},
-            "eval": {"sample": {"cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.6, "steps": 64}, "head_steps": 100},
-            "metrics": {"shapes_eval": {"overall": 0.7031, "per_family": {f: 0.5 for f in families}, "images": 384},
-                        "shapes_fd": {"value": 85.6}, "val_loss": {"value": 3.0566, "pairs": 512, "loss": "nats per token"}}}
+    return {
+        "format": "fluid-eval/1",
+        "time": "2025-01-01T00:00:00+00:00",
+        "checkpoint": {"weights_sha256": digest},
+        "eval": {"sample": {"cfg": 3.0, "cfg_schedule": "linear", "temperature": 0.6, "steps": 64}, "head_steps": 100},
+        "metrics": {
+            "shapes_eval": {"overall": 0.7031, "per_family": {f: 0.5 for f in families}, "images": 384},
+            "shapes_fd": {"value": 85.6},
+            "val_loss": {"value": 3.0566, "pairs": 512, "loss": "nats per token"},
+        },
+    }
 
 
 def test_round_trip_gives_the_same_images(shipped, minilm, tmp_path):
@@ -50,7 +56,9 @@ def test_round_trip_gives_the_same_images(shipped, minilm, tmp_path):
     assert index["_class_name"] == "FluidPipeline" and index["variant"] == "discrete-raster"
     assert index["text_encoder"]["encoder"] == "minilm" and index["text_encoder"]["identity"] == minilm.identity()
     # The shipped fp16 weights are written back in fp16, byte for byte.
-    assert file_digest(out / "generator" / "ema.safetensors") == file_digest(generator_path("discrete-raster") / "ema.safetensors")
+    assert file_digest(out / "generator" / "ema.safetensors") == file_digest(
+        generator_path("discrete-raster") / "ema.safetensors"
+    )
     loaded = FluidPipeline.from_pretrained(out, device="cpu", text_encoder=minilm)
     assert loaded.source == out / "generator"
     assert loaded.tokenizer.identity() == shipped.tokenizer.identity()
@@ -59,7 +67,12 @@ def test_round_trip_gives_the_same_images(shipped, minilm, tmp_path):
     assert torch.equal(a, b)
     # Saving a loaded folder again (in place) keeps it loadable.
     loaded.save_pretrained(out)
-    assert torch.equal(FluidPipeline.from_pretrained(str(out), device="cpu", text_encoder=minilm)(PROMPTS, seed=5, output_type="tensor"), a)
+    assert torch.equal(
+        FluidPipeline.from_pretrained(str(out), device="cpu", text_encoder=minilm)(
+            PROMPTS, seed=5, output_type="tensor"
+        ),
+        a,
+    )
 
 
 def test_model_card_is_written_from_the_config_and_records(shipped, tmp_path):

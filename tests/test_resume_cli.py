@@ -23,10 +23,30 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # the same 
 
 
 def train_command(variant: str, out: Path, resume: bool = False) -> list[str]:
-    return [sys.executable, "-m", "fluid.cli", "train", "--preset", "debug", "--variant", variant,
-            "--steps", str(STEPS), "--out", str(out), *(["--resume"] if resume else []),
-            "--set", f"train.ckpt_every={CKPT_EVERY}", "train.keep_checkpoints=20", "train.batch_size=4",
-            "train.log_every=1", "train.val_every=10", "train.val_size=8", "data.pool=64", "data.flip=true"]
+    return [
+        sys.executable,
+        "-m",
+        "fluid.cli",
+        "train",
+        "--preset",
+        "debug",
+        "--variant",
+        variant,
+        "--steps",
+        str(STEPS),
+        "--out",
+        str(out),
+        *(["--resume"] if resume else []),
+        "--set",
+        f"train.ckpt_every={CKPT_EVERY}",
+        "train.keep_checkpoints=20",
+        "train.batch_size=4",
+        "train.log_every=1",
+        "train.val_every=10",
+        "train.val_size=8",
+        "data.pool=64",
+        "data.flip=true",
+    ]
 
 
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180.0) -> None:
@@ -60,8 +80,10 @@ def assert_same(a, b, where: str) -> None:
 
 
 def metrics_without_timing(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.mark.slow
@@ -72,12 +94,18 @@ def test_sigkill_then_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, 
     delay = rng.uniform(0.0, 0.15)
     note = f"(killed {delay:.3f} s after step {kill_after}'s checkpoint)"
     ref, run = tmp_path / "ref", tmp_path / "run"
-    reference = subprocess.Popen(train_command(variant, ref), env=ENV, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
+    reference = subprocess.Popen(
+        train_command(variant, ref), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
     # 1. SIGKILL, some time after a checkpoint: no chance to save anything.
-    proc = subprocess.Popen(train_command(variant, run), env=ENV, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_command(variant, run),
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: (run / f"step-{kill_after:07d}" / "training_state.pt").exists(), proc, f"checkpoint {kill_after}")
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -85,8 +113,9 @@ def test_sigkill_then_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, 
     assert proc.returncode == -signal.SIGKILL, f"the run finished before it could be killed {note}"
 
     # 2. Resume, then SIGTERM a few steps later: a clean stop saves the step it is at.
-    proc = subprocess.Popen(train_command(variant, run, resume=True), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_command(variant, run, resume=True), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     resumed_at = int(os.readlink(run / "latest").split("-")[1])
     wait_for(lambda: any(s > resumed_at + 1 for s in logged_steps(run)), proc, "two steps after the resume")
     proc.send_signal(signal.SIGTERM)

@@ -5,7 +5,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -30,8 +29,11 @@ def _counted_train_flops(preset: str, variant: str, masked: int) -> tuple[float,
     torch.manual_seed(0)
     model = Generator(m, cfg.text)
     b, L = 3, cfg.text.max_length
-    tokens = (torch.randn(b, m.num_tokens, m.token_dim) if model.continuous
-              else torch.randint(0, m.vocab_size, (b, m.num_tokens)))
+    tokens = (
+        torch.randn(b, m.num_tokens, m.token_dim)
+        if model.continuous
+        else torch.randint(0, m.vocab_size, (b, m.num_tokens))
+    )
     emb, mask = torch.randn(b, L, cfg.text.dim), torch.ones(b, L, dtype=torch.bool)
 
     def fixed_mask(orders, generator=None, schedule="cosine"):
@@ -41,8 +43,11 @@ def _counted_train_flops(preset: str, variant: str, masked: int) -> tuple[float,
 
     # The math attention backend runs as plain matmuls, which the counter sees (the fused CPU
     # kernel is not counted).
-    with mock.patch.object(generator_module, "training_mask", fixed_mask), sdpa_kernel(SDPBackend.MATH), \
-            FlopCounterMode(display=False) as counter:
+    with (
+        mock.patch.object(generator_module, "training_mask", fixed_mask),
+        sdpa_kernel(SDPBackend.MATH),
+        FlopCounterMode(display=False) as counter,
+    ):
         model(tokens, emb, mask, torch.Generator().manual_seed(0)).backward()
     return counter.get_total_flops() / b, flops_per_image(m, cfg.text, mask_ratio=masked / m.num_tokens)
 
@@ -71,26 +76,40 @@ def test_compute_summary_counts_the_trained_generator_only():
 
 
 def test_sweep_product_of_axes_and_overrides():
-    sweep = parse_sweep({
-        "name": "t", "preset": "debug", "steps": 10, "eval_steps": [5, 99],
-        "set": {"train.batch_size": 4},
-        "axes": {"variant": ["continuous-random", "discrete-raster"],
-                 "size": {"s": {"model.width": 32, "model.heads": 2}, "m": {"steps": 20}}},
-    })
-    assert [r.name for r in sweep.runs] == ["variant=continuous-random,size=s", "variant=continuous-random,size=m",
-                                             "variant=discrete-raster,size=s", "variant=discrete-raster,size=m"]
+    sweep = parse_sweep(
+        {
+            "name": "t",
+            "preset": "debug",
+            "steps": 10,
+            "eval_steps": [5, 99],
+            "set": {"train.batch_size": 4},
+            "axes": {
+                "variant": ["continuous-random", "discrete-raster"],
+                "size": {"s": {"model.width": 32, "model.heads": 2}, "m": {"steps": 20}},
+            },
+        }
+    )
+    assert [r.name for r in sweep.runs] == [
+        "variant=continuous-random,size=s",
+        "variant=continuous-random,size=m",
+        "variant=discrete-raster,size=s",
+        "variant=discrete-raster,size=m",
+    ]
     small, medium = sweep.runs[2].config(), sweep.runs[3].config()
     assert small.model.variant == "discrete-raster" and small.model.width == 32 and small.train.batch_size == 4
     assert medium.train.steps == 20 and medium.model.width == get_preset("debug").model.width
     assert sweep.runs[0].eval_steps == [5, 10] and sweep.runs[1].eval_steps == [5, 20]  # 99 is past the end
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"axes": {"arm": ["a", "b"]}}, "list is only allowed"),
-    ({"axes": {"arm": {"x": {"model.nope": 1}}}}, "model.nope"),
-    ({"axes": {"variant": ["continuous-sideways"]}}, "unknown variant"),
-    ({"sizes": {}}, "unknown sweep key"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"axes": {"arm": ["a", "b"]}}, "list is only allowed"),
+        ({"axes": {"arm": {"x": {"model.nope": 1}}}}, "model.nope"),
+        ({"axes": {"variant": ["continuous-sideways"]}}, "unknown variant"),
+        ({"sizes": {}}, "unknown sweep key"),
+    ],
+)
 def test_bad_sweeps_are_refused_with_a_clear_message(bad, message):
     with pytest.raises((SweepError, ValueError), match=message):
         parse_sweep({"preset": "debug", **bad})
@@ -107,7 +126,7 @@ def test_scale_list_prints_the_cpu_mini_grid_with_sizes_and_compute(capsys):
     and training FLOPs, and nothing trained."""
     from fluid.cli import main
     from fluid.scaling.compute import compute_summary
-    from fluid.scaling.runner import fitted_config
+    from fluid.scaling.identity import fitted_config
 
     sweep = load_sweep("cpu-mini")
     assert main(["scale", "--sweep", "cpu-mini", "--list"]) == 0
@@ -142,8 +161,14 @@ def _scale(*args, cwd):
     import os
 
     env = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-m", "fluid.cli", "scale", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "fluid.cli", "scale", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -154,8 +179,12 @@ def test_micro_sweep_end_to_end_resumes_and_refuses_stale_runs(tmp_path):
     proc = _scale("--sweep", str(sweep), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
-    assert [(r["run"], r["step"]) for r in rows] == [("variant=continuous-random,size=a", 2), ("variant=continuous-random,size=a", 4),
-                                                     ("variant=continuous-random,size=b", 2), ("variant=continuous-random,size=b", 4)]
+    assert [(r["run"], r["step"]) for r in rows] == [
+        ("variant=continuous-random,size=a", 2),
+        ("variant=continuous-random,size=a", 4),
+        ("variant=continuous-random,size=b", 2),
+        ("variant=continuous-random,size=b", 4),
+    ]
     assert rows[0]["params"] < rows[2]["params"] and all(r["val_loss"] > 0 for r in rows)
     assert rows[1]["train_flops"] == pytest.approx(2 * rows[0]["train_flops"])
     header = (out / "results.csv").read_text().splitlines()[0]
@@ -172,8 +201,16 @@ def test_micro_sweep_end_to_end_resumes_and_refuses_stale_runs(tmp_path):
     sweep.write_text(MICRO.replace("a: {model.depth: 1}", "a: {model.depth: 1, train.lr: 0.01}"))
     stale = _scale("--sweep", str(sweep), "--out", str(out), cwd=tmp_path)
     assert stale.returncode == 2 and "train.lr" in stale.stderr and "--redo-stale" in stale.stderr
-    redo = _scale("--sweep", str(sweep), "--out", str(out), "--redo-stale", "--only", "variant=continuous-random,size=a",
-                  cwd=tmp_path)
+    redo = _scale(
+        "--sweep",
+        str(sweep),
+        "--out",
+        str(out),
+        "--redo-stale",
+        "--only",
+        "variant=continuous-random,size=a",
+        cwd=tmp_path,
+    )
     assert redo.returncode == 0, redo.stderr[-3000:]
     assert len(list((out / "stale").iterdir())) == 1
 
@@ -192,14 +229,14 @@ def test_power_law_fit_recovers_a_known_exponent_and_band_covers_it():
 
     rng = np.random.default_rng(0)
     x = np.geomspace(1e6, 1e9, 8)
-    y = 3.0 * x ** -0.12 * np.exp(rng.normal(0, 0.01, size=x.shape))
+    y = 3.0 * x**-0.12 * np.exp(rng.normal(0, 0.01, size=x.shape))
     law = power_law_fit(x, y)
     assert abs(law.exponent + 0.12) < 0.01 and law.line.r2 > 0.98
     assert abs(law.coefficient / 3.0 - 1) < 0.2
     lo, hi = law.band(x)
-    truth = 3.0 * x ** -0.12
+    truth = 3.0 * x**-0.12
     assert np.mean((lo <= truth) & (truth <= hi)) >= 0.75  # a 95% band of the mean covers the true line
-    exact = power_law_fit(x, 2.0 * x ** 0.5)
+    exact = power_law_fit(x, 2.0 * x**0.5)
     assert exact.exponent == pytest.approx(0.5, abs=1e-9) and exact.line.r2 == pytest.approx(1.0)
 
 
@@ -212,7 +249,7 @@ def test_linear_fit_pearson_matches_numpy_and_known_correlation():
     fit = linear_fit(x, y)
     assert fit.pearson_r == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
     assert abs(fit.pearson_r + 0.9) < 0.03 and fit.p_value < 1e-10
-    assert fit.r2 == pytest.approx(fit.pearson_r ** 2, abs=1e-12)
+    assert fit.r2 == pytest.approx(fit.pearson_r**2, abs=1e-12)
     with pytest.raises(ValueError):
         linear_fit([1.0, 1.0], [2.0, 3.0])
 
@@ -243,13 +280,27 @@ def test_report_states_each_target_and_the_evidence_where_one_is_missed(tmp_path
     for variant, good in (("continuous-random", 0.0), ("continuous-raster", 0.2)):
         for i, params in enumerate([1e5, 4e5, 1.6e6, 6.4e6]):
             for step in (500, 1000):
-                loss = 0.9 * params ** -0.05 * (1.05 if step == 500 else 1.0)
+                loss = 0.9 * params**-0.05 * (1.05 if step == 500 else 1.0)
                 score = good * (1 - loss) + (0.01 * ((i + step // 500) % 2) if not good else 0)
                 fams = {f"shapes_eval.{f}": (score if f == "colors" else 0.0) for f in ("single_object", "colors")}
-                rows.append({"run": f"{variant}-{i}", "variant": variant, "status": "done", "step": step,
-                             "params": params, "images": step * 64, "train_flops": 6 * params * step * 64,
-                             "val_loss": loss, "shapes_eval.overall": score, "shapes_eval.images": 96,
-                             "shapes_fd": 100 * loss, **fams, "train_s": 60.0, "eval_s": 6.0})
+                rows.append(
+                    {
+                        "run": f"{variant}-{i}",
+                        "variant": variant,
+                        "status": "done",
+                        "step": step,
+                        "params": params,
+                        "images": step * 64,
+                        "train_flops": 6 * params * step * 64,
+                        "val_loss": loss,
+                        "shapes_eval.overall": score,
+                        "shapes_eval.images": 96,
+                        "shapes_fd": 100 * loss,
+                        **fams,
+                        "train_s": 60.0,
+                        "eval_s": 6.0,
+                    }
+                )
     (tmp_path / "results.json").write_text(json.dumps(rows))
     (tmp_path / "notes.md").write_text("## Notes\n\nWritten by hand.")
     fits = analyze(tmp_path, "synthetic", "test")
@@ -269,16 +320,28 @@ def test_analysis_of_synthetic_results_writes_fits_figures_and_report(tmp_path):
     """Four variants x four sizes x two steps with known exponents: the analysis finds them."""
     from fluid.scaling.analysis import analyze
 
-    rows, exps = [], {"continuous-random": -0.10, "continuous-raster": -0.06, "discrete-random": -0.08,
-                      "discrete-raster": -0.05}
+    rows, exps = (
+        [],
+        {"continuous-random": -0.10, "continuous-raster": -0.06, "discrete-random": -0.08, "discrete-raster": -0.05},
+    )
     for variant, b in exps.items():
         for i, params in enumerate([1e5, 4e5, 1.6e6, 6.4e6]):
             for step in (500, 1000):
-                loss = (0.9 if variant.startswith("continuous") else 6.0) * params ** b * (1.05 if step == 500 else 1.0)
-                rows.append({"run": f"{variant}-{i}", "variant": variant, "status": "done", "step": step,
-                             "params": params, "images": step * 64, "train_flops": 6 * params * step * 64,
-                             "val_loss": loss, "shapes_eval.overall": 2.0 - loss if variant.startswith("c") else 1 - loss / 10,
-                             "shapes_fd": 100 * loss})
+                loss = (0.9 if variant.startswith("continuous") else 6.0) * params**b * (1.05 if step == 500 else 1.0)
+                rows.append(
+                    {
+                        "run": f"{variant}-{i}",
+                        "variant": variant,
+                        "status": "done",
+                        "step": step,
+                        "params": params,
+                        "images": step * 64,
+                        "train_flops": 6 * params * step * 64,
+                        "val_loss": loss,
+                        "shapes_eval.overall": 2.0 - loss if variant.startswith("c") else 1 - loss / 10,
+                        "shapes_fd": 100 * loss,
+                    }
+                )
     rows.append({"run": "broken", "variant": "continuous-random", "status": "failed", "error": "out of memory"})
     (tmp_path / "results.json").write_text(json.dumps(rows))
     fits = analyze(tmp_path, "synthetic", "test")
@@ -296,7 +359,7 @@ def test_analysis_of_synthetic_results_writes_fits_figures_and_report(tmp_path):
 
 
 def test_a_config_key_added_later_at_its_default_does_not_make_a_run_stale():
-    from fluid.scaling.runner import run_identity, same_identity
+    from fluid.scaling.identity import run_identity, same_identity
 
     sweep = parse_sweep({"preset": "debug", "steps": 4, "axes": {"size": {"a": {"model.width": 32, "model.heads": 2}}}})
     current = run_identity(sweep, sweep.runs[0])
@@ -308,14 +371,18 @@ def test_a_config_key_added_later_at_its_default_does_not_make_a_run_stale():
     assert not same_identity(None, current)
 
 
-PLAN = MICRO.replace("  size:\n    a: {model.depth: 1}\n    b: {}\n", "  lr:\n    x: {train.lr: 0.001}\n    y: {train.lr: 0.002}\n  size:\n    a: {model.depth: 1}\n    b: {}\n")
+PLAN = MICRO.replace(
+    "  size:\n    a: {model.depth: 1}\n    b: {}\n",
+    "  lr:\n    x: {train.lr: 0.001}\n    y: {train.lr: 0.002}\n  size:\n    a: {model.depth: 1}\n    b: {}\n",
+)
 
 
 def test_plan_prices_runs_from_done_runs_on_this_machine_else_a_probe(tmp_path):
-    from fluid.scaling.plan import PROBE_STEPS, machine, make_plan
-    from fluid.scaling.runner import RunFolder, fitted_config, run_identity
-
     import yaml
+
+    from fluid.scaling.identity import fitted_config, run_identity
+    from fluid.scaling.plan import PROBE_STEPS, machine, make_plan
+    from fluid.scaling.records import RunFolder
 
     sweep = parse_sweep(yaml.safe_load(PLAN))
     out = tmp_path / "out"
@@ -333,8 +400,13 @@ def test_plan_prices_runs_from_done_runs_on_this_machine_else_a_probe(tmp_path):
     # a partial run counts only the steps still to go; the other model is probed once.
     a_x, a_y = (r for r in sweep.runs if "size=a" in r.name)
     RunFolder(out, a_x).path.mkdir(parents=True)
-    RunFolder(out, a_x).write({"status": "done", "identity": run_identity(sweep, a_x), "attempts": [
-        {"train_s": 8.0, "eval_s": 3.0, "machine": machine(1)}]})
+    RunFolder(out, a_x).write(
+        {
+            "status": "done",
+            "identity": run_identity(sweep, a_x),
+            "attempts": [{"train_s": 8.0, "eval_s": 3.0, "machine": machine(1)}],
+        }
+    )
     partial = RunFolder(out, a_y).train / "step-0000003"
     partial.mkdir(parents=True)
     (partial / "meta.json").write_text('{"step": 3}')

@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 import torch
+from helpers import make_tokenizer
 
 from fluid.config import get_preset
 from fluid.model import Generator
@@ -17,7 +18,6 @@ from fluid.serve.app import create_app, is_loopback, running_server
 from fluid.serve.load import load_test, run_one
 from fluid.serve.requests import ALL, Limits, RequestError, parse_request
 from fluid.serve.worker import Job, ModelSet, QueueFull, Scheduler
-from conftest import make_tokenizer
 
 NAMES = {"tiny-cr": None, "tiny-dr": None}  # parse_request only looks at the names
 
@@ -30,29 +30,43 @@ def test_a_plain_request_takes_the_model_defaults():
     assert r.prompt == "a red square" and r.models == ("tiny-cr",) and r.seed == 0
     assert r.sample_overrides() == {"cfg": None, "cfg_schedule": None, "temperature": None, "steps": None}
     # Form fields arrive as strings; empty ones mean "the default".
-    r = parse_request({"prompt": "x", "model": ALL, "cfg": "4.5", "temperature": "0.8", "steps": "8", "head_steps": "",
-                       "seed": "12", "cfg_schedule": "constant"}, NAMES)
+    r = parse_request(
+        {
+            "prompt": "x",
+            "model": ALL,
+            "cfg": "4.5",
+            "temperature": "0.8",
+            "steps": "8",
+            "head_steps": "",
+            "seed": "12",
+            "cfg_schedule": "constant",
+        },
+        NAMES,
+    )
     assert r.models == ("tiny-cr", "tiny-dr") and r.cfg == 4.5 and r.steps == 8 and r.seed == 12
     assert r.head_steps is None and r.cfg_schedule == "constant"
 
 
-@pytest.mark.parametrize("body, field, words", [
-    ({"prompt": ""}, "prompt", "empty prompt"),
-    ({"prompt": " \n\t "}, "prompt", "empty prompt"),
-    ({"prompt": None}, "prompt", "Type a prompt"),
-    ({"prompt": "x" * 201}, "prompt", "201 characters long; the limit is 200"),
-    ({"prompt": "a", "model": "gpt"}, "model", "model must be one of tiny-cr, tiny-dr, all"),
-    ({"prompt": "a", "cfg": 0.5}, "cfg", "from 1 to 20; 0.5 is out of range"),
-    ({"prompt": "a", "cfg": "abc"}, "cfg", "must be a number from 1 to 20, not 'abc'"),
-    ({"prompt": "a", "cfg": "nan"}, "cfg", "must be a number"),
-    ({"prompt": "a", "temperature": True}, "temperature", "must be a number"),
-    ({"prompt": "a", "steps": 2.5}, "steps", "whole number from 1 to 64"),
-    ({"prompt": "a", "steps": 65}, "steps", "out of range"),
-    ({"prompt": "a", "head_steps": 0}, "head_steps", "from 1 to 250"),
-    ({"prompt": "a", "seed": -1}, "seed", "out of range"),
-    ({"prompt": "a", "cfg_schedule": "cubic"}, "cfg_schedule", "one of constant, linear"),
-    ({"prompt": "a", "colour": "red"}, "request", "Unknown field(s): colour"),
-])
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ({"prompt": ""}, "prompt", "empty prompt"),
+        ({"prompt": " \n\t "}, "prompt", "empty prompt"),
+        ({"prompt": None}, "prompt", "Type a prompt"),
+        ({"prompt": "x" * 201}, "prompt", "201 characters long; the limit is 200"),
+        ({"prompt": "a", "model": "gpt"}, "model", "model must be one of tiny-cr, tiny-dr, all"),
+        ({"prompt": "a", "cfg": 0.5}, "cfg", "from 1 to 20; 0.5 is out of range"),
+        ({"prompt": "a", "cfg": "abc"}, "cfg", "must be a number from 1 to 20, not 'abc'"),
+        ({"prompt": "a", "cfg": "nan"}, "cfg", "must be a number"),
+        ({"prompt": "a", "temperature": True}, "temperature", "must be a number"),
+        ({"prompt": "a", "steps": 2.5}, "steps", "whole number from 1 to 64"),
+        ({"prompt": "a", "steps": 65}, "steps", "out of range"),
+        ({"prompt": "a", "head_steps": 0}, "head_steps", "from 1 to 250"),
+        ({"prompt": "a", "seed": -1}, "seed", "out of range"),
+        ({"prompt": "a", "cfg_schedule": "cubic"}, "cfg_schedule", "one of constant, linear"),
+        ({"prompt": "a", "colour": "red"}, "request", "Unknown field(s): colour"),
+    ],
+)
 def test_bad_values_get_one_sentence_per_field(body, field, words):
     with pytest.raises(RequestError) as e:
         parse_request(body, NAMES, Limits())
@@ -89,8 +103,10 @@ def _tiny_folder(root, variant: str, minilm):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, minilm):
     root = tmp_path_factory.mktemp("serve-models")
-    sources = {"tiny-cr": _tiny_folder(root, "continuous-random", minilm),
-               "tiny-dr": _tiny_folder(root, "discrete-raster", minilm)}
+    sources = {
+        "tiny-cr": _tiny_folder(root, "continuous-random", minilm),
+        "tiny-dr": _tiny_folder(root, "discrete-raster", minilm),
+    }
     return ModelSet(sources, text_encoder=minilm)
 
 
@@ -160,8 +176,12 @@ def test_raster_order_streams_a_frame_per_token_and_side_by_side_runs_all(url):
 
 
 def test_events_say_what_was_used(url):
-    status, reply = _post(url + "/api/jobs", json.dumps({"prompt": "a circle", "model": "tiny-cr", "seed": 7,
-                                                         "cfg": 2, "steps": 3, "head_steps": 4}).encode())
+    status, reply = _post(
+        url + "/api/jobs",
+        json.dumps(
+            {"prompt": "a circle", "model": "tiny-cr", "seed": 7, "cfg": 2, "steps": 3, "head_steps": 4}
+        ).encode(),
+    )
     assert status == 202
     with urllib.request.urlopen(url + reply["events"], timeout=60) as stream:
         from fluid.serve.load import read_events
@@ -173,8 +193,13 @@ def test_events_say_what_was_used(url):
     assert [f["step"] for f in frames] == [1, 2, 3] and frames[0]["known"] < frames[-1]["known"] == 16
     assert frames[0]["image"].startswith("data:image/png;base64,")
     image = next(d for k, d in events if k == "image")
-    assert image["seed"] == 7 and image["settings"] == {"cfg": 2.0, "cfg_schedule": "linear", "temperature": 1.0,
-                                                        "steps": 3, "head_steps": 4}
+    assert image["seed"] == 7 and image["settings"] == {
+        "cfg": 2.0,
+        "cfg_schedule": "linear",
+        "temperature": 1.0,
+        "steps": 3,
+        "head_steps": 4,
+    }
     assert events[-1][1]["status"] == "done" and events[-1][1]["first_frame_s"] > 0
 
 
@@ -206,8 +231,10 @@ def test_the_queue_is_bounded_and_drops_abandoned_jobs(models):
                 break
             loop.run_until_complete(asyncio.sleep(0.05))
         scheduler.stop()
-        assert jobs[0].events[-1] == ("end", {"status": "cancelled", "seconds": pytest.approx(jobs[0].events[-1][1]["seconds"]),
-                                              "first_frame_s": None})
+        assert jobs[0].events[-1] == (
+            "end",
+            {"status": "cancelled", "seconds": pytest.approx(jobs[0].events[-1][1]["seconds"]), "first_frame_s": None},
+        )
         assert not any(k == "frame" for k, _ in jobs[0].events)
         assert jobs[1].events[-1][1]["status"] == "done"
         # The second job heard that it moved up when the first was taken.
@@ -238,9 +265,11 @@ def test_clients_take_turns(models):
 def test_fifty_concurrent_requests_are_all_served(url, capsys):
     summary = load_test(url, requests=50, model="tiny-dr")
     with capsys.disabled():
-        print(f"\nload test: {summary['requests']} requests, {summary['failures']} failures, {summary['lost']} lost; "
-              f"latency median {summary['latency_s']['median']} s, worst {summary['latency_s']['max']} s; "
-              f"first frame median {summary['first_frame_s']['median']} s; {summary['wall_s']} s in all")
+        print(
+            f"\nload test: {summary['requests']} requests, {summary['failures']} failures, {summary['lost']} lost; "
+            f"latency median {summary['latency_s']['median']} s, worst {summary['latency_s']['max']} s; "
+            f"first frame median {summary['first_frame_s']['median']} s; {summary['wall_s']} s in all"
+        )
     bad = [o for o in summary["outcomes"] if not o["ok"]]
     assert summary["served"] == 50 and summary["failures"] == 0 and summary["lost"] == 0, bad[:3]
 

@@ -21,8 +21,16 @@ from fluid.serve.worker import ModelSet
 CHROMIUM = os.environ.get("FLUID_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Headless on a closed network: no sandbox (containers), no GPU, and none of the browser's
 # own background connections (they would be refused, and slow the start).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 try:
     from playwright.sync_api import sync_playwright
@@ -30,10 +38,15 @@ except ImportError:
     sync_playwright = None
 
 pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="the browser test needs the Python package playwright "
-                       "(pip install -e '.[test]')"),
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found: install Debian's chromium package "
-                       "(`make browser`, or apt-get install chromium), or set FLUID_CHROMIUM"),
+    pytest.mark.skipif(
+        sync_playwright is None,
+        reason="the browser test needs the Python package playwright (pip install -e '.[test]')",
+    ),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium found: install Debian's chromium package "
+        "(`make browser`, or apt-get install chromium), or set FLUID_CHROMIUM",
+    ),
 ]
 
 
@@ -53,8 +66,12 @@ def server(minilm):
 def page(server, tmp_path_factory):
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1180, "height": 720})
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1180, "height": 720},
+        )
         try:
             page = context.new_page()
             page.set_default_timeout(120_000)
@@ -106,7 +123,8 @@ def test_the_image_forms_step_by_step_side_by_side(server, page, tmp_path):
         new MutationObserver((changes) => {
             for (const c of changes) {
                 const fig = c.target.closest('figure');
-                if (fig && c.attributeName === 'src') window.shown.push([fig.dataset.model, fig.querySelector('.step').textContent]);
+                if (fig && c.attributeName === 'src')
+                    window.shown.push([fig.dataset.model, fig.querySelector('.step').textContent]);
             }
         }).observe(document.querySelector('#results'), {subtree: true, attributes: true, attributeFilter: ['src']});
     }""")
@@ -116,8 +134,12 @@ def test_the_image_forms_step_by_step_side_by_side(server, page, tmp_path):
     page.click("#go")
     page.wait_for_selector("body[data-state=done]")
     figures = page.query_selector_all("figure")
-    assert [f.get_attribute("data-model") for f in figures] == ["continuous-random", "continuous-raster",
-                                                               "discrete-random", "discrete-raster"]
+    assert [f.get_attribute("data-model") for f in figures] == [
+        "continuous-random",
+        "continuous-raster",
+        "discrete-random",
+        "discrete-raster",
+    ]
     for fig in figures:
         assert fig.get_attribute("data-done") == "true"
         assert int(fig.get_attribute("data-frames")) == 16  # 16 tokens: 16 random-order steps, 16 raster steps
@@ -133,5 +155,7 @@ def test_the_image_forms_step_by_step_side_by_side(server, page, tmp_path):
     target = os.environ.get("FLUID_SERVE_SCREENSHOT")
     if target:
         Path(target).write_bytes(shot)
-    print(f"\nbrowser: models ready {ready_s:.1f} s after the server started; first frame {timing['firstFrame']:.0f} ms "
-          f"after Generate, all four images {timing['done']:.0f} ms")
+    print(
+        f"\nbrowser: models ready {ready_s:.1f} s after the server started; first frame {timing['firstFrame']:.0f} ms "
+        f"after Generate, all four images {timing['done']:.0f} ms"
+    )

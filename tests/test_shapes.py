@@ -43,6 +43,7 @@ def test_specs():
 
 def _expected_caption(spec: SceneSpec) -> str:
     """The caption rebuilt from the objects alone, written independently of the templates."""
+
     def a(words):
         return ("an " if words[0] in "aeiou" else "a ") + words
 
@@ -234,7 +235,7 @@ def test_flip():
     ds = ShapesDataset("test")
     specs = [ds.spec(i) for i in range(60)]
     flipped = [flip_spec(s) for s in specs]
-    for s, f in zip(specs, flipped):
+    for _s, f in zip(specs, flipped):
         assert f.caption == _expected_caption(f)  # the relation words still tell the truth
     torch.testing.assert_close(render(flipped, 64), render(specs, 64).flip(-1), atol=1e-5, rtol=0)
 

@@ -8,10 +8,10 @@ import torch
 from fluid.assets import generator_path, tokenizer_path
 from fluid.cli import main
 from fluid.config import VARIANTS, TokenType
+from fluid.sample.pipeline import FluidPipeline
+from fluid.shapes.classifier import load_shape_classifier
 from fluid.shapes.dataset import ShapesDataset
 from fluid.shapes.detector import detect, score
-from fluid.shapes.classifier import load_shape_classifier
-from fluid.sample.pipeline import FluidPipeline
 from fluid.tokenizers.load import load_tokenizer
 from fluid.train.checkpoint import read_meta
 
@@ -52,28 +52,67 @@ def test_shipped_fluid_draws_the_asked_colour_and_kind(minilm):
     pipe = FluidPipeline.from_pretrained(variant="continuous-random", device="cpu", text_encoder=minilm)
     reader = load_shape_classifier()
     prompts = ["a red square", "a blue circle", "a yellow triangle", "a green cross"]
-    hits = [score(p, detect(img, classifier=reader)) for seed in (0, 1)
-            for p, img in zip(prompts, pipe(prompts, seed=seed, output_type="tensor"))]
+    hits = [
+        score(p, detect(img, classifier=reader))
+        for seed in (0, 1)
+        for p, img in zip(prompts, pipe(prompts, seed=seed, output_type="tensor"))
+    ]
     assert sum(hits) >= 6, hits
 
 
 def test_cli_sample_writes_images_grid_and_json(tmp_path):
     out = tmp_path / "s"
-    assert main(["sample", "--variant", "discrete-raster", "--prompt", "a red square", "--prompt", "",
-                 "--seeds", "0", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--variant",
+                "discrete-raster",
+                "--prompt",
+                "a red square",
+                "--prompt",
+                "",
+                "--seeds",
+                "0",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "samples.json").read_text())
     assert len(record["images"]) == 4 and (out / "grid.png").exists()
     assert all((out / r["file"]).exists() for r in record["images"])
     # Same prompt and seed, same image (the seed and the image's index fix its random draws).
-    assert main(["sample", "--variant", "discrete-raster", "--prompt", "a red square", "--prompt", "",
-                 "--seeds", "0", "--out", str(tmp_path / "t")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--variant",
+                "discrete-raster",
+                "--prompt",
+                "a red square",
+                "--prompt",
+                "",
+                "--seeds",
+                "0",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
     assert (out / "000-seed0.png").read_bytes() == (tmp_path / "t" / "000-seed0.png").read_bytes()
 
 
 def test_cli_sample_rejects_a_broken_checkpoint(tmp_path, capsys):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
-    assert main(["sample", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "a circle", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["sample", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "a circle", "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "missing ema.safetensors" in capsys.readouterr().err
 
 
@@ -83,8 +122,11 @@ def test_shipped_fluid_follows_the_prompt_not_chance(minilm):
     pipe = FluidPipeline.from_pretrained(variant="continuous-random", device="cpu", text_encoder=minilm)
     reader = load_shape_classifier()
     prompts = ["a red square", "a blue circle", "a yellow triangle", "a green cross"]
-    ignored = [score(p, detect(img, classifier=reader)) for seed in (0, 1)
-               for p, img in zip(prompts, pipe([""] * 4, seed=seed, output_type="tensor"))]
+    ignored = [
+        score(p, detect(img, classifier=reader))
+        for seed in (0, 1)
+        for p, img in zip(prompts, pipe([""] * 4, seed=seed, output_type="tensor"))
+    ]
     assert sum(ignored) <= 2, ignored
 
 
@@ -97,8 +139,12 @@ def test_shipped_model_beats_noise_and_prompt_free_samplers_on_shapes_eval(minil
     pipe.cfg.train.precision = "fp32"
     evaluation = ShapesEval(4, [0, 1])
     model, _ = evaluation(pipeline_source(pipe), progress=False)
-    noise, _ = evaluation(lambda prompts, seed: torch.rand(len(prompts), 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1,
-                          progress=False)
+    noise, _ = evaluation(
+        lambda prompts, seed: (
+            torch.rand(len(prompts), 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        ),
+        progress=False,
+    )
     unprompted, _ = evaluation(lambda prompts, seed: pipeline_source(pipe)([""] * len(prompts), seed), progress=False)
     assert noise.overall <= 0.05 and model.overall >= noise.overall + 0.5, (model.overall, noise.overall)
     assert model.overall >= unprompted.overall + 0.3, (model.overall, unprompted.overall)

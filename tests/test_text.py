@@ -41,8 +41,18 @@ def _tiny_t5_folder(folder, seed=0):
     tk.post_processor = processors.TemplateProcessing(single=["$A", "</s>"], special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     tokenizer.save_pretrained(folder)
-    config = T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                      feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     torch.manual_seed(seed)
     T5EncoderModel(config).save_pretrained(folder)
     return str(folder)
@@ -83,9 +93,12 @@ def test_same_prompt_same_embedding_whatever_the_batch(minilm):
 
 def _same_rows(encoder, captions) -> bool:
     alone = [encoder.rows([c])[0] for c in captions]
-    return all(torch.equal(row, alone[captions.index(c)])
-               for batch in (captions, captions[::-1], captions[3:11] + [PROMPTS[1]])
-               for c, row in zip(batch, encoder.rows(batch)) if c in captions)
+    return all(
+        torch.equal(row, alone[captions.index(c)])
+        for batch in (captions, captions[::-1], captions[3:11] + [PROMPTS[1]])
+        for c, row in zip(batch, encoder.rows(batch))
+        if c in captions
+    )
 
 
 def test_embeddings_are_bit_identical_in_any_batch_on_one_thread(minilm):

@@ -190,7 +190,9 @@ def test_load_fp16_weights(tmp_path):
     loaded = load_tokenizer(tmp_path)
     assert next(loaded.parameters()).dtype == torch.float32
     x = images(2)
-    assert torch.allclose(loaded.decode(loaded.encode(x, sample=False)), tok.decode(tok.encode(x, sample=False)), atol=2e-2)
+    assert torch.allclose(
+        loaded.decode(loaded.encode(x, sample=False)), tok.decode(tok.encode(x, sample=False)), atol=2e-2
+    )
 
 
 def test_halving_names_the_fp16_identity_in_eval_json(tmp_path):
@@ -310,8 +312,21 @@ def test_vq_usage_not_tracked_by_encode():
 @pytest.mark.parametrize("kind", ["kl", "vq"])
 def test_short_training_lowers_reconstruction_loss(tmp_path, kind):
     cfg = get_tokenizer_preset(f"debug-{kind}")
-    res = train_tokenizer(cfg, tmp_path, steps=40, batch_size=16, lr=2e-3, dataset=Rects(), val_dataset=Rects(),
-                          warmup_steps=5, log_every=10, save_every=20, scale_images=64, val_images=32, progress=False)
+    res = train_tokenizer(
+        cfg,
+        tmp_path,
+        steps=40,
+        batch_size=16,
+        lr=2e-3,
+        dataset=Rects(),
+        val_dataset=Rects(),
+        warmup_steps=5,
+        log_every=10,
+        save_every=20,
+        scale_images=64,
+        val_images=32,
+        progress=False,
+    )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert rows[-1]["recon"] < 0.7 * rows[0]["recon"]
@@ -341,9 +356,14 @@ def _tiny_diffusers_kl(folder, **extra):
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-        scaling_factor=0.5, **extra,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        scaling_factor=0.5,
+        **extra,
     )
     vae.save_pretrained(folder, safe_serialization=True)
     return vae
@@ -374,9 +394,14 @@ def test_diffusers_vq_adapter(tmp_path):
 
     torch.manual_seed(0)
     vq = VQModel(
-        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-        num_vq_embeddings=32, vq_embed_dim=3,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        num_vq_embeddings=32,
+        vq_embed_dim=3,
     )
     vq.save_pretrained(tmp_path, safe_serialization=True)
     tok = load_tokenizer(tmp_path)

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
+from helpers import WordHashEncoder, make_tokenizer, tiny_config
 from safetensors.torch import load_file
 
-from conftest import WordHashEncoder, make_tokenizer, tiny_config
 from fluid.config import VARIANTS, LRSchedule, SampleConfig
 from fluid.sample.generate import generate
 from fluid.sample.pipeline import FluidPipeline
@@ -37,10 +37,21 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, minilm):
     tok = make_tokenizer("kl")
     cfg = tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8)
     Trainer(cfg, tmp_path / "a", tok, minilm, show_progress=False).fit()
-    Trainer(tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8), tmp_path / "b", tok, minilm,
-            show_progress=False).fit(steps=4)
-    resumed = Trainer(tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8), tmp_path / "b", tok,
-                      minilm, resume=True, show_progress=False)
+    Trainer(
+        tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8),
+        tmp_path / "b",
+        tok,
+        minilm,
+        show_progress=False,
+    ).fit(steps=4)
+    resumed = Trainer(
+        tiny_config(steps=8, batch_size=4, ckpt_every=4, val_every=4, val_size=8),
+        tmp_path / "b",
+        tok,
+        minilm,
+        resume=True,
+        show_progress=False,
+    )
     assert resumed.step == 4
     resumed.fit()
     for name in ("model.safetensors", "ema.safetensors"):
@@ -55,8 +66,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, minilm):
 @pytest.mark.parametrize("variant", ["continuous-random", "discrete-raster"])
 def test_checkpoint_round_trip_gives_identical_samples(tmp_path, minilm, variant):
     tok = make_tokenizer("kl" if variant.startswith("continuous") else "vq")
-    trainer = Trainer(tiny_config(variant, steps=3, batch_size=4, ckpt_every=3), tmp_path, tok, minilm,
-                      show_progress=False)
+    trainer = Trainer(
+        tiny_config(variant, steps=3, batch_size=4, ckpt_every=3), tmp_path, tok, minilm, show_progress=False
+    )
     trainer.fit()
     pipe = FluidPipeline.from_pretrained(tmp_path, tokenizer=tok, text_encoder=minilm, device="cpu")
     emb, mask = minilm(["a red circle", ""])
@@ -80,16 +92,29 @@ def test_checkpoint_rotation_keeps_the_newest_and_latest_resumes(tmp_path):
     newest, and a run resumes from it; 0 keeps every checkpoint."""
     tok, enc = make_tokenizer("kl"), WordHashEncoder()
     run = tmp_path / "run"
-    Trainer(tiny_config(steps=5, batch_size=2, ckpt_every=1, keep_checkpoints=2), run, tok, enc, show_progress=False).fit()
+    Trainer(
+        tiny_config(steps=5, batch_size=2, ckpt_every=1, keep_checkpoints=2), run, tok, enc, show_progress=False
+    ).fit()
     assert sorted(p.name for p in run.glob("step-*")) == ["step-0000004", "step-0000005"]
     assert ckpt.resolve(run).name == "step-0000005"
-    resumed = Trainer(tiny_config(steps=6, batch_size=2, ckpt_every=1, keep_checkpoints=2), run, tok, enc, resume=True,
-                      show_progress=False)
+    resumed = Trainer(
+        tiny_config(steps=6, batch_size=2, ckpt_every=1, keep_checkpoints=2),
+        run,
+        tok,
+        enc,
+        resume=True,
+        show_progress=False,
+    )
     assert resumed.step == 5
     resumed.fit()
     assert sorted(p.name for p in run.glob("step-*")) == ["step-0000005", "step-0000006"]
-    Trainer(tiny_config(steps=3, batch_size=2, ckpt_every=1, keep_checkpoints=0), tmp_path / "all", tok, enc,
-            show_progress=False).fit()
+    Trainer(
+        tiny_config(steps=3, batch_size=2, ckpt_every=1, keep_checkpoints=0),
+        tmp_path / "all",
+        tok,
+        enc,
+        show_progress=False,
+    ).fit()
     assert len(list((tmp_path / "all").glob("step-*"))) == 3
 
 
@@ -116,10 +141,13 @@ def test_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch):
 
     assert resolve_precision("auto", "cuda") == Precision.BF16
     assert resolve_precision("fp32", "cuda") == Precision.FP32 and resolve_precision("bf16", "cpu") == Precision.BF16
-    for amx, avx512_bf16, expected in [(False, False, Precision.FP32), (True, False, Precision.BF16),
-                                       (False, True, Precision.BF16)]:
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    for amx, avx512_bf16, expected in [
+        (False, False, Precision.FP32),
+        (True, False, Precision.BF16),
+        (False, True, Precision.BF16),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         assert resolve_precision("auto", "cpu") == expected
 
 
@@ -135,9 +163,12 @@ def test_sampling_auto_precision_is_fp32_on_cpus_and_bf16_on_gpus(monkeypatch):
 def test_mkl_strict_mode_is_set_on_intel_cpus_only_and_never_over_the_users_choice(monkeypatch):
     import fluid
 
-    for vendor, flags, expected in [("GenuineIntel", "fma avx2 avx512f avx512bw avx512vl avx512dq", "AVX512,STRICT"),
-                                    ("GenuineIntel", "fma avx2", "AVX2,STRICT"), ("GenuineIntel", "sse4_2", None),
-                                    ("AuthenticAMD", "fma avx2 avx512f avx512bw avx512vl avx512dq", None)]:
+    for vendor, flags, expected in [
+        ("GenuineIntel", "fma avx2 avx512f avx512bw avx512vl avx512dq", "AVX512,STRICT"),
+        ("GenuineIntel", "fma avx2", "AVX2,STRICT"),
+        ("GenuineIntel", "sse4_2", None),
+        ("AuthenticAMD", "fma avx2 avx512f avx512bw avx512vl avx512dq", None),
+    ]:
         info = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu {flags}\n"
         monkeypatch.delenv("MKL_CBWR", raising=False)
         assert fluid._strict_mkl_on_intel(info) == expected and os.environ.get("MKL_CBWR") == expected
@@ -192,10 +223,28 @@ def test_steps_is_the_runs_length_and_resuming_longer_says_when_the_schedule_cha
     for kind, variant in (("kl", "continuous-random"), ("vq", "discrete-raster")):
         make_tokenizer(kind).save(tmp_path / kind)
 
-        def train(run, *extra):
-            return main(["train", "--preset", "debug", "--variant", variant, "--tokenizer", str(tmp_path / kind),
-                         "--set", "data.resolution=32", f"text.encoder={emb}", "train.val_every=0", "train.warmup_steps=1",
-                         "--batch-size", "2", "--out", str(tmp_path / run), *extra])
+        def train(run, *extra, variant=variant, kind=kind):
+            return main(
+                [
+                    "train",
+                    "--preset",
+                    "debug",
+                    "--variant",
+                    variant,
+                    "--tokenizer",
+                    str(tmp_path / kind),
+                    "--set",
+                    "data.resolution=32",
+                    f"text.encoder={emb}",
+                    "train.val_every=0",
+                    "train.warmup_steps=1",
+                    "--batch-size",
+                    "2",
+                    "--out",
+                    str(tmp_path / run),
+                    *extra,
+                ]
+            )
 
         assert train(f"{kind}-once", "--steps", "3") == 0
         assert train(f"{kind}-twice", "--steps", "2") == 0

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 import torch
+from helpers import make_tokenizer, tiny_config
 
-from conftest import make_tokenizer, tiny_config
 from fluid.cli import main
 from fluid.train import checkpoint as ckpt
 from fluid.train.stop import StopSignals
@@ -50,8 +50,9 @@ def poison(trainer: Trainer, nan_loss: set[int], inf_grad: set[int] = frozenset(
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, minilm):
-    trainer = Trainer(tiny_config(steps=8, batch_size=2, ckpt_every=100), tmp_path, make_tokenizer("kl"), minilm,
-                      show_progress=False)
+    trainer = Trainer(
+        tiny_config(steps=8, batch_size=2, ckpt_every=100), tmp_path, make_tokenizer("kl"), minilm, show_progress=False
+    )
     poison(trainer, nan_loss={2}, inf_grad={3})
     trainer.fit(steps=2)
     before, ema_before = params(trainer.model), params(trainer.ema.model)
@@ -83,16 +84,25 @@ def test_too_many_nonfinite_steps_stop_with_a_loadable_checkpoint(tmp_path, mini
     good = params(trainer.model)  # after the one good step
     folder = ckpt.resolve(tmp_path)
     assert folder.name == "step-0000004"
-    resumed = Trainer(tiny_config(steps=20, batch_size=2, ckpt_every=100, max_nonfinite=3), tmp_path, tok, minilm,
-                      resume=True, show_progress=False)
+    resumed = Trainer(
+        tiny_config(steps=20, batch_size=2, ckpt_every=100, max_nonfinite=3),
+        tmp_path,
+        tok,
+        minilm,
+        resume=True,
+        show_progress=False,
+    )
     assert resumed.step == 4 and all(torch.equal(good[k], v) for k, v in params(resumed.model).items())
     assert all(torch.isfinite(v).all() for v in params(resumed.ema.model).values())
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread"
+)
 def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, minilm):
-    trainer = Trainer(tiny_config(steps=50, batch_size=2, ckpt_every=100), tmp_path, make_tokenizer("kl"), minilm,
-                      show_progress=False)
+    trainer = Trainer(
+        tiny_config(steps=50, batch_size=2, ckpt_every=100), tmp_path, make_tokenizer("kl"), minilm, show_progress=False
+    )
     real = trainer.train_model
 
     def model(*args):
@@ -108,7 +118,9 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, minilm):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread"
+)
 def test_a_second_signal_exits_at_once():
     before = signal.getsignal(signal.SIGINT)
     with StopSignals() as signals:
@@ -121,8 +133,9 @@ def test_a_second_signal_exits_at_once():
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, minilm, monkeypatch):
-    trainer = Trainer(tiny_config(steps=4, batch_size=2, ckpt_every=2), tmp_path, make_tokenizer("kl"), minilm,
-                      show_progress=False)
+    trainer = Trainer(
+        tiny_config(steps=4, batch_size=2, ckpt_every=2), tmp_path, make_tokenizer("kl"), minilm, show_progress=False
+    )
     trainer.fit(steps=2)
     real = ckpt.save_safetensors
 
@@ -139,8 +152,14 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, minilm, monkeypatc
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000002"]  # no partial step-0000004
     monkeypatch.undo()
     assert ckpt.resolve(tmp_path).name == "step-0000002"
-    resumed = Trainer(tiny_config(steps=4, batch_size=2, ckpt_every=2), tmp_path, make_tokenizer("kl"), minilm,
-                      resume=True, show_progress=False)
+    resumed = Trainer(
+        tiny_config(steps=4, batch_size=2, ckpt_every=2),
+        tmp_path,
+        make_tokenizer("kl"),
+        minilm,
+        resume=True,
+        show_progress=False,
+    )
     assert resumed.step == 2
 
 
@@ -161,8 +180,9 @@ def test_a_read_only_run_folder_is_a_clear_error(tmp_path, minilm):
     except PermissionError:
         pass
     run = tmp_path / "run"
-    trainer = Trainer(tiny_config(steps=4, batch_size=2, ckpt_every=2), run, make_tokenizer("kl"), minilm,
-                      show_progress=False)
+    trainer = Trainer(
+        tiny_config(steps=4, batch_size=2, ckpt_every=2), run, make_tokenizer("kl"), minilm, show_progress=False
+    )
     trainer.fit(steps=2)
     run.chmod(0o555)
     try:

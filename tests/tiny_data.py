@@ -60,8 +60,14 @@ def encode(img: Image.Image | np.ndarray, fmt: str = "PNG", **kw) -> bytes:
 
 
 def build_items(n_good: int = 8) -> list[Item]:
-    items = [Item(f"good{i:02d}.{'jpg' if i % 2 else 'png'}", encode(picture(i), "JPEG" if i % 2 else "PNG"),
-                  f"a picture number {i} of a rectangle") for i in range(n_good)]
+    items = [
+        Item(
+            f"good{i:02d}.{'jpg' if i % 2 else 'png'}",
+            encode(picture(i), "JPEG" if i % 2 else "PNG"),
+            f"a picture number {i} of a rectangle",
+        )
+        for i in range(n_good)
+    ]
     jpeg = encode(picture(99), "JPEG")
     rgba = np.dstack([picture(5), np.where(np.arange(44)[None, :] < 20, 0, 255).repeat(36, 0)]).astype(np.uint8)
     items += [
@@ -74,10 +80,24 @@ def build_items(n_good: int = 8) -> list[Item]:
         Item("blank.png", encode(picture(9)), "  \n\t ", skip="empty_caption"),
         Item("latin1.png", encode(picture(10)), "caf\xe9 au lait".encode("latin-1"), skip="non_utf8_caption"),
         Item("gone.png", None, "a file that does not exist", skip="missing_file"),
-        Item("cmyk.jpg", encode(Image.fromarray(picture(11)).convert("CMYK"), "JPEG"), "a cmyk photo", fixes=["cmyk_converted"]),
-        Item("deep.png", encode(picture(12)[..., 0].astype(np.uint16) * 257), "a sixteen bit scan",
-             fixes=["high_bit_depth_scaled"]),
-        Item("palette.png", encode(Image.fromarray(picture(13)).convert("P")), "a palette drawing", fixes=["palette_converted"]),
+        Item(
+            "cmyk.jpg",
+            encode(Image.fromarray(picture(11)).convert("CMYK"), "JPEG"),
+            "a cmyk photo",
+            fixes=["cmyk_converted"],
+        ),
+        Item(
+            "deep.png",
+            encode(picture(12)[..., 0].astype(np.uint16) * 257),
+            "a sixteen bit scan",
+            fixes=["high_bit_depth_scaled"],
+        ),
+        Item(
+            "palette.png",
+            encode(Image.fromarray(picture(13)).convert("P")),
+            "a palette drawing",
+            fixes=["palette_converted"],
+        ),
         Item("alpha.png", encode(rgba), "a cut-out on transparency", fixes=["alpha_composited"]),
         Item("small.png", encode(picture(14, 16, 16)), "a small thumbnail", fixes=["upsampled"]),
         Item("long.png", encode(picture(15)), LONG_CAPTION, fixes=["caption_truncated"]),
@@ -138,7 +158,9 @@ def write_wds(root: Path, items: list[Item], per_shard: int = 7, broken: bool = 
     """``shard-00000.tar`` ...; plus one sample without an image and a truncated last shard."""
     root.mkdir(parents=True, exist_ok=True)
     shards = []
-    samples = [(f"{i:05d}", it) for i, it in enumerate(items) if it.image is not None]  # a missing file cannot be in a tar
+    samples = [
+        (f"{i:05d}", it) for i, it in enumerate(items) if it.image is not None
+    ]  # a missing file cannot be in a tar
     for s in range(0, len(samples), per_shard):
         path = root / f"shard-{s // per_shard:05d}.tar"
         with tarfile.open(path, "w") as tar:

@@ -29,11 +29,17 @@ def _need(path: Path, what: str, how: str) -> Path:
 
 def tokenizer_path(token_type: TokenType | str) -> Path:
     name = TOKENIZERS[TokenType(token_type)]
-    return _need(ROOT / "tokenizers" / name, f"{TokenType(token_type).value} tokenizer",
-                 "make it with the commands in docs/shipped-models.md or pass --tokenizer")
+    return _need(
+        ROOT / "tokenizers" / name,
+        f"{TokenType(token_type).value} tokenizer",
+        "make it with the commands in docs/shipped-models.md or pass --tokenizer",
+    )
 
 
 def generator_path(variant: str) -> Path:
     parse_variant(variant)  # clear error for an unknown name
-    return _need(ROOT / "generators" / variant, f"{variant} generator",
-                 "make it with the commands in docs/shipped-models.md or pass a checkpoint")
+    return _need(
+        ROOT / "generators" / variant,
+        f"{variant} generator",
+        "make it with the commands in docs/shipped-models.md or pass a checkpoint",
+    )

@@ -17,6 +17,8 @@ def run(args) -> int:
         cfg = get_preset(name)
         n = count_params(cfg.model, cfg.text)["total"]
         m = cfg.model
-        print(f"{name:14s} {n / 1e6:9.2f}M  width {m.width:5d} depth {m.depth:3d} heads {m.heads:3d} "
-              f"tokens {m.num_tokens:4d}  text {cfg.text.encoder}")
+        print(
+            f"{name:14s} {n / 1e6:9.2f}M  width {m.width:5d} depth {m.depth:3d} heads {m.heads:3d} "
+            f"tokens {m.num_tokens:4d}  text {cfg.text.encoder}"
+        )
     return 0

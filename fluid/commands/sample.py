@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fluid.commands._common import pick_device, set_threads
-from fluid.config import VARIANTS, HeadSampler
+from fluid.commands._common import pick_device, sample_args, set_threads
+from fluid.config import VARIANTS
 
 
 def add_parser(sub) -> None:
@@ -16,19 +16,18 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--cfg", type=float, default=None)
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None, help="random-order generation steps")
-    p.add_argument("--head-steps", type=int, default=None, help="diffusion head sampling steps")
-    p.add_argument("--head-sampler", choices=[h.value for h in HeadSampler], default=None,
-                   help="diffusion head sampler (ddim / dpm++2m: deterministic, few steps)")
-    p.add_argument("--confidence", action="store_true", help="discrete random order: MaskGIT confidence selection")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (does not change the images)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the head and backbone (pays off over many batches)")
-    p.add_argument("--packed-head", action="store_true",
-                   help="fp32 on a CPU: the diffusion head with oneDNN-packed weights (about 1.2x on ref-512 sampling; "
-                        "numbers differ from the eager head's in the last bits)")
+    sample_args(
+        p,
+        "cfg",
+        "cfg_schedule",
+        "temperature",
+        "steps",
+        "head_sampler",
+        "confidence",
+        "batch_size",
+        "compile",
+        "packed_head",
+    )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default=None)
@@ -49,12 +48,21 @@ def run(args) -> int:
         prompts += read_lines(args.prompts_file, "prompts file")
     if not prompts:
         raise SystemExit("fluid sample: give at least one --prompt (an empty string '' samples unconditionally)")
-    pipe = FluidPipeline.from_pretrained(args.checkpoint, variant=args.variant, device=pick_device(args.device),
-                                         use_ema=not args.raw_weights)
-    overrides = dict(cfg=args.cfg, cfg_schedule=args.cfg_schedule, temperature=args.temperature, steps=args.steps,
-                     confidence=args.confidence or None, head_steps=args.head_steps, batch_size=args.batch_size,
-                     head_sampler=args.head_sampler, compile=args.compile or None,
-                     packed_head=args.packed_head or None)
+    pipe = FluidPipeline.from_pretrained(
+        args.checkpoint, variant=args.variant, device=pick_device(args.device), use_ema=not args.raw_weights
+    )
+    overrides = dict(
+        cfg=args.cfg,
+        cfg_schedule=args.cfg_schedule,
+        temperature=args.temperature,
+        steps=args.steps,
+        confidence=args.confidence or None,
+        head_steps=args.head_steps,
+        batch_size=args.batch_size,
+        head_sampler=args.head_sampler,
+        compile=args.compile or None,
+        packed_head=args.packed_head or None,
+    )
     used = pipe.settings(**overrides)  # checks every value before any sampling
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,8 +74,13 @@ def run(args) -> int:
             img.save(out / name)
             files.append({"prompt": prompts[i], "seed": seed, "index": i, "file": name})
     image_grid(images, len(prompts), len(args.seeds), prompts, [f"seed {s}" for s in args.seeds]).save(out / "grid.png")
-    record = {"checkpoint": str(args.checkpoint or f"shipped:{args.variant}"), "variant": pipe.cfg.model.variant,
-              "sample": used, "threads": torch.get_num_threads(), "images": files}
+    record = {
+        "checkpoint": str(args.checkpoint or f"shipped:{args.variant}"),
+        "variant": pipe.cfg.model.variant,
+        "sample": used,
+        "threads": torch.get_num_threads(),
+        "images": files,
+    }
     (out / "samples.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {len(files)} images and grid.png to {out}")
     return 0

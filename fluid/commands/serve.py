@@ -13,9 +13,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="the interactive web page: type a prompt, watch the image form")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--variants", nargs="+", default=None, choices=VARIANTS, help="shipped models to serve (default: all four)")
-    p.add_argument("--checkpoint", action="append", metavar="[NAME=]PATH",
-                   help="serve this pipeline, checkpoint or run folder (or hub id) instead (repeatable)")
+    p.add_argument(
+        "--variants", nargs="+", default=None, choices=VARIANTS, help="shipped models to serve (default: all four)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="serve this pipeline, checkpoint or run folder (or hub id) instead (repeatable)",
+    )
     p.add_argument("--max-queue", type=int, default=100, help="requests that may wait; more are refused with a message")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (0: PyTorch's default)")
@@ -60,11 +66,17 @@ def run(args) -> int:
     models = ModelSet(served_models(args), device=pick_device(args.device))
     app = create_app(models, max_pending=args.max_queue)
     if not is_loopback(args.host):
-        print(f"fluid serve: warning: listening on {args.host}, not on this machine alone: anyone who can reach "
-              f"it on port {args.port} can use the page and its CPU/GPU (no login, no TLS). Use the default "
-              "--host 127.0.0.1 unless you mean that.", file=sys.stderr)
+        print(
+            f"fluid serve: warning: listening on {args.host}, not on this machine alone: anyone who can reach "
+            f"it on port {args.port} can use the page and its CPU/GPU (no login, no TLS). Use the default "
+            "--host 127.0.0.1 unless you mean that.",
+            file=sys.stderr,
+        )
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
-    print(f"fluid serve: http://{shown}:{args.port}/  ({', '.join(models)}; models load in the background; "
-          "Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(
+        f"fluid serve: http://{shown}:{args.port}/  ({', '.join(models)}; models load in the background; Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
     serve(app, host=args.host, port=args.port)
     return 0

@@ -42,9 +42,12 @@ def run(args) -> int:
         cfg = ckpt.read_config(out)
         cfg = apply_overrides(cfg, args.set)
         if args.steps is not None and args.steps != cfg.train.steps and cfg.lr_schedule != LRSchedule.CONSTANT:
-            print(f"note: --steps {args.steps} changes the {cfg.lr_schedule.value} learning-rate schedule, which the "
-                  f"run so far followed for {cfg.train.steps} steps: the result will differ from an uninterrupted "
-                  f"{args.steps}-step run", file=sys.stderr)
+            print(
+                f"note: --steps {args.steps} changes the {cfg.lr_schedule.value} learning-rate schedule, which the "
+                f"run so far followed for {cfg.train.steps} steps: the result will differ from an uninterrupted "
+                f"{args.steps}-step run",
+                file=sys.stderr,
+            )
     else:
         cfg = build_config(args)
     if args.steps is not None:
@@ -59,17 +62,28 @@ def run(args) -> int:
     trainer = Trainer(cfg, out, tokenizer, text_encoder, resume=args.resume, dist=dist)
     if dist.is_main:
         n = sum(p.numel() for p in trainer.model.parameters())
-        print(f"training {cfg.model.variant} ({cfg.preset}, {n / 1e6:.2f}M parameters) on {dist.device} "
-              f"x{dist.world} -> {out}", file=sys.stderr)
+        print(
+            f"training {cfg.model.variant} ({cfg.preset}, {n / 1e6:.2f}M parameters) on {dist.device} "
+            f"x{dist.world} -> {out}",
+            file=sys.stderr,
+        )
     t0 = time.perf_counter()
     last = trainer.fit()
     if dist.is_main:
-        summary = {"run": str(out), "variant": cfg.model.variant, "steps": trainer.step,
-                   "seconds": round(time.perf_counter() - t0, 1), **last}
+        summary = {
+            "run": str(out),
+            "variant": cfg.model.variant,
+            "steps": trainer.step,
+            "seconds": round(time.perf_counter() - t0, 1),
+            **last,
+        }
         if trainer.stopped_by:
             summary["stopped_by"] = trainer.stopped_by
-            print(f"stopped by {trainer.stopped_by} at step {trainer.step} of {cfg.train.steps}, checkpoint saved; "
-                  f"continue with: fluid train --out {out} --resume", file=sys.stderr)
+            print(
+                f"stopped by {trainer.stopped_by} at step {trainer.step} of {cfg.train.steps}, checkpoint saved; "
+                f"continue with: fluid train --out {out} --resume",
+                file=sys.stderr,
+            )
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))
     teardown()

@@ -30,8 +30,15 @@ def run(args) -> int:
         k, _, v = item.partition("=")
         overrides[k] = json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false") else v
     cfg = get_tokenizer_preset(args.preset, **overrides)
-    result = train_tokenizer(cfg, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, device=pick_device(args.device),
-                             time_limit_s=None if args.minutes is None else 60 * args.minutes)
+    result = train_tokenizer(
+        cfg,
+        args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=pick_device(args.device),
+        time_limit_s=None if args.minutes is None else 60 * args.minutes,
+    )
     print(json.dumps(result))
     return 0

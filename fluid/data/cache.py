@@ -102,9 +102,13 @@ class Cache:
             raise FileNotFoundError(f"cache folder {self.path} does not exist")
         if not (self.path / MANIFEST).is_file():
             if (self.path / PLAN).is_file():
-                raise ValueError(f"cache {self.path} is not finished (no {MANIFEST}): rerun the same `fluid prepare` "
-                                 f"command to complete it")
-            raise FileNotFoundError(f"{self.path} is not a prepared cache (no {MANIFEST}); make one with `fluid prepare`")
+                raise ValueError(
+                    f"cache {self.path} is not finished (no {MANIFEST}): rerun the same `fluid prepare` "
+                    f"command to complete it"
+                )
+            raise FileNotFoundError(
+                f"{self.path} is not a prepared cache (no {MANIFEST}); make one with `fluid prepare`"
+            )
         self.manifest = json.loads((self.path / MANIFEST).read_text())
         if self.manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"cache {self.path} has format {self.manifest.get('format')!r}; expected {CACHE_FORMAT!r}")
@@ -125,24 +129,31 @@ class Cache:
     def __getstate__(self):  # open files do not pickle (DataLoader workers under spawn): reopen lazily
         return {**self.__dict__, "_open": OrderedDict()}
 
-    def check(self, tokenizer=None, text_encoder=None, resolution: int | None = None) -> "Cache":
+    def check(self, tokenizer=None, text_encoder=None, resolution: int | None = None) -> Cache:
         """Raise :class:`CacheMismatchError` unless the cache was made by these frozen parts."""
         m, problems = self.manifest, []
         if tokenizer is not None:
             if tokenizer.identity() != m["tokenizer"]["identity"]:
-                problems.append(f"its tokens come from tokenizer {m['tokenizer']['identity']}, "
-                                f"but this run uses {tokenizer.identity()}")
+                problems.append(
+                    f"its tokens come from tokenizer {m['tokenizer']['identity']}, "
+                    f"but this run uses {tokenizer.identity()}"
+                )
             elif tokenizer.token_type != self.token_type:
-                problems.append(f"it holds {self.token_type.value} tokens, this run needs {tokenizer.token_type.value} ones")
+                problems.append(
+                    f"it holds {self.token_type.value} tokens, this run needs {tokenizer.token_type.value} ones"
+                )
         if text_encoder is not None and text_encoder.identity() != m["text_encoder"]["identity"]:
-            problems.append(f"its text embeddings come from {m['text_encoder']['identity']}, "
-                            f"but this run uses {text_encoder.identity()}")
+            problems.append(
+                f"its text embeddings come from {m['text_encoder']['identity']}, "
+                f"but this run uses {text_encoder.identity()}"
+            )
         if resolution is not None and resolution != self.resolution:
             problems.append(f"it was prepared at {self.resolution}px, this run trains at data.resolution={resolution}")
         if problems:
             raise CacheMismatchError(
                 f"cache {self.path} does not fit this run: {'; '.join(problems)}. Prepare a new cache with the run's "
-                f"tokenizer and text encoder (`fluid prepare ... --out NEW_FOLDER`), or train with the ones it was made with."
+                "tokenizer and text encoder (`fluid prepare ... --out NEW_FOLDER`), or train with "
+                "the ones it was made with."
             )
         return self
 

@@ -36,8 +36,10 @@ def token_moments(tokenizer, images: torch.Tensor) -> tuple[torch.Tensor, torch.
             mean, logvar = dist.mean.float(), dist.logvar.float()  # each (B, C, h, w)
             scale, shift, p = tokenizer.scale, tokenizer.shift, tokenizer.patch_size
         else:
-            raise TypeError(f"cannot read posterior moments from a {type(tokenizer).__name__}; "
-                            f"give it an encode_moments(images) -> (mean, logvar) method")
+            raise TypeError(
+                f"cannot read posterior moments from a {type(tokenizer).__name__}; "
+                f"give it an encode_moments(images) -> (mean, logvar) method"
+            )
     # tokens = (z - shift) * scale with z ~ N(mean, exp(logvar)): the variance scales by scale**2.
     mean = patchify((mean.float() - shift) * scale, p)  # (B, N, D)
     logvar = patchify(logvar.float() + 2.0 * math.log(scale), p)  # (B, N, D)

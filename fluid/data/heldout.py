@@ -26,12 +26,15 @@ from fluid.data.sources import open_source
 from fluid.text.base import pad_rows
 
 
-def heldout_pairs(data_cfg, n: int, tokenizer, text_encoder, device="cpu", seed: int = 0,
-                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def heldout_pairs(
+    data_cfg, n: int, tokenizer, text_encoder, device="cpu", seed: int = 0, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens (V, N, C) or (V, N), text_emb (V, L, Dt), text_mask (V, L)) for up to ``n`` pairs, on ``device``."""
     where = check_heldout(data_cfg)
     if where == "val_cache":
-        return _from_cache(Cache(data_cfg.val_path), "all", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
+        return _from_cache(
+            Cache(data_cfg.val_path), "all", n, tokenizer, text_encoder, data_cfg.resolution, device, seed
+        )
     if where == "val_source":
         return _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size)
     return _from_cache(Cache(data_cfg.path), "val", n, tokenizer, text_encoder, data_cfg.resolution, device, seed)
@@ -51,11 +54,15 @@ def check_heldout(data_cfg) -> str:
         return "val_source"
     if data_cfg.source == "cache":
         if sum(Cache(data_cfg.path).sizes("val")) == 0:
-            raise ValueError(f"cache {data_cfg.path} has no held-out records: prepare it with --val-fraction, set "
-                             f"data.val_path to a validation cache, or train without validation (train.val_every=0)")
+            raise ValueError(
+                f"cache {data_cfg.path} has no held-out records: prepare it with --val-fraction, set "
+                f"data.val_path to a validation cache, or train without validation (train.val_every=0)"
+            )
         return "cache_split"
-    raise ValueError(f"validation on data.source={data_cfg.source} needs held-out pairs: set data.val_path to a "
-                     f"prepared cache or a {data_cfg.source} source, or train.val_every=0")
+    raise ValueError(
+        f"validation on data.source={data_cfg.source} needs held-out pairs: set data.val_path to a "
+        f"prepared cache or a {data_cfg.source} source, or train.val_every=0"
+    )
 
 
 def _from_cache(cache: Cache, split: str, n: int, tokenizer, text_encoder, resolution, device, seed):
@@ -72,8 +79,9 @@ def _from_cache(cache: Cache, split: str, n: int, tokenizer, text_encoder, resol
 
 @torch.no_grad()
 def _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size):
-    source = open_source(data_cfg.source, data_cfg.val_path, images=data_cfg.images,
-                         outside_root=data_cfg.images_outside_root)
+    source = open_source(
+        data_cfg.source, data_cfg.val_path, images=data_cfg.images, outside_root=data_cfg.images_outside_root
+    )
     policy = ImagePolicy.from_data_config(data_cfg)
     good: list[Decoded] = []
     for unit in range(len(source.sizes())):

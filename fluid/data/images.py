@@ -52,7 +52,7 @@ class ImagePolicy:
             raise ValueError(f"background must be three integers in [0, 255], not {self.background}")
 
     @classmethod
-    def from_data_config(cls, cfg, **overrides) -> "ImagePolicy":
+    def from_data_config(cls, cfg, **overrides) -> ImagePolicy:
         kw = dict(resolution=cfg.resolution, small=cfg.small_images, max_aspect=cfg.max_aspect)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
@@ -137,7 +137,9 @@ def load_image(source: bytes | str | os.PathLike, policy: ImagePolicy) -> tuple[
             raise RecordError(Skip.UNREADABLE, f"image size {w}x{h}")
         short = min(w, h)
         if policy.max_aspect and max(w, h) / short > policy.max_aspect:
-            raise RecordError(Skip.EXTREME_ASPECT, f"{w}x{h}, aspect {max(w, h) / short:.2f} > max_aspect={policy.max_aspect}")
+            raise RecordError(
+                Skip.EXTREME_ASPECT, f"{w}x{h}, aspect {max(w, h) / short:.2f} > max_aspect={policy.max_aspect}"
+            )
         r = policy.resolution
         if short < r and policy.small == SmallImages.SKIP:
             raise RecordError(Skip.TOO_SMALL, f"{w}x{h}, short side below the resolution {r}")

@@ -106,8 +106,10 @@ def _plan_tmp(p: Path) -> bool:
 
 def _mismatch(out: Path, old: dict, plan: dict) -> PrepareError:
     diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-    return PrepareError(f"{out} holds another preparation (differs in: {', '.join(diff)}); "
-                        f"choose another --out, or pass --overwrite to replace it")
+    return PrepareError(
+        f"{out} holds another preparation (differs in: {', '.join(diff)}); "
+        f"choose another --out, or pass --overwrite to replace it"
+    )
 
 
 def _create_plan(out: Path, plan: dict) -> bool:
@@ -135,18 +137,31 @@ def finish(out: Path, plan: dict) -> dict:
     lines = []
     for u, name in enumerate(plan["units"]):
         s = json.loads((out / stats_file(u)).read_text())
-        shards.append({k: s[k] for k in ("file", "unit", "seen", "count", "train", "val")} | {"skipped": len(s["skipped"])})
+        shards.append(
+            {k: s[k] for k in ("file", "unit", "seen", "count", "train", "val")} | {"skipped": len(s["skipped"])}
+        )
         for key, reason, detail in s["skipped"]:
             skipped[reason] += 1
             lines.append({"key": key, "unit": name, "status": "skipped", "reason": reason, "detail": detail})
         for key, fixes in s["fixed"]:
             fixed.update(fixes)
             lines.append({"key": key, "unit": name, "status": "fixed", "fixes": fixes})
-    counts = {"seen": sum(s["seen"] for s in shards), "written": sum(s["count"] for s in shards),
-              "train": sum(s["train"] for s in shards), "val": sum(s["val"] for s in shards),
-              "skipped": sum(skipped.values()), "fixed": sum(1 for ln in lines if ln["status"] == "fixed")}
-    manifest = {**plan, "counts": counts, "skipped": dict(sorted(skipped.items())), "fixed": dict(sorted(fixed.items())),
-                "report": REPORT, "shards": shards}
+    counts = {
+        "seen": sum(s["seen"] for s in shards),
+        "written": sum(s["count"] for s in shards),
+        "train": sum(s["train"] for s in shards),
+        "val": sum(s["val"] for s in shards),
+        "skipped": sum(skipped.values()),
+        "fixed": sum(1 for ln in lines if ln["status"] == "fixed"),
+    }
+    manifest = {
+        **plan,
+        "counts": counts,
+        "skipped": dict(sorted(skipped.items())),
+        "fixed": dict(sorted(fixed.items())),
+        "report": REPORT,
+        "shards": shards,
+    }
     try:
         atomic_write(out / REPORT, lambda p: p.write_text("".join(json.dumps(ln) + "\n" for ln in lines)))
         write_json(out / MANIFEST, manifest)

@@ -13,7 +13,7 @@ import multiprocessing as mp
 import queue as queue_mod
 import sys
 import traceback
-from typing import Iterator
+from collections.abc import Iterator
 
 from fluid.data.images import ImagePolicy, decode_record
 from fluid.data.records import Decoded
@@ -61,8 +61,9 @@ def _worker(source: Source, units: list[int], policy: ImagePolicy, chunk_size: i
         out.put(("error", unit, traceback.format_exc()))
 
 
-def decoded(source: Source, units: list[int], policy: ImagePolicy, workers: int = 2, chunk_size: int = 64,
-            queue_size: int = 4) -> Iterator[tuple[int, Chunk | None]]:
+def decoded(
+    source: Source, units: list[int], policy: ImagePolicy, workers: int = 2, chunk_size: int = 64, queue_size: int = 4
+) -> Iterator[tuple[int, Chunk | None]]:
     """``(unit, chunk)`` for every chunk of every unit, then ``(unit, None)`` at the unit's end;
     units in the given order."""
     if workers <= 0 or len(units) == 0:
@@ -76,8 +77,10 @@ def decoded(source: Source, units: list[int], policy: ImagePolicy, workers: int 
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     P = min(workers, len(units))
     queues = [ctx.Queue(maxsize=queue_size) for _ in range(P)]
-    procs = [ctx.Process(target=_worker, args=(source, units[i::P], policy, chunk_size, queues[i]), daemon=True)
-             for i in range(P)]
+    procs = [
+        ctx.Process(target=_worker, args=(source, units[i::P], policy, chunk_size, queues[i]), daemon=True)
+        for i in range(P)
+    ]
     for p in procs:
         p.start()
     try:
@@ -88,8 +91,9 @@ def decoded(source: Source, units: list[int], policy: ImagePolicy, workers: int 
                     kind, u, payload = q.get(timeout=2.0)
                 except queue_mod.Empty:
                     if not proc.is_alive():
-                        raise RuntimeError(f"decode worker {j % P} died (exit code {proc.exitcode}) "
-                                           f"while decoding unit {unit}") from None
+                        raise RuntimeError(
+                            f"decode worker {j % P} died (exit code {proc.exitcode}) while decoding unit {unit}"
+                        ) from None
                     continue
                 if kind == "error":
                     raise RuntimeError(f"decode worker {j % P} failed on unit {u}:\n{payload}")

@@ -87,8 +87,10 @@ class PrepareOptions:
     def __post_init__(self):
         check_rank(self.rank, self.world)
         if self.overwrite and self.world > 1:
-            raise ValueError("overwrite cannot be combined with world > 1 (the processes would delete each other's "
-                             "shards): empty the folder first, or overwrite with a single process")
+            raise ValueError(
+                "overwrite cannot be combined with world > 1 (the processes would delete each other's "
+                "shards): empty the folder first, or overwrite with a single process"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -126,10 +128,17 @@ def make_plan(source: Source, tokenizer, text_encoder, policy: ImagePolicy, opt:
         "num_tokens": tokenizer.num_tokens(r),
         "token_dim": int(tokenizer.token_dim),
         "vocab_size": int(getattr(tokenizer, "vocab_size", 0) or 0),
-        "tokenizer": {"identity": tok_id, "name": getattr(tokenizer, "name", type(tokenizer).__name__),
-                      "hash": tok_id.rpartition(":")[2]},
-        "text_encoder": {"identity": text_id, "hash": text_id.rpartition("-")[2],
-                         "dim": int(text_encoder.dim), "max_length": int(text_encoder.max_length)},
+        "tokenizer": {
+            "identity": tok_id,
+            "name": getattr(tokenizer, "name", type(tokenizer).__name__),
+            "hash": tok_id.rpartition(":")[2],
+        },
+        "text_encoder": {
+            "identity": text_id,
+            "hash": text_id.rpartition("-")[2],
+            "dim": int(text_encoder.dim),
+            "max_length": int(text_encoder.max_length),
+        },
         "dtype": opt.dtype,
         # fp32 and bf16 encodings differ: shards of both must not end up in one cache.
         "precision": resolve_precision(opt.precision, tokenizer.device).value,
@@ -142,7 +151,13 @@ class _UnitWriter:
     """Accumulates one unit's encoded chunks, then writes its shard and stats."""
 
     def __init__(self, unit: int, name: str, dtype: torch.dtype, code_dtype: torch.dtype, val_fraction: float):
-        self.unit, self.name, self.dtype, self.code_dtype, self.val_fraction = unit, name, dtype, code_dtype, val_fraction
+        self.unit, self.name, self.dtype, self.code_dtype, self.val_fraction = (
+            unit,
+            name,
+            dtype,
+            code_dtype,
+            val_fraction,
+        )
         self.tensors: dict[str, list[torch.Tensor]] = {}
         self.text: list[torch.Tensor] = []
         self.keys, self.captions, self.skipped, self.fixed = [], [], [], []
@@ -167,13 +182,17 @@ class _UnitWriter:
                 if t.is_floating_point():
                     t = t.to(self.dtype)
                     if not torch.isfinite(t).all():
-                        raise PrepareError(f"unit {self.name}: {k} overflows {self.dtype}; use --dtype bfloat16 or float32")
+                        raise PrepareError(
+                            f"unit {self.name}: {k} overflows {self.dtype}; use --dtype bfloat16 or float32"
+                        )
                 else:
                     t = t.to(self.code_dtype)
                 store[k] = t.contiguous()
             text = torch.cat(self.text).to(self.dtype)  # (T, Dt)
             if not torch.isfinite(text).all():
-                raise PrepareError(f"unit {self.name}: text embeddings overflow {self.dtype}; use --dtype bfloat16 or float32")
+                raise PrepareError(
+                    f"unit {self.name}: text embeddings overflow {self.dtype}; use --dtype bfloat16 or float32"
+                )
             store["text"] = text.contiguous()
             store["text_len"] = torch.tensor([r.shape[0] for r in self.text], dtype=torch.int32)
             store["flippable"] = torch.tensor([flippable(c) for c in self.captions], dtype=torch.uint8)
@@ -183,14 +202,31 @@ class _UnitWriter:
             atomic_write(out / file, lambda p: save_safetensors(store, p, metadata=meta))
         else:
             (out / shard_file(self.unit)).unlink(missing_ok=True)  # a stale shard of an interrupted run
-        stats = {"unit": self.name, "index": self.unit, "file": file, "seen": self.seen, "count": n,
-                 "val": sum(split), "train": n - sum(split), "skipped": self.skipped, "fixed": self.fixed}
+        stats = {
+            "unit": self.name,
+            "index": self.unit,
+            "file": file,
+            "seen": self.seen,
+            "count": n,
+            "val": sum(split),
+            "train": n - sum(split),
+            "skipped": self.skipped,
+            "fixed": self.fixed,
+        }
         write_json(out / stats_file(self.unit), stats)
         return stats
 
 
-def prepare(source: Source, out: str | Path, tokenizer, text_encoder, policy: ImagePolicy,
-            options: PrepareOptions | None = None, *, _fail_after: int | None = None) -> PrepareResult:
+def prepare(
+    source: Source,
+    out: str | Path,
+    tokenizer,
+    text_encoder,
+    policy: ImagePolicy,
+    options: PrepareOptions | None = None,
+    *,
+    _fail_after: int | None = None,
+) -> PrepareResult:
     """Prepare (or finish preparing) the cache in ``out``; see the module docstring.
 
     ``_fail_after`` (tests only) raises after writing that many shards, as a crash would.
@@ -208,9 +244,14 @@ def prepare(source: Source, out: str | Path, tokenizer, text_encoder, policy: Im
     # Record totals of indexed sources are free; tar shards would need a scan of every header.
     sizes = source.sizes() if source.sizes_known else None
     part = f" {opt.rank}/{opt.world}" if opt.world > 1 else ""
-    bar = tqdm(total=sum(sizes[u] for u in mine) if sizes else None,
-               initial=sum(sizes[u] for u in mine) - sum(sizes[u] for u in pending) if sizes else 0,
-               unit="img", desc=f"prepare {out.name}{part}", disable=not opt.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(sizes[u] for u in mine) if sizes else None,
+        initial=sum(sizes[u] for u in mine) - sum(sizes[u] for u in pending) if sizes else 0,
+        unit="img",
+        desc=f"prepare {out.name}{part}",
+        disable=not opt.progress,
+        dynamic_ncols=True,
+    )
     t0, done_now = time.perf_counter(), 0
     stream = decoded(source, pending, policy, opt.workers, opt.batch_size)
     try:
@@ -256,9 +297,11 @@ class _Run:
         for item in chunk:
             if not isinstance(item, Decoded):
                 if self.opt.strict:
-                    raise PrepareError(f"record {item.key} in unit {self.units[unit]}: {item.reason.value} "
-                                       f"({item.detail}); --strict stops at the first bad record "
-                                       f"(without it, bad records are skipped and counted)")
+                    raise PrepareError(
+                        f"record {item.key} in unit {self.units[unit]}: {item.reason.value} "
+                        f"({item.detail}); --strict stops at the first bad record "
+                        f"(without it, bad records are skipped and counted)"
+                    )
                 self.writer.skipped.append([item.key, item.reason.value, item.detail])
                 self.skipped += 1
         self.writer.seen += len(chunk)
@@ -278,6 +321,7 @@ class _Run:
                     f.append(Fix.CAPTION_TRUNCATED)
         self.writer.add([g.key for g in good], captions, encoded, encode_text(self.text_encoder, captions), fixes)
         self.written += len(good)
+
 
 def _encode_chunk(good: list[Decoded], tokenizer, views: int, device, amp: bool) -> dict[str, torch.Tensor]:
     """Encode each distinct image once (COCO: several captions share one), then index per record."""

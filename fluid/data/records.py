@@ -106,7 +106,9 @@ def clean_caption(raw: object) -> str:
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise RecordError(Skip.NON_UTF8_CAPTION, f"caption bytes are not UTF-8 ({e.reason} at byte {e.start})") from None
+            raise RecordError(
+                Skip.NON_UTF8_CAPTION, f"caption bytes are not UTF-8 ({e.reason} at byte {e.start})"
+            ) from None
     if not isinstance(raw, str):
         raise RecordError(Skip.MISSING_CAPTION, f"caption is a {type(raw).__name__}, not text")
     try:

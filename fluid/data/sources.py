@@ -23,8 +23,8 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -61,8 +61,11 @@ def image_path(root: Path, name: str, outside_root: bool = False) -> str | None:
 
 
 def _outside(where: str, name: str, root: Path) -> tuple:
-    return (Skip.OUTSIDE_ROOT, f"{where}: image path {name!r} leads outside the images folder {root} "
-                               f"(allow it with data.images_outside_root=true / --images-outside-root)")
+    return (
+        Skip.OUTSIDE_ROOT,
+        f"{where}: image path {name!r} leads outside the images folder {root} "
+        f"(allow it with data.images_outside_root=true / --images-outside-root)",
+    )
 
 
 class Source:
@@ -132,8 +135,13 @@ class FolderSource(_Indexed):
 
     kind = SourceKind.FOLDER
 
-    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000,
-                 outside_root: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        images: str | os.PathLike | None = None,
+        shard_size: int = 1000,
+        outside_root: bool = False,
+    ):
         path = Path(path)
         if path.is_dir():
             path = self._find_index(path)
@@ -185,9 +193,15 @@ class FolderSource(_Indexed):
         return records
 
     def describe(self) -> dict:
-        return {"kind": self.kind.value, "index": str(self.index), "images": str(self.root),
-                "index_sha256": file_digest(self.index), "records": len(self.records), "shard_size": self.shard_size,
-                **({"outside_root": True} if self.outside_root else {})}
+        return {
+            "kind": self.kind.value,
+            "index": str(self.index),
+            "images": str(self.root),
+            "index_sha256": file_digest(self.index),
+            "records": len(self.records),
+            "shard_size": self.shard_size,
+            **({"outside_root": True} if self.outside_root else {}),
+        }
 
 
 class CocoSource(_Indexed):
@@ -201,8 +215,13 @@ class CocoSource(_Indexed):
 
     kind = SourceKind.COCO
 
-    def __init__(self, path: str | os.PathLike, images: str | os.PathLike | None = None, shard_size: int = 1000,
-                 outside_root: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        images: str | os.PathLike | None = None,
+        shard_size: int = 1000,
+        outside_root: bool = False,
+    ):
         self.annotations = Path(path).resolve()
         self.outside_root = outside_root
         if not self.annotations.is_file():
@@ -211,7 +230,11 @@ class CocoSource(_Indexed):
             data = json.loads(self.annotations.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"coco source: {self.annotations} is not a UTF-8 JSON file ({e})") from None
-        if not (isinstance(data, dict) and isinstance(data.get("annotations"), list) and isinstance(data.get("images"), list)):
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("annotations"), list)
+            and isinstance(data.get("images"), list)
+        ):
             raise ValueError(f"coco source: {self.annotations} has no 'images' and 'annotations' lists")
         self.root = Path(images).resolve() if images else self._find_images()
         if not self.root.is_dir():
@@ -226,8 +249,10 @@ class CocoSource(_Indexed):
         for folder in tried:
             if folder.is_dir():
                 return folder.resolve()
-        raise FileNotFoundError(f"coco source: no images folder found for {self.annotations.name} (tried "
-                                f"{', '.join(str(t) for t in tried)}); pass it with --images / data.images")
+        raise FileNotFoundError(
+            f"coco source: no images folder found for {self.annotations.name} (tried "
+            f"{', '.join(str(t) for t in tried)}); pass it with --images / data.images"
+        )
 
     def _records(self, data: dict) -> list[RawRecord]:
         files = {im.get("id"): im.get("file_name") for im in data["images"] if isinstance(im, dict)}
@@ -250,9 +275,15 @@ class CocoSource(_Indexed):
         return records
 
     def describe(self) -> dict:
-        return {"kind": self.kind.value, "annotations": str(self.annotations), "images": str(self.root),
-                "annotations_sha256": file_digest(self.annotations), "records": len(self.records),
-                "shard_size": self.shard_size, **({"outside_root": True} if self.outside_root else {})}
+        return {
+            "kind": self.kind.value,
+            "annotations": str(self.annotations),
+            "images": str(self.root),
+            "annotations_sha256": file_digest(self.annotations),
+            "records": len(self.records),
+            "shard_size": self.shard_size,
+            **({"outside_root": True} if self.outside_root else {}),
+        }
 
 
 class WdsSource(Source):
@@ -289,7 +320,7 @@ class WdsSource(Source):
         return self._sizes
 
     @staticmethod
-    def _count(path: "Path | RemoteShard") -> int:
+    def _count(path: Path | RemoteShard) -> int:
         """Samples in a tar from its headers alone (seeks over the data; a remote shard is
         streamed through once)."""
         return len(tar.scan(path)[0])
@@ -323,8 +354,11 @@ class WdsSource(Source):
         return {**self.__dict__, "_indexes": OrderedDict()}
 
     def describe(self) -> dict:
-        return {"kind": self.kind.value, "shards": [str(p) for p in self.shards],
-                "bytes": [None if isinstance(p, RemoteShard) else p.stat().st_size for p in self.shards]}
+        return {
+            "kind": self.kind.value,
+            "shards": [str(p) for p in self.shards],
+            "bytes": [None if isinstance(p, RemoteShard) else p.stat().st_size for p in self.shards],
+        }
 
 
 class ShapesSource(_Indexed):
@@ -332,7 +366,9 @@ class ShapesSource(_Indexed):
 
     kind = SourceKind.SHAPES
 
-    def __init__(self, count: int, resolution: int, split: str = "train", holdout: bool = False, shard_size: int = 1000):
+    def __init__(
+        self, count: int, resolution: int, split: str = "train", holdout: bool = False, shard_size: int = 1000
+    ):
         from fluid.shapes.dataset import ShapesDataset
 
         if count < 1:
@@ -350,8 +386,10 @@ class ShapesSource(_Indexed):
     def _render(self, indices: list[int]) -> list[RawRecord]:
         images, captions = self.dataset.batch(indices)  # (n, 3, R, R) in [-1, 1]
         arr = ((images + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # (n, R, R, 3)
-        return [RawRecord(f"shapes/{self.split}/{i}", c, array=np.ascontiguousarray(a))
-                for i, c, a in zip(indices, captions, arr)]
+        return [
+            RawRecord(f"shapes/{self.split}/{i}", c, array=np.ascontiguousarray(a))
+            for i, c, a in zip(indices, captions, arr)
+        ]
 
     def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
         first = unit * self.shard_size + start
@@ -363,13 +401,27 @@ class ShapesSource(_Indexed):
         return self._render([unit * self.shard_size + index])[0]
 
     def describe(self) -> dict:
-        return {"kind": self.kind.value, "split": self.split, "count": self.count, "holdout": self.dataset.holdout,
-                "shard_size": self.shard_size}
+        return {
+            "kind": self.kind.value,
+            "split": self.split,
+            "count": self.count,
+            "holdout": self.dataset.holdout,
+            "shard_size": self.shard_size,
+        }
 
 
-def open_source(kind: str | SourceKind, path: str | os.PathLike | None, *, images: str | None = None,
-                shard_size: int = 1000, count: int | None = None, resolution: int = 64, split: str = "train",
-                holdout: bool = False, outside_root: bool = False) -> Source:
+def open_source(
+    kind: str | SourceKind,
+    path: str | os.PathLike | None,
+    *,
+    images: str | None = None,
+    shard_size: int = 1000,
+    count: int | None = None,
+    resolution: int = 64,
+    split: str = "train",
+    holdout: bool = False,
+    outside_root: bool = False,
+) -> Source:
     """A source by kind. ``count`` is required for ``shapes``; ``outside_root`` lets a folder or
     COCO index name images outside its images folder."""
     try:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +27,6 @@ from fluid.data.batches import EncodedBatch, RawBatch
 from fluid.shapes.dataset import ShapesDataset
 from fluid.shapes.digest import renderer_digest
 from fluid.shapes.scenes import flip_caption, item_seed
-
 
 POOL_CACHE_ENV = "FLUID_POOL_CACHE"
 
@@ -42,9 +41,19 @@ class ShapesStream:
     and the tokenizer's identity, and read back by the next run with the same key.
     """
 
-    def __init__(self, cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
-                 device: str | torch.device = "cpu", tokenizer=None, text_encoder=None, accum: int = 1,
-                 pool_cache: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
+        device: str | torch.device = "cpu",
+        tokenizer=None,
+        text_encoder=None,
+        accum: int = 1,
+        pool_cache: str | Path | None = None,
+    ):
         self.dataset = ShapesDataset("train", cfg.resolution, holdout=cfg.holdout)
         self.cfg, self.batch_size, self.rank, self.world, self.accum = cfg, batch_size, rank, world, accum
         self.step, self.device = start, device
@@ -62,8 +71,14 @@ class ShapesStream:
     def pool_key(self, tokenizer) -> str:
         """What the encoded pool depends on, hashed: the same key means the same tensors."""
         c = self.cfg
-        what = {"format": 1, "pool": c.pool, "resolution": c.resolution, "holdout": c.holdout,
-                "renderer": renderer_digest(), "tokenizer": tokenizer.identity()}
+        what = {
+            "format": 1,
+            "pool": c.pool,
+            "resolution": c.resolution,
+            "holdout": c.holdout,
+            "renderer": renderer_digest(),
+            "tokenizer": tokenizer.identity(),
+        }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def _cached_pool(self, tokenizer, folder: Path) -> dict[str, torch.Tensor]:
@@ -91,7 +106,7 @@ class ShapesStream:
 
         parts: dict[str, list[torch.Tensor]] = {}
         for start in tqdm(range(0, len(self.pool_captions), chunk), desc="encode pool", unit="chunk", leave=False):
-            images = self.pool_images[start:start + chunk].float() / 127.5 - 1.0
+            images = self.pool_images[start : start + chunk].float() / 127.5 - 1.0
             for k, v in encode_images(tokenizer, images, views=1).items():
                 parts.setdefault(k, []).append(v[:, 0])  # view 0: the image itself
         return {k: torch.cat(v) for k, v in parts.items()}
@@ -155,8 +170,17 @@ class ShapesStream:
             yield RawBatch(images, captions)
 
 
-def TrainStream(cfg: DataConfig, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
-                device: str | torch.device = "cpu", tokenizer=None, text_encoder=None, accum: int = 1):
+def TrainStream(
+    cfg: DataConfig,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+    start: int = 0,
+    device: str | torch.device = "cpu",
+    tokenizer=None,
+    text_encoder=None,
+    accum: int = 1,
+):
     """The training stream for ``cfg.source``, positioned at batch ``start`` (of ``accum``
     per optimizer step).
 

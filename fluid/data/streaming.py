@@ -207,7 +207,9 @@ class CacheBatches(BatchMaker):
         if "codes" in data:
             tokens = data["codes"].long()  # (B, N)
         else:
-            g = torch.Generator().manual_seed(int(stable_fraction(f"{self.seed}/{self.plan.rank}/{k}", "noise") * 2**62))
+            g = torch.Generator().manual_seed(
+                int(stable_fraction(f"{self.seed}/{self.plan.rank}/{k}", "noise") * 2**62)
+            )
             tokens = sample_tokens(data["mean"], data["logvar"], g)  # (B, N, D)
         emb, mask = pad_rows([t.float() for t in text], self.cache.text_dim, "cpu")  # (B, L, Dt), (B, L)
         return EncodedBatch(tokens, emb, mask)
@@ -248,16 +250,19 @@ class RawBatches(BatchMaker):
         images = to_tensor(np.stack([d.image for d in filled]))  # (B, 3, R, R)
         return RawBatch(images, [d.caption for d in filled])
 
-
     def _rescue(self, k: int, tries: int = 1000) -> list[Decoded]:
         """A batch of bad records only: borrow the first good record after it (rare, so read directly)."""
         for p in range((k + 1) * self.batch_size, (k + 1) * self.batch_size + tries):
             _, unit, index, _ = self.plan.locate(p)
-            rec = self.source.get(unit, index) if self.source.random_access else next(self.source.read(unit, index), None)
+            rec = (
+                self.source.get(unit, index) if self.source.random_access else next(self.source.read(unit, index), None)
+            )
             d = decode_record(rec, self.policy) if rec is not None else None
             if isinstance(d, Decoded):
                 return [d]
-        raise RuntimeError(f"batch {k}: its records and the {tries} after it are all bad; check the data with `fluid prepare`")
+        raise RuntimeError(
+            f"batch {k}: its records and the {tries} after it are all bad; check the data with `fluid prepare`"
+        )
 
 
 class _Batches(torch.utils.data.IterableDataset):
@@ -282,8 +287,12 @@ class DataStream:
 
     def __iter__(self):
         if self.num_workers > 0:
-            loader = torch.utils.data.DataLoader(_Batches(self.maker, self.step), batch_size=None,
-                                                 num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+            loader = torch.utils.data.DataLoader(
+                _Batches(self.maker, self.step),
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
         else:
             loader = _Batches(self.maker, self.step)
         for batch in loader:
@@ -296,8 +305,9 @@ def _to_device(batch, device: torch.device):
     return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
 
 
-def open_stream(cfg, batch_size: int, rank: int = 0, world: int = 1, start: int = 0, device="cpu",
-                tokenizer=None, text_encoder=None) -> DataStream:
+def open_stream(
+    cfg, batch_size: int, rank: int = 0, world: int = 1, start: int = 0, device="cpu", tokenizer=None, text_encoder=None
+) -> DataStream:
     """The training stream of a ``cache``, ``folder``, ``coco`` or ``wds`` :class:`~fluid.config.DataConfig`.
 
     For a cache, ``tokenizer`` / ``text_encoder`` (when given) must be the ones it was made
@@ -315,7 +325,9 @@ def open_stream(cfg, batch_size: int, rank: int = 0, world: int = 1, start: int 
         maker: BatchMaker = CacheBatches(cache, plan, batch_size, cfg.flip, cfg.seed)
     else:
         # Indexed sources are read one record per unit: every epoch is a full permutation.
-        source = open_source(cfg.source, cfg.path, images=cfg.images, shard_size=1, outside_root=cfg.images_outside_root)
+        source = open_source(
+            cfg.source, cfg.path, images=cfg.images, shard_size=1, outside_root=cfg.images_outside_root
+        )
         plan = Plan(source.sizes(), rank, world, cfg.shuffle_buffer, cfg.seed)
         maker = RawBatches(source, ImagePolicy.from_data_config(cfg), plan, batch_size, cfg.flip, cfg.seed)
     return DataStream(maker, start, cfg.num_workers, device)

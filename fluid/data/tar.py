@@ -24,8 +24,8 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -60,7 +60,6 @@ class RemoteShard:
         import urllib.request
 
         return urllib.request.urlopen(self.url)
-
 
 
 def is_remote(item: str) -> bool:
@@ -226,4 +225,6 @@ def sample_record(shard: Path | RemoteShard, sample: dict) -> RawRecord:
 
 def broken_record(shard: Path | RemoteShard, i: int, error: Exception) -> RawRecord:
     """What stands for sample ``i`` and the rest of a shard that cannot be read on."""
-    return RawRecord(f"{shard.name}/#{i}", error=(Skip.BROKEN_SHARD, f"{shard.name}: unreadable after {i} samples ({error})"))
+    return RawRecord(
+        f"{shard.name}/#{i}", error=(Skip.BROKEN_SHARD, f"{shard.name}: unreadable after {i} samples ({error})")
+    )

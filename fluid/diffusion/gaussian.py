@@ -18,7 +18,7 @@ an argument or from the ``generator`` passed down.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -83,8 +83,13 @@ class GaussianDiffusion:
     is always called with original timesteps so one network serves every spacing.
     """
 
-    def __init__(self, betas: np.ndarray, learn_sigma: bool = True, timestep_map: list[int] | None = None,
-                 prediction: str = "eps"):
+    def __init__(
+        self,
+        betas: np.ndarray,
+        learn_sigma: bool = True,
+        timestep_map: list[int] | None = None,
+        prediction: str = "eps",
+    ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {prediction!r}")
         betas = np.asarray(betas, dtype=np.float64)
@@ -112,7 +117,7 @@ class GaussianDiffusion:
         self.log_betas = t64(np.log(betas))
         self.timestep_map = torch.tensor(timestep_map if timestep_map is not None else range(self.num_steps))
 
-    def to(self, device) -> "GaussianDiffusion":
+    def to(self, device) -> GaussianDiffusion:
         """Move the schedule tensors to ``device`` (in place; returns self)."""
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):
@@ -122,10 +127,10 @@ class GaussianDiffusion:
     # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def cosine(cls, num_steps: int = 1000, learn_sigma: bool = True, prediction: str = "eps") -> "GaussianDiffusion":
+    def cosine(cls, num_steps: int = 1000, learn_sigma: bool = True, prediction: str = "eps") -> GaussianDiffusion:
         return cls(cosine_betas(num_steps), learn_sigma=learn_sigma, prediction=prediction)
 
-    def respace(self, num_sample_steps: int) -> "GaussianDiffusion":
+    def respace(self, num_sample_steps: int) -> GaussianDiffusion:
         """The same process observed at fewer timesteps: new betas from the kept alpha-bars."""
         keep = space_timesteps(self.num_steps, num_sample_steps)
         ab = self.alphas_cumprod.cpu().numpy()
@@ -134,8 +139,9 @@ class GaussianDiffusion:
             betas.append(1.0 - ab[i] / last)
             last = ab[i]
         orig = self.timestep_map.tolist()
-        return GaussianDiffusion(np.array(betas), self.learn_sigma, [orig[i] for i in keep],
-                                 self.prediction).to(self.betas.device)
+        return GaussianDiffusion(np.array(betas), self.learn_sigma, [orig[i] for i in keep], self.prediction).to(
+            self.betas.device
+        )
 
     # -- forward process ---------------------------------------------------------------
 
@@ -188,8 +194,9 @@ class GaussianDiffusion:
         mean, _ = self.q_posterior(x0, xt, t)
         return mean, logvar, x0
 
-    def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                        vlb_weight: float = 0.001) -> torch.Tensor:
+    def training_losses(
+        self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, vlb_weight: float = 0.001
+    ) -> torch.Tensor:
         """Per-sample hybrid loss ``L_simple + vlb_weight * L_vlb`` (L_vlb in bits per dim);
         L_simple by the prediction target (see ``PREDICTIONS``)."""
         xt = self.q_sample(x0, t, noise)
@@ -221,9 +228,15 @@ class GaussianDiffusion:
         return torch.where(t == 0, nll, kl)
 
     @torch.no_grad()
-    def sample(self, model_fn: ModelFn, noise: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None, x0_clip: float = 0.0,
-               draw_noise: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        model_fn: ModelFn,
+        noise: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        x0_clip: float = 0.0,
+        draw_noise: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Ancestral sampling from x_T = ``noise`` down to x_0.
 
         ``temperature`` scales the noise added at every step (MAR's "temperature"), which
@@ -235,8 +248,10 @@ class GaussianDiffusion:
         arithmetic as :meth:`p_mean_variance`, with a fraction of the tensor operations.
         """
         x, c = noise, noise.shape[-1]
-        coef = [t.tolist() for t in (self.posterior_coef_x0, self.posterior_coef_xt, self.log_betas,
-                                     self.posterior_log_variance)]
+        coef = [
+            t.tolist()
+            for t in (self.posterior_coef_x0, self.posterior_coef_xt, self.log_betas, self.posterior_log_variance)
+        ]
         to_x0 = [self.x0_coefficients(i) for i in range(self.num_steps)]
         fixed = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log().tolist()
         for i in reversed(range(self.num_steps)):

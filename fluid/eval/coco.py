@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -44,13 +44,16 @@ def load_coco_captions(path: str | Path) -> tuple[dict[int, str], dict[int, list
         for ann in data["annotations"]:
             captions.setdefault(int(ann["image_id"]), []).append(str(ann["caption"]).strip())
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a COCO captions file (needs 'images' with id/file_name and "
-                         f"'annotations' with image_id/caption): {e!r}") from None
+        raise ValueError(
+            f"{path} is not a COCO captions file (needs 'images' with id/file_name and "
+            f"'annotations' with image_id/caption): {e!r}"
+        ) from None
     return files, captions
 
 
-def sample_coco_pairs(captions_file: str | Path, images_dir: str | Path, n: int = COCO_FID_SIZE,
-                      seed: int = COCO_SEED) -> list[CocoPair]:
+def sample_coco_pairs(
+    captions_file: str | Path, images_dir: str | Path, n: int = COCO_FID_SIZE, seed: int = COCO_SEED
+) -> list[CocoPair]:
     """``n`` distinct images (sorted ids, shuffled by ``seed``) with one caption each."""
     files, captions = load_coco_captions(captions_file)
     images_dir = Path(images_dir)
@@ -95,4 +98,4 @@ def load_image(path: str | Path, resolution: int) -> torch.Tensor:
 def image_batches(pairs: list[CocoPair], resolution: int, batch_size: int = 64) -> Iterator[torch.Tensor]:
     """The real images of ``pairs`` as (B, 3, R, R) batches."""
     for start in range(0, len(pairs), batch_size):
-        yield torch.stack([load_image(p.image, resolution) for p in pairs[start:start + batch_size]])
+        yield torch.stack([load_image(p.image, resolution) for p in pairs[start : start + batch_size]])

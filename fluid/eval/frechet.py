@@ -26,8 +26,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -47,8 +47,12 @@ class FeatureStats:
     n: int
 
     @classmethod
-    def from_features(cls, features: torch.Tensor | np.ndarray) -> "FeatureStats":
-        f = features.detach().double().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
+    def from_features(cls, features: torch.Tensor | np.ndarray) -> FeatureStats:
+        f = (
+            features.detach().double().cpu().numpy()
+            if isinstance(features, torch.Tensor)
+            else np.asarray(features, np.float64)
+        )
         if f.ndim != 2 or f.shape[0] < 2:
             raise ValueError(f"features must be (N >= 2, D), got shape {f.shape}")
         return cls(f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1]), f.shape[0])
@@ -62,7 +66,7 @@ class FeatureStats:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureStats":
+    def load(cls, path: str | Path) -> FeatureStats:
         with np.load(Path(path), allow_pickle=False) as z:
             return cls(z["mu"], z["sigma"], int(z["n"]))
 
@@ -112,17 +116,21 @@ class InceptionFeatures:
             raise FileNotFoundError(
                 f"Inception weights {path} do not exist. FID needs torch-fidelity's Inception-v3 file "
                 f"({INCEPTION_WEIGHTS_NAME}, from the torch-fidelity v0.2.0 release); download it once "
-                f"where you have network and pass its path (--inception-weights)")
+                f"where you have network and pass its path (--inception-weights)"
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 -- any unpickling problem means "not a plain weights file"
-            raise ValueError(f"{path} is not a plain tensor state dict (torch.load weights_only=True failed: {e})") from None
+            raise ValueError(
+                f"{path} is not a plain tensor state dict (torch.load weights_only=True failed: {e})"
+            ) from None
         if not isinstance(state, dict) or "fc.weight" not in state or "Conv2d_1a_3x3.conv.weight" not in state:
             raise ValueError(f"{path} does not hold torch-fidelity InceptionV3 weights (keys like 'fc.weight')")
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        self.model = FeatureExtractorInceptionV3("inception-v3-compat", [INCEPTION_FEATURES],
-                                                 feature_extractor_weights_path=str(path)).to(device)
+        self.model = FeatureExtractorInceptionV3(
+            "inception-v3-compat", [INCEPTION_FEATURES], feature_extractor_weights_path=str(path)
+        ).to(device)
         self.device = torch.device(device)
         self._identity = f"inception-v3-compat:{file_digest(path, 12)}"
 
@@ -159,8 +167,9 @@ def cache_key(**parts) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-def cached_reference(key: str, compute: Callable[[], FeatureStats], directory: str | Path | None = None,
-                     meta: dict | None = None) -> tuple[FeatureStats, Path, bool]:
+def cached_reference(
+    key: str, compute: Callable[[], FeatureStats], directory: str | Path | None = None, meta: dict | None = None
+) -> tuple[FeatureStats, Path, bool]:
     """Reference statistics for ``key``: read from the cache, or computed and stored.
     Returns (stats, file, whether it was read from the cache).
 

@@ -25,8 +25,8 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -101,21 +101,39 @@ def check_export(out_dir: str | Path, maker: dict, seed: int = 0, overwrite: boo
         return False
     if overwrite:
         return True
-    what = (f"an export made by {json.dumps(old.get('maker'))} with seed {old.get('seed')}" if old is not None
-            else f"{len(_prompt_folders(out))} prompt folders of an export that does not say what made it")
-    raise GenEvalExportError(f"{out} holds {what}; this one is made by {json.dumps(maker)} with seed {seed}. "
-                             f"Choose another output folder, or replace it (--geneval-overwrite)")
+    what = (
+        f"an export made by {json.dumps(old.get('maker'))} with seed {old.get('seed')}"
+        if old is not None
+        else f"{len(_prompt_folders(out))} prompt folders of an export that does not say what made it"
+    )
+    raise GenEvalExportError(
+        f"{out} holds {what}; this one is made by {json.dumps(maker)} with seed {seed}. "
+        f"Choose another output folder, or replace it (--geneval-overwrite)"
+    )
 
 
 def _folder_done(folder: Path, stamp: dict) -> bool:
     samples = folder / "samples"
-    return (_read_json(folder / STAMP_FILE) == stamp and (folder / "grid.png").is_file()
-            and (folder / "metadata.jsonl").is_file() and samples.is_dir()
-            and sorted(p.name for p in samples.iterdir()) == [f"{k:04d}.png" for k in range(stamp["samples"])])
+    return (
+        _read_json(folder / STAMP_FILE) == stamp
+        and (folder / "grid.png").is_file()
+        and (folder / "metadata.jsonl").is_file()
+        and samples.is_dir()
+        and sorted(p.name for p in samples.iterdir()) == [f"{k:04d}.png" for k in range(stamp["samples"])]
+    )
 
 
-def export_geneval(source: ImageSource, metadata: str | Path | list[dict], out_dir: str | Path, n_samples: int = 4,
-                   seed: int = 0, progress: bool = True, *, maker: dict, overwrite: bool = False) -> dict:
+def export_geneval(
+    source: ImageSource,
+    metadata: str | Path | list[dict],
+    out_dir: str | Path,
+    n_samples: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    maker: dict,
+    overwrite: bool = False,
+) -> dict:
     """Write GenEval's folder layout for every prompt record; returns a summary.
 
     ``maker`` identifies what makes the images (model identity and sampling settings, plain
@@ -132,8 +150,9 @@ def export_geneval(source: ImageSource, metadata: str | Path | list[dict], out_d
         for folder in _prompt_folders(out):
             shutil.rmtree(folder)
     out.mkdir(parents=True, exist_ok=True)
-    (out / EXPORT_FILE).write_text(json.dumps({**header, "prompts": len(records), "samples_per_prompt": n_samples},
-                                              indent=2) + "\n")
+    (out / EXPORT_FILE).write_text(
+        json.dumps({**header, "prompts": len(records), "samples_per_prompt": n_samples}, indent=2) + "\n"
+    )
     written = kept = 0
     for i, rec in enumerate(tqdm(records, desc="geneval export", unit="prompt", disable=not progress)):
         folder = out / f"{i:05d}"
@@ -154,5 +173,13 @@ def export_geneval(source: ImageSource, metadata: str | Path | list[dict], out_d
     extra = [p for p in out.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) >= len(records)]
     for folder in extra:
         shutil.rmtree(folder)
-    return {"out_dir": str(out), "prompts": len(records), "samples_per_prompt": n_samples, "seed": seed,
-            "maker": header["maker"], "written": written, "kept": kept, "removed": len(extra)}
+    return {
+        "out_dir": str(out),
+        "prompts": len(records),
+        "samples_per_prompt": n_samples,
+        "seed": seed,
+        "maker": header["maker"],
+        "written": written,
+        "kept": kept,
+        "removed": len(extra),
+    }

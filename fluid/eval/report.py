@@ -57,8 +57,9 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_report(out_dir: str | Path, record: dict, shapes=None, images: torch.Tensor | None = None,
-                 max_failures: int = 40) -> dict[str, str]:
+def write_report(
+    out_dir: str | Path, record: dict, shapes=None, images: torch.Tensor | None = None, max_failures: int = 40
+) -> dict[str, str]:
     """Write ``metrics.json`` and ``report.md`` into ``out_dir``; ``shapes`` (a
     ShapesEvalResult) and its ``images`` add the sample grids and the failure list."""
     out = Path(out_dir)
@@ -69,10 +70,15 @@ def write_report(out_dir: str | Path, record: dict, shapes=None, images: torch.T
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
     ck, m = record.get("checkpoint", {}), record.get("metrics", {})
-    lines = [f"# Evaluation of {ck.get('name', '?')}", "",
-             f"- checkpoint: `{ck.get('path')}` ({ck.get('variant')}, step {ck.get('step')}, weights `{ck.get('weights_sha256')}`)",
-             f"- tokenizer `{ck.get('tokenizer')}`, text encoder `{ck.get('text_encoder')}`",
-             f"- written {record.get('time', '')} in {record.get('seconds', '?')} s; all numbers in `metrics.json`", ""]
+    lines = [
+        f"# Evaluation of {ck.get('name', '?')}",
+        "",
+        f"- checkpoint: `{ck.get('path')}` ({ck.get('variant')}, step {ck.get('step')}, weights "
+        f"`{ck.get('weights_sha256')}`)",
+        f"- tokenizer `{ck.get('tokenizer')}`, text encoder `{ck.get('text_encoder')}`",
+        f"- written {record.get('time', '')} in {record.get('seconds', '?')} s; all numbers in `metrics.json`",
+        "",
+    ]
     scalars = []
     if "shapes_eval" in m:
         scalars.append(["ShapesEval overall (GenEval-style, higher is better)", _fmt(m["shapes_eval"]["overall"])])
@@ -92,28 +98,45 @@ def write_report(out_dir: str | Path, record: dict, shapes=None, images: torch.T
     if "shapes_eval" in m:
         se = m["shapes_eval"]
         fams = list(se["per_family"])
-        rows = [("this model", se), ("this model, template reader", se.get("template_reader")),
-                ("real renders through its tokenizer (ceiling)", se.get("tokenizer_ceiling"))]
-        lines += ["## ShapesEval per family", "",
-                  f"{se['images']} images; the fraction judged right by GenEval's rule of each family, "
-                  "overall = mean over families.", ""]
-        lines += _table([[name] + [_fmt(r["per_family"][f]) for f in fams] + [_fmt(r["overall"])] for name, r in rows if r],
-                        ["images"] + fams + ["overall"])
+        rows = [
+            ("this model", se),
+            ("this model, template reader", se.get("template_reader")),
+            ("real renders through its tokenizer (ceiling)", se.get("tokenizer_ceiling")),
+        ]
+        lines += [
+            "## ShapesEval per family",
+            "",
+            f"{se['images']} images; the fraction judged right by GenEval's rule of each family, "
+            "overall = mean over families.",
+            "",
+        ]
+        lines += _table(
+            [[name] + [_fmt(r["per_family"][f]) for f in fams] + [_fmt(r["overall"])] for name, r in rows if r],
+            ["images"] + fams + ["overall"],
+        )
         lines += [""]
     if "detector" in m:
         d = m["detector"]
         fams = [k for k in d["render"] if k != "min"]
-        lines += ["## Detector accuracy on real scenes", "",
-                  f"{d['per_family']} `{d['split']}` scenes per family; blobs filed under a kind: {_fmt(d['blobs_named'])}", ""]
-        lines += _table([[name] + [_fmt(d[name][f]) for f in fams + ["min"]] for name in d["sources"]], ["images"] + fams + ["min"])
+        lines += [
+            "## Detector accuracy on real scenes",
+            "",
+            f"{d['per_family']} `{d['split']}` scenes per family; blobs filed under a kind: {_fmt(d['blobs_named'])}",
+            "",
+        ]
+        lines += _table(
+            [[name] + [_fmt(d[name][f]) for f in fams + ["min"]] for name in d["sources"]], ["images"] + fams + ["min"]
+        )
         lines += [""]
     for family, name in grids.items():
         lines += [f"### {family}", "", f"![{family}](shapes_eval/{name})", ""]
     if shapes is not None:
         fails = [(it, d) for it, ok, d in zip(shapes.items, shapes.correct, shapes.detections) if not ok]
         lines += [f"## Failures ({len(fails)} of {len(shapes.items)})", ""]
-        lines += [f"- {it.family.value}: \"{it.prompt}\" seed {it.seed}: detected {_describe_detections(d)}"
-                  for it, d in fails[:max_failures]]
+        lines += [
+            f'- {it.family.value}: "{it.prompt}" seed {it.seed}: detected {_describe_detections(d)}'
+            for it, d in fails[:max_failures]
+        ]
         if len(fails) > max_failures:
             lines.append(f"- ... and {len(fails) - max_failures} more")
         lines.append("")

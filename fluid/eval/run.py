@@ -1,5 +1,5 @@
 """``run_eval``: every requested metric of one checkpoint (or shipped variant) into one
-``metrics.json`` and a ``report.md``; ``add_eval_args`` / ``eval_from_args`` for ``fluid eval``.
+``metrics.json`` and a ``report.md`` (the command, ``fluid eval``, is :mod:`fluid.commands.eval`).
 
 Metrics (``Metric``):
 
@@ -17,18 +17,16 @@ Metrics (``Metric``):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import enum
-import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from fluid.config import VARIANTS, HeadSampler
+from fluid.config import VARIANTS
 
 FORMAT = "fluid-eval/1"
 
@@ -75,8 +73,14 @@ class EvalOptions:
     batch_size: int | None = None
 
     def sample_overrides(self) -> dict:
-        given = dict(cfg=self.cfg, temperature=self.temperature, steps=self.steps, head_steps=self.head_steps,
-                     head_sampler=self.head_sampler, batch_size=self.batch_size)
+        given = dict(
+            cfg=self.cfg,
+            temperature=self.temperature,
+            steps=self.steps,
+            head_steps=self.head_steps,
+            head_sampler=self.head_sampler,
+            batch_size=self.batch_size,
+        )
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -95,10 +99,17 @@ def checkpoint_identity(pipe, path: Path | None, variant: str | None) -> dict:
 
     folder = ckpt.resolve(path if path is not None else generator_path(variant))
     meta = ckpt.read_meta(folder)
-    return {"name": f"shipped:{variant}" if variant else folder.name, "path": str(folder), "shipped": variant is not None,
-            "variant": pipe.cfg.model.variant, "step": meta.get("step"), "weights_sha256": file_digest(folder / "ema.safetensors", 12),
-            "tokenizer": pipe.tokenizer.identity(), "text_encoder": pipe.text_encoder.identity(),
-            "params": sum(p.numel() for p in pipe.model.parameters())}
+    return {
+        "name": f"shipped:{variant}" if variant else folder.name,
+        "path": str(folder),
+        "shipped": variant is not None,
+        "variant": pipe.cfg.model.variant,
+        "step": meta.get("step"),
+        "weights_sha256": file_digest(folder / "ema.safetensors", 12),
+        "tokenizer": pipe.tokenizer.identity(),
+        "text_encoder": pipe.text_encoder.identity(),
+        "params": sum(p.numel() for p in pipe.model.parameters()),
+    }
 
 
 def _load_pipe(path: Path | None, variant: str | None, device: str):
@@ -113,8 +124,13 @@ def _load_pipe(path: Path | None, variant: str | None, device: str):
     return FluidPipeline.from_pretrained(path, variant=variant or "continuous-random", device=device, text_encoder=text)
 
 
-def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
-             metrics: Sequence[Metric | str] = DEFAULT_METRICS, progress: bool = True, **options) -> dict:
+def run_eval(
+    checkpoint_or_variant: str | Path | None,
+    out_dir: str | Path,
+    metrics: Sequence[Metric | str] = DEFAULT_METRICS,
+    progress: bool = True,
+    **options,
+) -> dict:
     """Evaluate one checkpoint folder, run folder or shipped variant name; write
     ``metrics.json`` and ``report.md`` into ``out_dir``; return the metrics record.
     ``options`` are the fields of ``EvalOptions``."""
@@ -125,7 +141,9 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
     try:
         wanted = list(dict.fromkeys(Metric(m) for m in metrics))
     except ValueError:
-        raise ValueError(f"unknown metric in {list(metrics)}; choose from {', '.join(m.value for m in Metric)}") from None
+        raise ValueError(
+            f"unknown metric in {list(metrics)}; choose from {', '.join(m.value for m in Metric)}"
+        ) from None
     _check_inputs(wanted, opts)
     t0 = time.perf_counter()
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,23 +155,31 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
     identity = checkpoint_identity(pipe, path, variant)
     # What makes the images: a GenEval export rerun into the same folder keeps only what this
     # model made with these settings (the checkpoint folder's path or name is not part of it).
-    maker = {"model": {k: identity[k] for k in ("variant", "weights_sha256", "tokenizer", "text_encoder")},
-             "sample": used}
+    maker = {
+        "model": {k: identity[k] for k in ("variant", "weights_sha256", "tokenizer", "text_encoder")},
+        "sample": used,
+    }
     geneval_out = Path(opts.geneval_out) if opts.geneval_out else Path(out_dir) / "geneval"
     if Metric.GENEVAL in wanted:
         from fluid.eval.geneval import check_export
 
         check_export(geneval_out, maker, overwrite=opts.geneval_overwrite)  # refuse before hours of sampling
-    record = {"format": FORMAT, "checkpoint": identity, "config": cfg.to_dict(),
-              "eval": {"metrics": [m.value for m in wanted], **dataclasses.asdict(opts), "device": device,
-                       "sample": used},
-              "metrics": {}, "seconds_per_metric": {}}
+    record = {
+        "format": FORMAT,
+        "checkpoint": identity,
+        "config": cfg.to_dict(),
+        "eval": {"metrics": [m.value for m in wanted], **dataclasses.asdict(opts), "device": device, "sample": used},
+        "metrics": {},
+        "seconds_per_metric": {},
+    }
     m, timing = record["metrics"], record["seconds_per_metric"]
     shapes, images = None, None
 
     if Metric.SHAPES_EVAL in wanted or Metric.SHAPES_FD in wanted:
         if cfg.data.source != "shapes":
-            raise ValueError(f"shapes_eval and shapes_fd need a model of the built-in shapes data, not {cfg.data.source!r}")
+            raise ValueError(
+                f"shapes_eval and shapes_fd need a model of the built-in shapes data, not {cfg.data.source!r}"
+            )
         t = time.perf_counter()
         ev = ShapesEval(opts.prompts_per_family, opts.seeds, resolution=cfg.data.resolution, strict=opts.strict)
         images = ev.generate(source, progress)
@@ -181,8 +207,13 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
 
         t = time.perf_counter()
         valset = ValidationSet.build(cfg, pipe.tokenizer, pipe.text_encoder, device=device, size=opts.val_size)
-        m["val_loss"] = {"value": validation_loss(pipe.model, valset, cfg.train.precision), "pairs": len(valset),
-                         "loss": loss_name(cfg.model.token_type), "split": "val", "weights": "ema"}
+        m["val_loss"] = {
+            "value": validation_loss(pipe.model, valset, cfg.train.precision),
+            "pairs": len(valset),
+            "loss": loss_name(cfg.model.token_type),
+            "split": "val",
+            "weights": "ema",
+        }
         if pipe.model.continuous:  # the epsilon MSE alone: comparable across VLB weights
             m["val_loss"]["mse"] = validation_loss(pipe.model, valset, cfg.train.precision, vlb_weight=0.0)
             m["val_loss"]["vlb_weight"] = cfg.model.vlb_weight
@@ -191,8 +222,9 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
         from fluid.shapes.evaluation import detector_accuracy
 
         t = time.perf_counter()
-        m["detector"] = detector_accuracy({"round_trip": pipe.tokenizer}, opts.detector_per_family,
-                                          resolution=cfg.data.resolution, progress=progress)
+        m["detector"] = detector_accuracy(
+            {"round_trip": pipe.tokenizer}, opts.detector_per_family, resolution=cfg.data.resolution, progress=progress
+        )
         m["detector"]["round_trip_tokenizer"] = pipe.tokenizer.identity()
         timing["detector"] = round(time.perf_counter() - t, 1)
     if Metric.FID in wanted:
@@ -203,12 +235,19 @@ def run_eval(checkpoint_or_variant: str | Path | None, out_dir: str | Path,
         from fluid.eval.geneval import export_geneval
 
         t = time.perf_counter()
-        m["geneval"] = export_geneval(source, opts.geneval_metadata, geneval_out, opts.geneval_samples,
-                                      progress=progress, maker=maker, overwrite=opts.geneval_overwrite)
+        m["geneval"] = export_geneval(
+            source,
+            opts.geneval_metadata,
+            geneval_out,
+            opts.geneval_samples,
+            progress=progress,
+            maker=maker,
+            overwrite=opts.geneval_overwrite,
+        )
         timing["geneval"] = round(time.perf_counter() - t, 1)
 
     record["seconds"] = round(time.perf_counter() - t0, 1)
-    record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record["time"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     record["files"] = write_report(out_dir, record, shapes, images)
     return record
 
@@ -233,8 +272,8 @@ def _check_inputs(wanted: list[Metric], opts: EvalOptions) -> None:
 def shapes_fd(images: torch.Tensor, real: torch.Tensor, resolution: int, opts: EvalOptions) -> dict:
     """shapes_fd of ``images`` and of ``real`` renders of the same prompts (the floor), both
     against cached statistics of ``fd_reference`` test-split renders."""
-    from fluid.shapes.dataset import ShapesDataset
     from fluid.eval.frechet import FeatureStats, cache_key, cached_reference, frechet_distance
+    from fluid.shapes.dataset import ShapesDataset
     from fluid.shapes.features import load_shapes_features
 
     feats = load_shapes_features()
@@ -242,16 +281,23 @@ def shapes_fd(images: torch.Tensor, real: torch.Tensor, resolution: int, opts: E
     n = min(opts.fd_reference, len(ds))
 
     def compute() -> FeatureStats:
-        return FeatureStats.from_features(torch.cat([feats(ds.batch(range(s, min(n, s + 500)))[0]) for s in range(0, n, 500)]))
+        return FeatureStats.from_features(
+            torch.cat([feats(ds.batch(range(s, min(n, s + 500)))[0]) for s in range(0, n, 500)])
+        )
 
     # The renders themselves are part of the key: a change to the shapes renderer makes new statistics.
-    key = cache_key(metric="shapes_fd", data=f"shapes-test:{shapes_fingerprint(ds)}", res=resolution, n=n,
-                    features=feats.identity())
+    key = cache_key(
+        metric="shapes_fd", data=f"shapes-test:{shapes_fingerprint(ds)}", res=resolution, n=n, features=feats.identity()
+    )
     ref, file, hit = cached_reference(key, compute, opts.cache_dir)
-    return {"value": frechet_distance(FeatureStats.from_features(feats(images)), ref),
-            "real": frechet_distance(FeatureStats.from_features(feats(real)), ref),
-            "images": len(images), "reference": {"split": "test", "images": n, "file": str(file), "cached": hit},
-            "features": feats.identity(), "note": "Frechet distance in our shapes feature space; not FID"}
+    return {
+        "value": frechet_distance(FeatureStats.from_features(feats(images)), ref),
+        "real": frechet_distance(FeatureStats.from_features(feats(real)), ref),
+        "images": len(images),
+        "reference": {"split": "test", "images": n, "file": str(file), "cached": hit},
+        "features": feats.identity(),
+        "note": "Frechet distance in our shapes feature space; not FID",
+    }
 
 
 def shapes_fingerprint(ds, count: int = 8) -> str:
@@ -285,81 +331,34 @@ def coco_fid(source, resolution: int, opts: EvalOptions, device: str, progress: 
     inception = InceptionFeatures(opts.inception_weights, device)
     digest = pairs_digest(pairs)
     # Names and captions, and the files' sizes: resized or re-encoded copies of the images make new statistics.
-    key = cache_key(metric="fid", data="coco2014", pairs=digest, files=files_digest([p.image for p in pairs]),
-                    n=len(pairs), res=resolution, features=inception.identity())
+    key = cache_key(
+        metric="fid",
+        data="coco2014",
+        pairs=digest,
+        files=files_digest([p.image for p in pairs]),
+        n=len(pairs),
+        res=resolution,
+        features=inception.identity(),
+    )
 
     def compute() -> FeatureStats:
-        batches = tqdm(image_batches(pairs, resolution), total=-(-len(pairs) // 64), desc="fid: reference",
-                       disable=not progress)
+        batches = tqdm(
+            image_batches(pairs, resolution), total=-(-len(pairs) // 64), desc="fid: reference", disable=not progress
+        )
         return FeatureStats.from_features(torch.cat([inception(b) for b in batches]))
 
     ref, file, hit = cached_reference(key, compute, opts.cache_dir)
     feats, chunk = [], 64
     for i, start in enumerate(tqdm(range(0, len(pairs), chunk), desc="fid: sampling", disable=not progress)):
-        feats.append(inception(source([p.caption for p in pairs[start:start + chunk]], opts.coco_seed + i)))
-    return {"value": frechet_distance(FeatureStats.from_features(torch.cat(feats)), ref), "pairs": len(pairs),
-            "sample": digest, "resolution": resolution, "features": inception.identity(),
-            "reference": {"file": str(file), "cached": hit}}
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_eval_args(p: argparse.ArgumentParser) -> None:
-    d = EvalOptions()
-    p.add_argument("--checkpoint", default=None, help="checkpoint or run folder (default: the shipped model of --variant)")
-    p.add_argument("--variant", nargs="+", default=["continuous-random"], choices=[*VARIANTS, "all"],
-                   help="shipped model(s) to evaluate when no --checkpoint is given; several write one folder each")
-    p.add_argument("--out", required=True, help="output folder (metrics.json, report.md, grids)")
-    p.add_argument("--metrics", nargs="+", default=[m.value for m in DEFAULT_METRICS], choices=[m.value for m in Metric])
-    p.add_argument("--prompts-per-family", type=int, default=d.prompts_per_family)
-    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per prompt (0..K-1)")
-    p.add_argument("--strict", action="store_true", help="ShapesEval: also fail images with extra objects")
-    p.add_argument("--val-size", type=int, default=d.val_size, help="validation pairs (val split)")
-    p.add_argument("--detector-per-family", type=int, default=d.detector_per_family)
-    p.add_argument("--fd-reference", type=int, default=d.fd_reference, help="real renders behind the shapes_fd reference")
-    p.add_argument("--inception-weights", default=None, help="torch-fidelity Inception-v3 weights file (FID)")
-    p.add_argument("--coco-captions", default=None, help="captions_val2014.json")
-    p.add_argument("--coco-images", default=None, help="the val2014 images folder")
-    p.add_argument("--coco-size", type=int, default=d.coco_size)
-    p.add_argument("--coco-seed", type=int, default=d.coco_seed)
-    p.add_argument("--geneval-metadata", default=None, help="GenEval's evaluation_metadata.jsonl")
-    p.add_argument("--geneval-samples", type=int, default=d.geneval_samples)
-    p.add_argument("--geneval-out", default=None)
-    p.add_argument("--geneval-overwrite", action="store_true",
-                   help="replace a GenEval export made by another model or with other sampling settings")
-    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default ~/.cache/fluid/fd-stats)")
-    p.add_argument("--cfg", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None, help="random-order generation steps")
-    p.add_argument("--head-steps", type=int, default=None, help="diffusion head sampling steps")
-    p.add_argument("--head-sampler", choices=[h.value for h in HeadSampler], default=None,
-                   help="diffusion head sampler (ddim / dpm++2m: deterministic, few steps)")
-    p.add_argument("--batch-size", type=int, default=None, help="sampling batch size")
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def eval_from_args(args: argparse.Namespace) -> dict:
-    """Run ``fluid eval``; several variants get a subfolder each and a ``summary.md``."""
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    names = {f.name for f in dataclasses.fields(EvalOptions)}
-    options = {k: v for k, v in vars(args).items() if k in names}
-    if args.checkpoint:
-        targets = {Path(args.out): args.checkpoint}
-    else:
-        variants = list(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
-        targets = {Path(args.out) / v if len(variants) > 1 else Path(args.out): v for v in variants}
-    records = {}
-    for out, target in targets.items():
-        rec = run_eval(target, out, args.metrics, progress=not args.no_progress, **options)
-        records[rec["checkpoint"]["name"]] = rec
-        print(json.dumps({"checkpoint": rec["checkpoint"]["name"], **summary_row(rec), "report": rec["files"]["report"]}))
-    if len(records) > 1:
-        write_summary(Path(args.out), records)
-    return records
+        feats.append(inception(source([p.caption for p in pairs[start : start + chunk]], opts.coco_seed + i)))
+    return {
+        "value": frechet_distance(FeatureStats.from_features(torch.cat(feats)), ref),
+        "pairs": len(pairs),
+        "sample": digest,
+        "resolution": resolution,
+        "features": inception.identity(),
+        "reference": {"file": str(file), "cached": hit},
+    }
 
 
 def summary_row(rec: dict) -> dict:
@@ -382,13 +381,3 @@ def summary_row(rec: dict) -> dict:
     if "fid" in m:
         row["fid"] = round(m["fid"]["value"], 3)
     return row
-
-
-def write_summary(out: Path, records: dict[str, dict]) -> None:
-    rows = {name: summary_row(r) for name, r in records.items()}
-    cols = list(dict.fromkeys(k for r in rows.values() for k in r))
-    lines = ["| model | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for name, r in rows.items()]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -14,8 +14,16 @@ from fluid.model.blocks import TextBlock
 
 
 class TextAligner(nn.Module):
-    def __init__(self, text_dim: int, width: int, depth: int, heads: int, max_length: int,
-                 mlp_ratio: float = 4.0, qk_norm: bool = False):
+    def __init__(
+        self,
+        text_dim: int,
+        width: int,
+        depth: int,
+        heads: int,
+        max_length: int,
+        mlp_ratio: float = 4.0,
+        qk_norm: bool = False,
+    ):
         super().__init__()
         self.max_length = max_length
         self.proj = nn.Linear(text_dim, width)

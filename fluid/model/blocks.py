@@ -30,10 +30,10 @@ class KVCache:
             self.v = v.new_zeros(b, h, self.max_len, hd)
         if self.length + t > self.max_len:
             raise ValueError(f"KV cache full: {self.length} + {t} > {self.max_len} positions")
-        self.k[:, :, self.length:self.length + t] = k
-        self.v[:, :, self.length:self.length + t] = v
+        self.k[:, :, self.length : self.length + t] = k
+        self.v[:, :, self.length : self.length + t] = v
         self.length += t
-        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
 
 class Attention(nn.Module):
@@ -61,9 +61,15 @@ class Attention(nn.Module):
         k, v = self.kv(context).chunk(2, dim=-1)  # (B, L, D) each
         return self.k_norm(self._split(k)), self._split(v)  # (B, H, L, hd)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                causal: bool = False, cache: KVCache | None = None,
-                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """x: (B, N, D). mask: (B, L) bool, True = attend (keys' padding mask).
 
         ``cache``: incremental causal decoding; x holds only the new positions.
@@ -121,8 +127,15 @@ class ImageBlock(nn.Module):
         self.cross_attn = Attention(dim, heads, cross=True, qk_norm=qk_norm)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor | None, text_mask: torch.Tensor, causal: bool = False,
-                cache: KVCache | None = None, text_kv: tuple | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        text_kv: tuple | None = None,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.norm1(x), causal=causal, cache=cache)  # (B, N, D)
         x = x + self.cross_attn(self.norm2(x), context=text, mask=text_mask, context_kv=text_kv)
         return x + self.mlp(self.norm3(x))

@@ -35,8 +35,9 @@ class Generator(nn.Module):
         self.continuous = cfg.token_type == TokenType.CONTINUOUS
         self.causal = cfg.order == Order.RASTER
         w = cfg.width
-        self.aligner = TextAligner(text_cfg.dim, w, text_cfg.aligner_depth, cfg.heads, text_cfg.max_length,
-                                   cfg.mlp_ratio, cfg.qk_norm)
+        self.aligner = TextAligner(
+            text_cfg.dim, w, text_cfg.aligner_depth, cfg.heads, text_cfg.max_length, cfg.mlp_ratio, cfg.qk_norm
+        )
         if self.continuous:
             self.token_in = nn.Linear(cfg.token_dim, w)
         else:
@@ -82,9 +83,15 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------------- training
 
-    def forward(self, tokens: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor,
-                generator: torch.Generator | None = None, text_dropout: float | None = None,
-                vlb_weight: float | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+        text_dropout: float | None = None,
+        vlb_weight: float | None = None,
+    ) -> torch.Tensor:
         """Mean loss over the predicted tokens.
 
         tokens: (B, N, C) continuous or (B, N) discrete; text_emb: (B, L, Dt); text_mask: (B, L).
@@ -106,8 +113,13 @@ class Generator(nn.Module):
         h = self.backbone(x, text, text_mask)  # (B, N, W)
         return self.token_loss(h[predict], tokens[predict], generator, vlb_weight)  # (M, W), (M, C) or (M,)
 
-    def token_loss(self, z: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
-                   vlb_weight: float | None = None) -> torch.Tensor:
+    def token_loss(
+        self,
+        z: torch.Tensor,
+        target: torch.Tensor,
+        generator: torch.Generator | None = None,
+        vlb_weight: float | None = None,
+    ) -> torch.Tensor:
         if not self.continuous:
             return F.cross_entropy(self.logits(z).float(), target)
         # The head sees each token at several timesteps: a cheap way to lower the loss's
@@ -116,8 +128,13 @@ class Generator(nn.Module):
         z, target = z.repeat(k, 1), target.repeat(k, 1)  # (kM, W), (kM, C)
         t = torch.randint(0, self.diffusion.num_steps, (z.shape[0],), generator=generator, device=z.device)
         noise = torch.randn(target.shape, generator=generator, device=z.device, dtype=target.dtype)
-        losses = self.diffusion.training_losses(lambda xt, tt: self.head(xt, tt, z), target, t, noise,
-                                                vlb_weight=self.cfg.vlb_weight if vlb_weight is None else vlb_weight)
+        losses = self.diffusion.training_losses(
+            lambda xt, tt: self.head(xt, tt, z),
+            target,
+            t,
+            noise,
+            vlb_weight=self.cfg.vlb_weight if vlb_weight is None else vlb_weight,
+        )
         return losses.mean()
 
     # ------------------------------------------------------------------------- pieces
@@ -144,15 +161,26 @@ class Generator(nn.Module):
             x = self.special.expand(batch, 1, -1)  # (B, 1, W)
         else:
             x = self.embed_tokens(prev[:, None])  # (B, 1, W)
-        return x + self.pos[:, i:i + 1]
+        return x + self.pos[:, i : i + 1]
 
-    def backbone(self, x: torch.Tensor, text: torch.Tensor | None, text_mask: torch.Tensor,
-                 caches: list[KVCache] | None = None, text_kvs: list | None = None) -> torch.Tensor:
+    def backbone(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor,
+        caches: list[KVCache] | None = None,
+        text_kvs: list | None = None,
+    ) -> torch.Tensor:
         """(B, N, W) -> (B, N, W). With ``caches``, x holds only new positions (raster decoding)."""
         for i, block in enumerate(self.blocks):
-            x = block(x, text, text_mask, causal=self.causal and caches is None,
-                      cache=caches[i] if caches is not None else None,
-                      text_kv=text_kvs[i] if text_kvs is not None else None)
+            x = block(
+                x,
+                text,
+                text_mask,
+                causal=self.causal and caches is None,
+                cache=caches[i] if caches is not None else None,
+                text_kv=text_kvs[i] if text_kvs is not None else None,
+            )
         return self.norm(x)
 
     def text_kv(self, text: torch.Tensor) -> list:

@@ -117,8 +117,13 @@ class PackedDenoise:
     def __call__(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         h = self.head
         weight = h.input_proj.weight
-        if (x.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled()):
+        if (
+            x.device.type != "cpu"
+            or weight.dtype != torch.float32
+            or x.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")
+            or torch.is_grad_enabled()
+        ):
             return h.denoise(x, c)
         if self._versions != [p._version for p in h.parameters()]:
             self._pack()

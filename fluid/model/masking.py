@@ -15,14 +15,16 @@ def cosine_mask_ratio(u: torch.Tensor | float):
     return math.cos(math.pi / 2 * u)
 
 
-def random_orders(batch: int, num_tokens: int, generator: torch.Generator | None = None,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
+def random_orders(
+    batch: int, num_tokens: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """A uniformly random permutation of token positions per image: (B, N) long."""
     return torch.rand(batch, num_tokens, generator=generator, device=device).argsort(dim=1)
 
 
-def truncated_normal_mask_ratio(u: torch.Tensor, mean: float = 1.0, std: float = 0.25, low: float = 0.7,
-                                high: float = 1.0) -> torch.Tensor:
+def truncated_normal_mask_ratio(
+    u: torch.Tensor, mean: float = 1.0, std: float = 0.25, low: float = 0.7, high: float = 1.0
+) -> torch.Tensor:
     """MAR's training mask ratio: a normal(mean, std) truncated to [low, high], drawn by the
     inverse CDF from u ~ U[0, 1) so that one generator drives it."""
     cdf = lambda x: 0.5 * (1 + math.erf((x - mean) / (std * math.sqrt(2))))  # noqa: E731
@@ -30,8 +32,9 @@ def truncated_normal_mask_ratio(u: torch.Tensor, mean: float = 1.0, std: float =
     return (mean + std * torch.special.ndtri(a + (b - a) * u)).clamp(low, high)
 
 
-def training_mask(orders: torch.Tensor, generator: torch.Generator | None = None,
-                  schedule: str = "cosine") -> torch.Tensor:
+def training_mask(
+    orders: torch.Tensor, generator: torch.Generator | None = None, schedule: str = "cosine"
+) -> torch.Tensor:
     """Mask the first n positions of each order, n = ceil(r * N) >= 1, with the mask ratio r
     drawn per image: r = gamma(u), u ~ U[0, 1) (``cosine``: MaskGIT and the paper), or MAR's
     truncated normal on [0.7, 1] (``truncnorm``).

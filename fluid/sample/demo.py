@@ -9,7 +9,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from fluid.sample.grid import image_grid, masked_preview, progress_strip
@@ -31,8 +30,11 @@ def _progress_picture(pipe: FluidPipeline, prompts: list[str], seed: int, max_co
     """Decode the partly generated tokens after each step; grey = not generated yet."""
     record: list = []
     pipe.generate_tokens(prompts, seed=seed, record=record)
-    keep = sorted({round(i * (len(record) - 1) / (max_cols - 1)) for i in range(max_cols)}) if len(record) > max_cols \
+    keep = (
+        sorted({round(i * (len(record) - 1) / (max_cols - 1)) for i in range(max_cols)})
+        if len(record) > max_cols
         else list(range(len(record)))
+    )
     grid = int(math.isqrt(pipe.model.cfg.num_tokens))
     frames, labels = [], []
     for k in keep:
@@ -43,8 +45,15 @@ def _progress_picture(pipe: FluidPipeline, prompts: list[str], seed: int, max_co
     return progress_strip(frames, prompts, labels)
 
 
-def run_demo(out_dir: str | Path, variants: list[str], checkpoints: dict[str, str] | None = None,
-             prompts: dict[str, list[str]] | None = None, seeds=DEMO_SEEDS, device: str | None = None, **sample) -> dict:
+def run_demo(
+    out_dir: str | Path,
+    variants: list[str],
+    checkpoints: dict[str, str] | None = None,
+    prompts: dict[str, list[str]] | None = None,
+    seeds=DEMO_SEEDS,
+    device: str | None = None,
+    **sample,
+) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = prompts or DEMO_PROMPTS
@@ -61,12 +70,11 @@ def run_demo(out_dir: str | Path, variants: list[str], checkpoints: dict[str, st
             imgs = pipe([p for _, p in flat], seed=seed, **sample)
             for i, img in enumerate(imgs):
                 images[i * len(seeds) + j] = img
-        first_seed[variant] = images[0::len(seeds)]
+        first_seed[variant] = images[0 :: len(seeds)]
         grid = image_grid(images, len(flat), len(seeds), [p for _, p in flat], [f"seed {s}" for s in seeds])
         grid_file = f"grid-{variant}.png"
         grid.save(out / grid_file)
-        entry = {"grid": grid_file, "seconds": round(time.perf_counter() - tv, 2),
-                 "sample": pipe.settings(**sample)}
+        entry = {"grid": grid_file, "seconds": round(time.perf_counter() - tv, 2), "sample": pipe.settings(**sample)}
         strip = _progress_picture(pipe, [p for _, p in flat[:4]], seed=seeds[0])
         entry["progress"] = f"progress-{variant}.png"
         strip.save(out / entry["progress"])
@@ -87,15 +95,23 @@ def _page(record: dict, flat, sections) -> str:
     rows = "".join(f"<tr><td>{html.escape(f)}</td><td>{html.escape(p)}</td></tr>" for f, p in flat)
     body = []
     if "side_by_side" in record:
-        body.append(f"<h2>The variants side by side (seed {record['seeds'][0]})</h2><img src='{record['side_by_side']}'>")
+        body.append(
+            f"<h2>The variants side by side (seed {record['seeds'][0]})</h2><img src='{record['side_by_side']}'>"
+        )
     for variant, entry in sections:
-        body.append(f"<h2>{html.escape(variant)}</h2><p>{entry['seconds']} s; sampling: "
-                    f"<code>{html.escape(json.dumps(entry['sample']))}</code></p>"
-                    f"<h3>Samples (rows: prompts, columns: seeds)</h3><img src='{entry['grid']}'>")
+        body.append(
+            f"<h2>{html.escape(variant)}</h2><p>{entry['seconds']} s; sampling: "
+            f"<code>{html.escape(json.dumps(entry['sample']))}</code></p>"
+            f"<h3>Samples (rows: prompts, columns: seeds)</h3><img src='{entry['grid']}'>"
+        )
         if "progress" in entry:
-            body.append(f"<h3>Generation in progress (grey: tokens not generated yet)</h3><img src='{entry['progress']}'>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Fluid demo</title>"
-            f"<style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated;max-width:100%}}"
-            f"td{{padding:2px 10px}}</style></head><body><h1>Fluid demo</h1>"
-            f"<p>Made by <code>fluid demo</code> in {record['seconds']} s.</p>"
-            f"<table><tr><th>family</th><th>prompt</th></tr>{rows}</table>{''.join(body)}</body></html>\n")
+            body.append(
+                f"<h3>Generation in progress (grey: tokens not generated yet)</h3><img src='{entry['progress']}'>"
+            )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Fluid demo</title>"
+        f"<style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated;max-width:100%}}"
+        f"td{{padding:2px 10px}}</style></head><body><h1>Fluid demo</h1>"
+        f"<p>Made by <code>fluid demo</code> in {record['seconds']} s.</p>"
+        f"<table><tr><th>family</th><th>prompt</th></tr>{rows}</table>{''.join(body)}</body></html>\n"
+    )

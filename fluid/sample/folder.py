@@ -83,9 +83,11 @@ def resolve_source(path: str | Path) -> Path:
 
 def download(repo_id: str, revision: str | None = None) -> Path:
     """``huggingface_hub.snapshot_download`` with errors that say what to do instead."""
-    ask = (f"{repo_id!r} is not a local folder, so it was read as a Hugging Face Hub id, and ")
-    instead = (f"Pass a local folder instead (fetch it where there is network, e.g. "
-               f"`hf download {repo_id} --local-dir DIR`, and copy DIR here).")
+    ask = f"{repo_id!r} is not a local folder, so it was read as a Hugging Face Hub id, and "
+    instead = (
+        f"Pass a local folder instead (fetch it where there is network, e.g. "
+        f"`hf download {repo_id} --local-dir DIR`, and copy DIR here)."
+    )
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
@@ -104,10 +106,13 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         raise HubUnavailableError(
             ask + "the hub is not reachable (offline mode is on, HF_HUB_OFFLINE=1, or there is no network; "
             "the `fluid` command sets HF_HUB_OFFLINE=1 unless FLUID_ONLINE=1) and the local hub cache "
-            f"does not hold it. {instead}") from e
+            f"does not hold it. {instead}"
+        ) from e
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise HubUnavailableError(ask + f"the hub has no such model (or it is private: log in with "
-                                  f"`hf auth login`): {type(e).__name__}. {instead}") from e
+        raise HubUnavailableError(
+            ask + f"the hub has no such model (or it is private: log in with "
+            f"`hf auth login`): {type(e).__name__}. {instead}"
+        ) from e
     except Exception as e:  # noqa: BLE001 - connection errors come from several HTTP libraries
         raise HubUnavailableError(ask + f"the hub is not reachable ({type(e).__name__}: {e}). {instead}") from e
 
@@ -166,7 +171,7 @@ def _training_records(source: Path | None) -> dict[str, Path]:
     """summary.json / metrics.jsonl of the checkpoint, or else of its run folder."""
     found = {}
     for name in TRAINING_RECORDS:
-        for folder in ([source, source.parent] if source is not None else []):
+        for folder in [source, source.parent] if source is not None else []:
             if (folder / name).is_file():
                 found[name] = folder / name
                 break
@@ -194,12 +199,18 @@ def _tokenizer_eval(pipe: FluidPipeline, source: Path | None) -> dict | None:
 
 def text_encoder_reference(pipe: FluidPipeline) -> dict:
     t = pipe.cfg.text
-    return {"encoder": t.encoder, "name_or_path": t.name_or_path, "max_length": t.max_length, "dim": t.dim,
-            "identity": pipe.text_encoder.identity()}
+    return {
+        "encoder": t.encoder,
+        "name_or_path": t.name_or_path,
+        "max_length": t.max_length,
+        "dim": t.dim,
+        "identity": pipe.text_encoder.identity(),
+    }
 
 
-def save_pipeline(pipe: FluidPipeline, out: str | Path, dtype: str | None = None,
-                  metrics: str | Path | dict | None = None) -> Path:
+def save_pipeline(
+    pipe: FluidPipeline, out: str | Path, dtype: str | None = None, metrics: str | Path | dict | None = None
+) -> Path:
     """Write ``pipe`` as a pipeline folder (atomically: into ``out.tmp``, then renamed).
 
     ``dtype``: of the generator weights (fp32, fp16, bf16); default: that of the checkpoint
@@ -224,11 +235,19 @@ def save_pipeline(pipe: FluidPipeline, out: str | Path, dtype: str | None = None
     gen.mkdir(parents=True)
     pipe.cfg.save(gen / "config.json")
     state = {k: v.detach().cpu().contiguous() for k, v in ckpt.unwrap(pipe.model).state_dict().items()}
-    save_file({k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
-              str(gen / "ema.safetensors"))
-    meta = {**meta, "variant": pipe.cfg.model.variant, "params": sum(p.numel() for p in pipe.model.parameters()),
-            "tokenizer": pipe.tokenizer.identity(), "text_encoder": pipe.text_encoder.identity(),
-            "inference_only": True, "dtype": dtype}
+    save_file(
+        {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
+        str(gen / "ema.safetensors"),
+    )
+    meta = {
+        **meta,
+        "variant": pipe.cfg.model.variant,
+        "params": sum(p.numel() for p in pipe.model.parameters()),
+        "tokenizer": pipe.tokenizer.identity(),
+        "text_encoder": pipe.text_encoder.identity(),
+        "inference_only": True,
+        "dtype": dtype,
+    }
     (gen / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     records = _training_records(source)
     for name, path in records.items():
@@ -241,20 +260,31 @@ def save_pipeline(pipe: FluidPipeline, out: str | Path, dtype: str | None = None
 
     # The weights an evaluation may describe: the source file, or the file just written
     # (the same bytes when the dtype is kept).
-    digests = {d for d in (_digest(source / "ema.safetensors") if source is not None else None,
-                           _digest(gen / "ema.safetensors")) if d}
+    digests = {
+        d
+        for d in (_digest(source / "ema.safetensors") if source is not None else None, _digest(gen / "ema.safetensors"))
+        if d
+    }
     if metrics is None:
         record = find_metrics(source, digests)
     else:
         record = metrics if isinstance(metrics, dict) else read_metrics(metrics)
         if evaluated_digest(record) not in digests:
-            raise ValueError(f"the evaluation record describes weights {evaluated_digest(record)}, not these "
-                             f"({', '.join(sorted(digests))}): evaluate this checkpoint with `fluid eval`")
+            raise ValueError(
+                f"the evaluation record describes weights {evaluated_digest(record)}, not these "
+                f"({', '.join(sorted(digests))}): evaluate this checkpoint with `fluid eval`"
+            )
     if record is not None:
         (tmp / METRICS).write_text(json.dumps(record, indent=2) + "\n")
 
-    index = {"_class_name": CLASS_NAME, "format": FORMAT, "variant": pipe.cfg.model.variant,
-             "generator": GENERATOR, "tokenizer": TOKENIZER, "text_encoder": text_encoder_reference(pipe)}
+    index = {
+        "_class_name": CLASS_NAME,
+        "format": FORMAT,
+        "variant": pipe.cfg.model.variant,
+        "generator": GENERATOR,
+        "tokenizer": TOKENIZER,
+        "text_encoder": text_encoder_reference(pipe),
+    }
     (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     summary = json.loads((gen / "summary.json").read_text()) if (gen / "summary.json").is_file() else None
     (tmp / CARD).write_text(model_card(pipe.cfg, meta, summary, tok_eval, index["text_encoder"], record))

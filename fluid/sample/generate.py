@@ -62,8 +62,15 @@ def condition(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor,
     return Conditioning(text, mask, guided)
 
 
-def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: SampleConfig, guided: bool,
-                     rng: ImageRNG, head_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sample_from_head(
+    model: Generator,
+    z: torch.Tensor,
+    scale: float,
+    cfg: SampleConfig,
+    guided: bool,
+    rng: ImageRNG,
+    head_steps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw one token per row of z: (M, W) or, guided, (2M, W) with the null branch second.
     Rows are image-major (each image's rows together), as ``rng`` splits its draws.
 
@@ -104,7 +111,9 @@ def sample_from_head(model: Generator, z: torch.Tensor, scale: float, cfg: Sampl
 
     noise = rng.randn(m, c)  # (M, C)
     if cfg.head_sampler == HeadSampler.DDPM:
-        return diffusion.sample(eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, draw_noise=rng.randn), None
+        return diffusion.sample(
+            eps_fn, noise, temperature=cfg.temperature, x0_clip=cfg.x0_clip, draw_noise=rng.randn
+        ), None
     # A deterministic sampler has no later noise to scale: the temperature narrows the start.
     order = 2 if cfg.head_sampler == HeadSampler.DPM_SOLVER else 1
     return diffusion.sample_ode(eps_fn, noise * cfg.temperature, order=order, x0_clip=cfg.x0_clip), None
@@ -132,8 +141,14 @@ def _pair(x: torch.Tensor, guided: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, rng: ImageRNG,
-                    head_steps: int | None = None, record: list | None = None) -> torch.Tensor:
+def generate_random(
+    model: Generator,
+    cond: Conditioning,
+    cfg: SampleConfig,
+    rng: ImageRNG,
+    head_steps: int | None = None,
+    record: list | None = None,
+) -> torch.Tensor:
     """Random-order generation. ``record``, if given, receives (step, tokens, known) after each step."""
     b = cond.text.shape[0] // (2 if cond.guided else 1)
     n, device = model.cfg.num_tokens, cond.text.device
@@ -161,7 +176,7 @@ def generate_random(model: Generator, cond: Conditioning, cfg: SampleConfig, rng
             pos = conf.topk(count, dim=1).indices  # (B, count)
             new = ids.gather(1, pos)
         else:
-            pos = orders[:, done:done + count]  # (B, count)
+            pos = orders[:, done : done + count]  # (B, count)
             z = _gather_rows(h, pos, cond.guided)  # (B'*count, W)
             new, _ = sample_from_head(model, z, scale, cfg, cond.guided, rng, head_steps)
             new = new.view(b, count, *shape[2:])
@@ -180,8 +195,15 @@ def _gather_rows(h: torch.Tensor, pos: torch.Tensor, guided: bool) -> torch.Tens
 
 
 @torch.no_grad()
-def generate_raster(model: Generator, cond: Conditioning, cfg: SampleConfig, rng: ImageRNG,
-                    head_steps: int | None = None, use_cache: bool = True, record: list | None = None) -> torch.Tensor:
+def generate_raster(
+    model: Generator,
+    cond: Conditioning,
+    cfg: SampleConfig,
+    rng: ImageRNG,
+    head_steps: int | None = None,
+    use_cache: bool = True,
+    record: list | None = None,
+) -> torch.Tensor:
     """Raster-order generation, one token per step, with a KV cache (or recomputing the prefix)."""
     b = cond.text.shape[0] // (2 if cond.guided else 1)
     n, device = model.cfg.num_tokens, cond.text.device
@@ -196,21 +218,29 @@ def generate_raster(model: Generator, cond: Conditioning, cfg: SampleConfig, rng
             x = model.embed_step(prev, i, bb)  # (B', 1, W)
             h = model.backbone(x, cond.text, cond.mask, caches=caches, text_kvs=text_kvs)[:, 0]  # (B', W)
         else:
-            x = model.embed_shifted(_pair(tokens, cond.guided))[:, :i + 1]  # (B', i+1, W)
+            x = model.embed_shifted(_pair(tokens, cond.guided))[:, : i + 1]  # (B', i+1, W)
             h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)[:, -1]  # (B', W)
         new, _ = sample_from_head(model, h, guidance_scale(cfg, i + 1, n), cfg, cond.guided, rng, head_steps)
         tokens[:, i] = new.to(tokens.dtype)
         prev = _pair(tokens[:, i], cond.guided)
         if record is not None:
             known = torch.zeros(b, n, dtype=torch.bool, device=device)
-            known[:, :i + 1] = True
+            known[:, : i + 1] = True
             record.append((i, tokens.clone(), known))
     return tokens
 
 
-def generate(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor, cfg: SampleConfig,
-             rng: ImageRNG, head_steps: int | None = None, force_guidance: bool = False,
-             record: list | None = None, use_cache: bool = True) -> torch.Tensor:
+def generate(
+    model: Generator,
+    text_emb: torch.Tensor,
+    text_mask: torch.Tensor,
+    cfg: SampleConfig,
+    rng: ImageRNG,
+    head_steps: int | None = None,
+    force_guidance: bool = False,
+    record: list | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
     """Tokens for a batch of encoded prompts, by the model's order; ``rng`` has one stream
     per prompt (``ImageRNG.for_images(seed, range(B))``).
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -20,8 +20,16 @@ def _font(size: int = 12):
         return ImageFont.load_default()
 
 
-def image_grid(images: Sequence[Image.Image], rows: int, cols: int, row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, scale: int = 2, pad: int = 4, label_width: int = 220) -> Image.Image:
+def image_grid(
+    images: Sequence[Image.Image],
+    rows: int,
+    cols: int,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    scale: int = 2,
+    pad: int = 4,
+    label_width: int = 220,
+) -> Image.Image:
     """Images in row-major order on a white sheet, optionally labelled on the left and top."""
     if len(images) != rows * cols:
         raise ValueError(f"{len(images)} images do not fill a {rows} x {cols} grid")
@@ -57,5 +65,5 @@ def masked_preview(images: torch.Tensor, known: torch.Tensor, grid: int) -> torc
 def progress_strip(frames: list[torch.Tensor], labels: Sequence[str], step_labels: Sequence[str]) -> Image.Image:
     """frames[k]: (B, 3, H, W) previews after step k; one row per image, one column per step."""
     rows, cols = frames[0].shape[0], len(frames)
-    images = [to_pil(frames[k][i:i + 1])[0] for i in range(rows) for k in range(cols)]
+    images = [to_pil(frames[k][i : i + 1])[0] for i in range(rows) for k in range(cols)]
     return image_grid(images, rows, cols, row_labels=labels, col_labels=step_labels)

@@ -11,8 +11,8 @@ given part of a prompt list makes the same images as one given all of it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -43,8 +43,15 @@ class FluidPipeline:
         self.cfg, self.device = cfg, torch.device(device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, variant: str = "continuous-random",
-                        device: str | None = None, use_ema: bool = True, tokenizer=None, text_encoder=None) -> "FluidPipeline":
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        variant: str = "continuous-random",
+        device: str | None = None,
+        use_ema: bool = True,
+        tokenizer=None,
+        text_encoder=None,
+    ) -> FluidPipeline:
         """Load a pipeline folder (``save_pretrained``), a checkpoint or run folder, or a hub id
         ("owner/name", where the network allows); default: the shipped model of ``variant``."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,15 +60,20 @@ class FluidPipeline:
         model = Generator(cfg.model, cfg.text)
         ckpt.load_weights(model, folder, ema=use_ema)
         if tokenizer is None:
-            tokenizer = load_tokenizer(bundled_tokenizer(folder) or resolve_tokenizer(cfg), kind=cfg.tokenizer.kind,
-                                       patch_size=cfg.tokenizer.patch_size)
+            tokenizer = load_tokenizer(
+                bundled_tokenizer(folder) or resolve_tokenizer(cfg),
+                kind=cfg.tokenizer.kind,
+                patch_size=cfg.tokenizer.patch_size,
+            )
         if text_encoder is None:  # not `or`: an empty CachedTextEncoder is falsy (it has __len__)
             text_encoder = build_text_encoder(cfg.text, device=device)
         pipe = cls(model.to(device), tokenizer.to(device), text_encoder, cfg, device)
         pipe.source = folder
         return pipe
 
-    def save_pretrained(self, folder: str | Path, dtype: str | None = None, metrics: str | Path | dict | None = None) -> Path:
+    def save_pretrained(
+        self, folder: str | Path, dtype: str | None = None, metrics: str | Path | dict | None = None
+    ) -> Path:
         """Write a folder ``from_pretrained`` loads: generator, tokenizer, text-encoder reference,
         evaluation record and model card (see ``fluid.sample.folder``)."""
         from fluid.sample.folder import save_pipeline
@@ -95,17 +107,31 @@ class FluidPipeline:
         random_order = m.order == Order.RANDOM
         if scfg.confidence and (self.model.continuous or not random_order):
             raise ConfigError(f"confidence selection is for discrete random-order models, not {m.variant}")
-        return {"cfg": scfg.cfg, "cfg_schedule": scfg.cfg_schedule.value, "temperature": scfg.temperature,
-                "steps": min(scfg.steps, m.num_tokens) if random_order else m.num_tokens,  # raster: one per token
-                "head_steps": self.head_steps(head_steps), "x0_clip": scfg.x0_clip if self.model.continuous else None,
-                "confidence": scfg.confidence, "batch_size": scfg.batch_size,
-                "head_sampler": scfg.head_sampler.value if self.model.continuous else None, "compile": scfg.compile,
-                "packed_head": scfg.packed_head and self.model.continuous}
+        return {
+            "cfg": scfg.cfg,
+            "cfg_schedule": scfg.cfg_schedule.value,
+            "temperature": scfg.temperature,
+            "steps": min(scfg.steps, m.num_tokens) if random_order else m.num_tokens,  # raster: one per token
+            "head_steps": self.head_steps(head_steps),
+            "x0_clip": scfg.x0_clip if self.model.continuous else None,
+            "confidence": scfg.confidence,
+            "batch_size": scfg.batch_size,
+            "head_sampler": scfg.head_sampler.value if self.model.continuous else None,
+            "compile": scfg.compile,
+            "packed_head": scfg.packed_head and self.model.continuous,
+        }
 
     @torch.no_grad()
-    def generate_tokens(self, prompts: Sequence[str], seed: int = 0, record: list | None = None,
-                        head_steps: int | None = None, use_cache: bool = True, first_index: int = 0,
-                        **sample_overrides) -> torch.Tensor:
+    def generate_tokens(
+        self,
+        prompts: Sequence[str],
+        seed: int = 0,
+        record: list | None = None,
+        head_steps: int | None = None,
+        use_cache: bool = True,
+        first_index: int = 0,
+        **sample_overrides,
+    ) -> torch.Tensor:
         """Tokens for ``prompts`` (one image each), in batches of ``sample.batch_size``;
         prompt ``i`` is image ``first_index + i`` of ``seed``."""
         seed = check_seed(seed)
@@ -113,12 +139,22 @@ class FluidPipeline:
         scfg, head_steps = self.sample_config(**sample_overrides), self.head_steps(head_steps)
         out = []
         for start in range(0, len(prompts), scfg.batch_size):
-            batch = list(prompts[start:start + scfg.batch_size])
+            batch = list(prompts[start : start + scfg.batch_size])
             rng = ImageRNG.for_images(seed, range(first_index + start, first_index + start + len(batch)), self.device)
             emb, mask = self.text_encoder(batch)
             with self.autocast():
-                out.append(generate(self.model, emb.to(self.device), mask.to(self.device), scfg, rng,
-                                    head_steps=head_steps, record=record, use_cache=use_cache))
+                out.append(
+                    generate(
+                        self.model,
+                        emb.to(self.device),
+                        mask.to(self.device),
+                        scfg,
+                        rng,
+                        head_steps=head_steps,
+                        record=record,
+                        use_cache=use_cache,
+                    )
+                )
         return torch.cat(out)
 
     @torch.no_grad()
@@ -135,8 +171,15 @@ class FluidPipeline:
         bf16 = sampling_precision(self.cfg.train.precision, self.device) == Precision.BF16
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def __call__(self, prompts: str | Sequence[str], seed: int = 0, num_images_per_prompt: int = 1,
-                 output_type: str = "pil", first_index: int = 0, **sample_overrides):
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        seed: int = 0,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        first_index: int = 0,
+        **sample_overrides,
+    ):
         """Images for ``prompts``: a list of PIL images (or a (B, 3, H, W) tensor in [-1, 1]).
 
         Image ``i`` (prompts repeated ``num_images_per_prompt`` times) is fixed by ``(seed,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -47,7 +47,7 @@ class ImageRNG:
             raise ValueError("an ImageRNG needs at least one image")
 
     @classmethod
-    def for_images(cls, seed: int, indices: Iterable[int], device: torch.device | str = "cpu") -> "ImageRNG":
+    def for_images(cls, seed: int, indices: Iterable[int], device: torch.device | str = "cpu") -> ImageRNG:
         """The streams of images ``indices`` of a call with ``seed``."""
         return cls([image_seed(seed, i) for i in indices], device)
 
@@ -74,5 +74,6 @@ class ImageRNG:
         k, left = divmod(probs.shape[0], len(self.generators))
         if left:
             raise ValueError(f"{probs.shape[0]} rows do not split evenly over {len(self.generators)} images")
-        return torch.cat([torch.multinomial(p, 1, generator=g).squeeze(1)
-                          for p, g in zip(probs.split(k), self.generators)])
+        return torch.cat(
+            [torch.multinomial(p, 1, generator=g).squeeze(1) for p, g in zip(probs.split(k), self.generators)]
+        )

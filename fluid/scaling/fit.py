@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -43,8 +43,11 @@ class LinearFit:
         return y - half, y + half
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()
-                if k not in ("x_mean", "sxx", "residual_std")}
+        return {
+            k: (round(v, 6) if isinstance(v, float) else v)
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("x_mean", "sxx", "residual_std")
+        }
 
 
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> LinearFit:
@@ -59,7 +62,7 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> LinearFit:
     slope = float(((x - xm) * (y - ym)).sum() / sxx)
     intercept = float(ym - slope * xm)
     resid = y - (intercept + slope * x)
-    ss_res, ss_tot = float((resid ** 2).sum()), float(((y - ym) ** 2).sum())
+    ss_res, ss_tot = float((resid**2).sum()), float(((y - ym) ** 2).sum())
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
     if n > 2 and ss_tot > 0 and np.ptp(y) > 0:
         r, p = stats.pearsonr(x, y)
@@ -67,8 +70,18 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> LinearFit:
     else:
         r, p = (math.copysign(1.0, slope) if slope else 0.0), float("nan")
     residual_std = math.sqrt(ss_res / (n - 2)) if n > 2 else 0.0
-    return LinearFit(slope, intercept, r2, r, p, residual_std / math.sqrt(sxx) if n > 2 else float("nan"),
-                     n, float(xm), sxx, residual_std)
+    return LinearFit(
+        slope,
+        intercept,
+        r2,
+        r,
+        p,
+        residual_std / math.sqrt(sxx) if n > 2 else float("nan"),
+        n,
+        float(xm),
+        sxx,
+        residual_std,
+    )
 
 
 def pearson_interval(r: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -93,18 +106,24 @@ class PowerLaw:
 
     @property
     def coefficient(self) -> float:
-        return 10 ** self.line.intercept
+        return 10**self.line.intercept
 
     def predict(self, x) -> np.ndarray:
         return 10 ** self.line.predict(np.log10(x))
 
     def band(self, x, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.line.band(np.log10(x), confidence)
-        return 10 ** lo, 10 ** hi
+        return 10**lo, 10**hi
 
     def to_dict(self) -> dict:
-        return {"exponent": round(self.exponent, 6), "coefficient": self.coefficient, "r2": round(self.line.r2, 6),
-                "exponent_stderr": round(self.line.slope_stderr, 6), "n": self.line.n, "space": "log10-log10"}
+        return {
+            "exponent": round(self.exponent, 6),
+            "coefficient": self.coefficient,
+            "r2": round(self.line.r2, 6),
+            "exponent_stderr": round(self.line.slope_stderr, 6),
+            "n": self.line.n,
+            "space": "log10-log10",
+        }
 
 
 def power_law_fit(x: Sequence[float], y: Sequence[float]) -> PowerLaw:

@@ -76,24 +76,35 @@ class Plan:
         return sum(r.train_s + (r.eval_s or 0.0) for r in todo)
 
     def to_dict(self) -> dict:
-        return {"machine": self.machine, "images_left": self.images_left, "flops_left": self.flops_left,
-                "seconds": self.seconds, "runs": [dataclasses.asdict(r) for r in self.runs]}
+        return {
+            "machine": self.machine,
+            "images_left": self.images_left,
+            "flops_left": self.flops_left,
+            "seconds": self.seconds,
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+        }
 
     def format(self) -> str:
-        lines = [f"{'run':40s} {'status':>9s} {'steps':>13s} {'images left':>12s} {'FLOPs left':>10s} "
-                 f"{'train':>9s} {'eval':>8s}  from"]
+        lines = [
+            f"{'run':40s} {'status':>9s} {'steps':>13s} {'images left':>12s} {'FLOPs left':>10s} "
+            f"{'train':>9s} {'eval':>8s}  from"
+        ]
         for r in self.runs:
-            lines.append(f"{r.name[:40]:40s} {r.status:>9s} {f'{r.steps_done}/{r.steps}':>13s} {r.images_left:>12,d} "
-                         f"{r.flops_left:>10.2e} {_duration(r.train_s):>9s} {_duration(r.eval_s):>8s}  {r.source}")
+            lines.append(
+                f"{r.name[:40]:40s} {r.status:>9s} {f'{r.steps_done}/{r.steps}':>13s} {r.images_left:>12,d} "
+                f"{r.flops_left:>10.2e} {_duration(r.train_s):>9s} {_duration(r.eval_s):>8s}  {r.source}"
+            )
         todo = [r for r in self.runs if r.status != "done"]
         m = self.machine
         total = self.seconds
         when = _duration(total) if total is not None else "unknown (a run has no time: see 'from')"
         no_eval = [r.name for r in todo if r.eval_s is None]
-        lines.append(f"plan: {len(todo)} of {len(self.runs)} runs to do, {self.images_left:,d} images, "
-                     f"{self.flops_left:.2e} training FLOPs, about {when} on {m['cpu']} "
-                     f"({m['threads']} thread{'s' if m['threads'] != 1 else ''}, {m['device']})"
-                     + (f"; evaluation not included for {len(no_eval)} run(s)" if no_eval and total is not None else ""))
+        lines.append(
+            f"plan: {len(todo)} of {len(self.runs)} runs to do, {self.images_left:,d} images, "
+            f"{self.flops_left:.2e} training FLOPs, about {when} on {m['cpu']} "
+            f"({m['threads']} thread{'s' if m['threads'] != 1 else ''}, {m['device']})"
+            + (f"; evaluation not included for {len(no_eval)} run(s)" if no_eval and total is not None else "")
+        )
         return "\n".join(lines)
 
 
@@ -125,7 +136,8 @@ def _steps_done(folder: Path) -> int:
 def _measured_rates(sweep: Sweep, out: Path, here: dict) -> dict[str, tuple[float, float | None, str]]:
     """Config key -> (train seconds per image, eval seconds per evaluated step, run name), from
     finished runs whose every attempt ran on this machine."""
-    from fluid.scaling.runner import RunFolder, fitted_config
+    from fluid.scaling.identity import fitted_config
+    from fluid.scaling.records import RunFolder
 
     rates = {}
     for run in sweep.runs:
@@ -153,21 +165,36 @@ def probe_seconds_per_image(cfg: FluidConfig, threads: int | None = None, device
         torch.set_num_threads(threads)
     try:
         with contextlib.redirect_stdout(open(os.devnull, "w")):
-            row = train_once(cfg, cfg.train.precision, min(PROBE_BATCH, cfg.train.batch_size), PROBE_STEPS,
-                             PROBE_WARMUP, torch.device(device or "cpu"))
+            row = train_once(
+                cfg,
+                cfg.train.precision,
+                min(PROBE_BATCH, cfg.train.batch_size),
+                PROBE_STEPS,
+                PROBE_WARMUP,
+                torch.device(device or "cpu"),
+            )
     finally:
         torch.set_num_threads(old)
     return 1.0 / row["images_per_s"]
 
 
-def make_plan(sweep: Sweep, out: str | Path, runs: list[RunSpec] | None = None, *, probe: bool = True,
-              threads: int | None = None, device: str | None = None, launcher: str | None = None,
-              echo=None) -> Plan:
+def make_plan(
+    sweep: Sweep,
+    out: str | Path,
+    runs: list[RunSpec] | None = None,
+    *,
+    probe: bool = True,
+    threads: int | None = None,
+    device: str | None = None,
+    launcher: str | None = None,
+    echo=None,
+) -> Plan:
     """The plan of ``runs`` (default: all of the sweep's) in the sweep folder ``out``.
 
     With a ``launcher`` (several processes per run) a probe in this one process says nothing
     about the run's speed: only finished runs give times then."""
-    from fluid.scaling.runner import RunFolder, fitted_config, run_identity, same_identity
+    from fluid.scaling.identity import fitted_config, run_identity, same_identity
+    from fluid.scaling.records import RunFolder
 
     out = Path(out)
     here = machine(threads, device)
@@ -206,6 +233,18 @@ def make_plan(sweep: Sweep, out: str | Path, runs: list[RunSpec] | None = None, 
         train_s = per_image * images if per_image is not None else None
         evals_left = len(run.eval_steps)  # evaluation runs after training, over every evaluated step
         eval_s = eval_per_step * evals_left if eval_per_step is not None else None
-        planned.append(PlannedRun(run.name, "partial" if done else "new", done, run.steps, batch, images,
-                                  comp["train_flops_per_image"] * images, train_s, eval_s, source))
+        planned.append(
+            PlannedRun(
+                run.name,
+                "partial" if done else "new",
+                done,
+                run.steps,
+                batch,
+                images,
+                comp["train_flops_per_image"] * images,
+                train_s,
+                eval_s,
+                source,
+            )
+        )
     return Plan(planned, here)

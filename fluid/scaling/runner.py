@@ -23,7 +23,6 @@ step), rewritten after every run.
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import datetime
 import json
 import math
@@ -34,14 +33,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from fluid.config import FluidConfig, TokenType
+from fluid.config import FluidConfig
 from fluid.data.sources import file_digest
 from fluid.runtime import machine
 from fluid.scaling.compute import compute_summary
+from fluid.scaling.identity import (
+    differences,
+    fitted_config,
+    run_identity,
+    same_identity,
+    tokenizer_for,
+    with_new_defaults,
+)
+from fluid.scaling.records import RunFolder, summarize_eval, write_results
 from fluid.scaling.sweep import RunSpec, Sweep
-from fluid.shapes.digest import renderer_digest  # the code that makes the `shapes` data
 
 FORMAT = "fluid-sweep-run/1"
 
@@ -50,135 +56,11 @@ class StaleRunError(ValueError):
     """A run folder made by another config or other data than the sweep now asks for."""
 
 
-# ----------------------------------------------------------------------------- identities
-
-
-def _digest(path: Path) -> str:
-    from fluid.data.sources import file_digest
-
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
-        return ",".join(f"{p.name}:{file_digest(p, 12)}" for p in files)
-    return file_digest(path, 12)
-
-
-# Renderer digests of code that moved without drawing anything differently -> the digest of
-# the same code at its new place, so that runs recorded before a move stay fresh.
-SAME_RENDERER = {
-    "c49a3c469f42": "712cf29f4911,9f2fcbb0ca09,c0b14af3fc3e",  # fluid/data/shapes.py -> fluid/shapes/{scenes,render,dataset}.py
-    "712cf29f4911,9f2fcbb0ca09,c4b8872bf544": "712cf29f4911,9f2fcbb0ca09,c0b14af3fc3e",  # renderer_digest in dataset.py
-}
-
-
-def data_identity(cfg: FluidConfig) -> dict:
-    """What the training data is: for ``shapes``, the renderer's code; otherwise the files."""
-    d = cfg.data
-    out: dict[str, Any] = {"source": d.source, "resolution": d.resolution}
-    if d.source == "shapes":
-        out.update(holdout=d.holdout, renderer=renderer_digest())
-    elif d.path:
-        p = Path(d.path)
-        if d.source == "cache" and (p / "manifest.json").exists():
-            out["manifest"] = _digest(p / "manifest.json")
-        elif p.is_file():
-            out["file"] = _digest(p)
-        else:
-            out["path"] = str(d.path)
-    return out
-
-
-def tokenizer_for(sweep: Sweep, cfg: FluidConfig) -> str | None:
-    return sweep.tokenizers.get(TokenType(cfg.model.token_type).value)
-
-
-def fitted_config(sweep: Sweep, run: RunSpec) -> FluidConfig:
-    """The run's config with the token geometry of the tokenizer it trains on (what the
-    trainer will build: e.g. 64-channel tokens or an 8192-code vocabulary)."""
-    from fluid.assets import tokenizer_path
-    from fluid.tokenizers.load import load_tokenizer
-    from fluid.train.trainer import fit_config_to_tokenizer
-
-    cfg = run.config()
-    tok = tokenizer_for(sweep, cfg) or cfg.tokenizer.path or tokenizer_path(cfg.model.token_type)
-    if not Path(tok).exists():  # made later in the sweep's recipe: the preset's geometry until then
-        return cfg
-    return fit_config_to_tokenizer(cfg, load_tokenizer(tok, kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size))
-
-
-def run_identity(sweep: Sweep, run: RunSpec) -> dict:
-    """Everything whose change makes a finished run's results stale."""
-    from fluid.assets import tokenizer_path
-
-    cfg = run.config()
-    tok = Path(tokenizer_for(sweep, cfg) or cfg.tokenizer.path or tokenizer_path(cfg.model.token_type))
-    ident = {"config": cfg.to_dict(), "data": data_identity(cfg), "tokenizer": _digest(tok) if tok.exists() else str(tok),
-             "eval": sweep.eval, "eval_steps": run.eval_steps}
-    if sweep.text_embeddings:
-        ident["text_embeddings"] = _digest(Path(sweep.text_embeddings))
-    return ident
-
-
-def _with_new_defaults(recorded: dict) -> dict:
-    """A recorded identity with config keys added since it was written filled in at their
-    defaults (a new option left at its default changes nothing a run did), and a renderer
-    digest from before a move of its code (``SAME_RENDERER``) read as the code's new digest."""
-    from fluid.config import FluidConfig
-
-    data = recorded.get("data")
-    if isinstance(data, dict) and data.get("renderer") in SAME_RENDERER:
-        recorded = {**recorded, "data": {**data, "renderer": SAME_RENDERER[data["renderer"]]}}
-    if "config" not in recorded:
-        return recorded
-    defaults = FluidConfig().to_dict()
-    config = {section: ({**defaults[section], **values} if isinstance(values, dict) and isinstance(defaults.get(section), dict)
-                        else values) for section, values in recorded["config"].items()}
-    return {**recorded, "config": config}
-
-
-def same_identity(recorded: dict | None, current: dict) -> bool:
-    return recorded is not None and _with_new_defaults(recorded) == current
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
-
-
 # ----------------------------------------------------------------------------- one run
 
 
-class RunFolder:
-    def __init__(self, root: Path, run: RunSpec):
-        self.root, self.run = root, run
-        self.path = root / "runs" / run.name
-        self.train = self.path / "train"
-
-    @property
-    def record_path(self) -> Path:
-        return self.path / "run.json"
-
-    def read(self) -> dict | None:
-        if not self.record_path.exists():
-            return None
-        try:
-            return json.loads(self.record_path.read_text())
-        except json.JSONDecodeError:
-            return None  # a record cut short by a kill: treat as new, the checkpoints remain
-
-    def write(self, record: dict) -> None:
-        tmp = self.record_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, self.record_path)
-
-
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _checkpoint_plan(run: RunSpec, cfg: FluidConfig) -> tuple[int, int]:
@@ -189,8 +71,18 @@ def _checkpoint_plan(run: RunSpec, cfg: FluidConfig) -> tuple[int, int]:
 
 
 class Runner:
-    def __init__(self, sweep: Sweep, out: str | Path, *, launcher: str | None = None, device: str | None = None,
-                 threads: int | None = None, redo_stale: bool = False, python: str | None = None, echo=print):
+    def __init__(
+        self,
+        sweep: Sweep,
+        out: str | Path,
+        *,
+        launcher: str | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        redo_stale: bool = False,
+        python: str | None = None,
+        echo=print,
+    ):
         self.sweep, self.out = sweep, Path(out)
         self.launcher = shlex.split(launcher) if launcher else None
         self.device, self.threads, self.redo_stale = device, threads, redo_stale
@@ -201,7 +93,11 @@ class Runner:
 
     def _fluid(self, train: bool) -> list[str]:
         if train and self.launcher:
-            return [*self.launcher, "-m", "fluid.cli"] if self.launcher[0].endswith("torchrun") else [*self.launcher, self.python, "-m", "fluid.cli"]
+            return (
+                [*self.launcher, "-m", "fluid.cli"]
+                if self.launcher[0].endswith("torchrun")
+                else [*self.launcher, self.python, "-m", "fluid.cli"]
+            )
         return [self.python, "-m", "fluid.cli"]
 
     def _env(self) -> dict:
@@ -226,11 +122,13 @@ class Runner:
         """The run's record: new, continued, or refused / archived when stale."""
         record = folder.read()
         if record is not None and not same_identity(record.get("identity"), identity):
-            diff = _differences(_with_new_defaults(record.get("identity", {})), identity)
+            diff = differences(with_new_defaults(record.get("identity", {})), identity)
             if not self.redo_stale:
-                raise StaleRunError(f"{folder.path} was made by another config or other data "
-                                    f"({'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); "
-                                    f"pass --redo-stale to archive it and run again, or use another --out")
+                raise StaleRunError(
+                    f"{folder.path} was made by another config or other data "
+                    f"({'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); "
+                    f"pass --redo-stale to archive it and run again, or use another --out"
+                )
             archive = self.out / "stale" / f"{folder.run.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
             archive.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(folder.path), str(archive))
@@ -244,11 +142,18 @@ class Runner:
                 from fluid.train import checkpoint as ckpt
 
                 if ckpt.read_config(folder.train).to_dict() != identity["config"]:
-                    raise StaleRunError(f"{folder.train} holds checkpoints of another config; "
-                                        f"remove it or use another --out")
+                    raise StaleRunError(
+                        f"{folder.train} holds checkpoints of another config; remove it or use another --out"
+                    )
         folder.path.mkdir(parents=True, exist_ok=True)
-        return record or {"format": FORMAT, "name": folder.run.name, "tags": folder.run.tags,
-                          "identity": identity, "status": "new", "attempts": []}
+        return record or {
+            "format": FORMAT,
+            "name": folder.run.name,
+            "tags": folder.run.tags,
+            "identity": identity,
+            "status": "new",
+            "attempts": [],
+        }
 
     def train(self, folder: RunFolder, cfg: FluidConfig) -> None:
         from fluid.train import checkpoint as ckpt
@@ -286,7 +191,10 @@ class Runner:
             weights = file_digest(ckpt_dir / "ema.safetensors", 12)
             if metrics_file.exists():
                 rec = json.loads(metrics_file.read_text())
-                if rec.get("checkpoint", {}).get("weights_sha256") == weights and rec.get("sweep_eval") == self.sweep.eval:
+                if (
+                    rec.get("checkpoint", {}).get("weights_sha256") == weights
+                    and rec.get("sweep_eval") == self.sweep.eval
+                ):
                     results[step] = rec
                     continue
             args = ["eval", "--checkpoint", str(ckpt_dir), "--out", str(out), "--metrics", *metrics, "--no-progress"]
@@ -353,8 +261,13 @@ class Runner:
     def run_all(self, only: list[str] | None = None, jobs: int = 1) -> list[dict]:
         runs = [r for r in self.sweep.runs if not only or r.name in only]
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "sweep.json").write_text(json.dumps(
-            {"name": self.sweep.name, "source": self.sweep.source, "runs": [r.name for r in self.sweep.runs]}, indent=2) + "\n")
+        (self.out / "sweep.json").write_text(
+            json.dumps(
+                {"name": self.sweep.name, "source": self.sweep.source, "runs": [r.name for r in self.sweep.runs]},
+                indent=2,
+            )
+            + "\n"
+        )
         # Refuse stale runs up front, before hours of training elsewhere.
         if not self.redo_stale:
             for run in runs:
@@ -372,49 +285,3 @@ class Runner:
                 self.echo(f"[{i}/{len(runs)}] {run.name}: {msg}")
                 write_results(self.out, self.sweep)
         return records
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def summarize_eval(rec: dict) -> dict:
-    from fluid.eval.run import summary_row
-
-    return summary_row(rec)
-
-
-def result_rows(out: Path, sweep: Sweep) -> list[dict]:
-    rows = []
-    for run in sweep.runs:
-        folder = RunFolder(out, run)
-        rec = folder.read()
-        if rec is None:
-            continue
-        base = {"run": run.name, **{f"tag.{k}": v for k, v in run.tags.items()}, "preset": run.preset,
-                "variant": rec["identity"]["config"]["model"]["token_type"] + "-" + rec["identity"]["config"]["model"]["order"],
-                "status": rec["status"]}
-        comp = rec.get("compute") or compute_summary(fitted_config(sweep, run))
-        if rec["status"] != "done":
-            rows.append({**base, "error": (rec.get("error") or "").splitlines()[0] if rec.get("error") else ""})
-            continue
-        spent = {k: round(sum(a.get(k, 0.0) for a in rec.get("attempts", [])), 1) for k in ("train_s", "eval_s")}
-        for step, metrics in sorted(rec["results"].items(), key=lambda kv: int(kv[0])):
-            step = int(step)
-            saved = folder.path / "eval" / f"step-{step}" / "metrics.json"
-            if "shapes_eval.overall" in metrics and "shapes_eval.images" not in metrics and saved.exists():
-                metrics = {**metrics, **summarize_eval(json.loads(saved.read_text()))}  # recorded before the count was
-            images = step * comp["batch_size"]
-            rows.append({**base, "step": step, "params": comp["params"], "images": images,
-                         "train_flops": comp["train_flops_per_image"] * images, **metrics, **spent})
-    return rows
-
-
-def write_results(out: Path, sweep: Sweep) -> list[dict]:
-    rows = result_rows(out, sweep)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    return rows

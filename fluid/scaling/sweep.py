@@ -90,8 +90,10 @@ def load_sweep(name_or_path: str | Path) -> Sweep:
     if not path.exists():
         path = SWEEPS_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            raise SweepError(f"no sweep file {name_or_path!r} and no named sweep of that name; "
-                             f"named sweeps: {', '.join(named_sweeps())}")
+            raise SweepError(
+                f"no sweep file {name_or_path!r} and no named sweep of that name; "
+                f"named sweeps: {', '.join(named_sweeps())}"
+            )
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -107,8 +109,10 @@ def _axis_values(axis: str, values) -> list[tuple[str, dict]]:
     """An axis as (value name, changes) pairs."""
     if isinstance(values, list):
         if axis not in ("variant", "preset", "steps"):
-            raise SweepError(f"axis {axis!r}: a list is only allowed for variant, preset or steps; "
-                             f"give a mapping from value name to overrides")
+            raise SweepError(
+                f"axis {axis!r}: a list is only allowed for variant, preset or steps; "
+                f"give a mapping from value name to overrides"
+            )
         return [(str(v), {axis: v}) for v in values]
     if not isinstance(values, dict) or not values:
         raise SweepError(f"axis {axis!r} must be a non-empty list or mapping")
@@ -127,8 +131,19 @@ def _run_name(tags: dict[str, str]) -> str:
 
 
 def parse_sweep(d: dict, default_name: str = "sweep") -> Sweep:
-    known = {"name", "description", "preset", "variant", "steps", "set", "axes", "eval", "eval_steps",
-             "tokenizers", "text_embeddings"}
+    known = {
+        "name",
+        "description",
+        "preset",
+        "variant",
+        "steps",
+        "set",
+        "axes",
+        "eval",
+        "eval_steps",
+        "tokenizers",
+        "text_embeddings",
+    }
     unknown = set(d) - known
     if unknown:
         raise SweepError(f"unknown sweep key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
@@ -163,7 +178,11 @@ def parse_sweep(d: dict, default_name: str = "sweep") -> Sweep:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise SweepError("two runs have the same name; give axis values distinct names")
-    return Sweep(name=str(d.get("name", default_name)), description=str(d.get("description", "")).strip(),
-                 runs=runs, eval=dict(d.get("eval") or {}), tokenizers=dict(d.get("tokenizers") or {}),
-                 text_embeddings=d.get("text_embeddings"))
-
+    return Sweep(
+        name=str(d.get("name", default_name)),
+        description=str(d.get("description", "")).strip(),
+        runs=runs,
+        eval=dict(d.get("eval") or {}),
+        tokenizers=dict(d.get("tokenizers") or {}),
+        text_embeddings=d.get("text_embeddings"),
+    )

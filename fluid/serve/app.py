@@ -30,8 +30,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
-from typing import AsyncIterator, Iterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,8 +47,13 @@ MAX_BODY = 16 * 1024  # bytes: a prompt of 200 characters and seven numbers need
 KEEP_FINISHED_S = 600  # finished jobs stay readable this long (a page may reconnect)
 MAX_JOBS = 2000  # and at most this many are remembered
 KEEPALIVE_S = 15  # a comment line this often keeps proxies from closing an idle stream
-EXAMPLES = ("a red square", "a blue circle left of a yellow triangle", "three green crosses",
-            "a purple cross and an orange circle", "two triangles")
+EXAMPLES = (
+    "a red square",
+    "a blue circle left of a yellow triangle",
+    "three green crosses",
+    "a purple cross and an orange circle",
+    "two triangles",
+)
 
 
 def page_html() -> str:
@@ -109,14 +114,19 @@ async def job_events(job: Job, start: int) -> AsyncIterator[str]:
                 return
             try:
                 await asyncio.wait_for(job.wake.wait(), KEEPALIVE_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield ": keep-alive\n\n"
     finally:
         job.watchers -= 1
 
 
-def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 100, max_per_client: int = 50,
-               preload: bool = True) -> Starlette:
+def create_app(
+    models: ModelSet,
+    limits: Limits = Limits(),  # noqa: B008 (a frozen dataclass)
+    max_pending: int = 100,
+    max_per_client: int = 50,
+    preload: bool = True,
+) -> Starlette:
     scheduler = Scheduler(models, max_pending=max_pending, max_per_client=max_per_client)
     jobs = JobTable()
     page = page_html()
@@ -125,12 +135,24 @@ def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 1
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
     async def info(request: Request) -> Response:
-        return JSONResponse({"models": [models[n].to_dict() for n in models], "all": ALL if len(models) > 1 else None,
-                             "limits": limits.to_dict(), "examples": list(EXAMPLES)})
+        return JSONResponse(
+            {
+                "models": [models[n].to_dict() for n in models],
+                "all": ALL if len(models) > 1 else None,
+                "limits": limits.to_dict(),
+                "examples": list(EXAMPLES),
+            }
+        )
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"ok": True, "loaded": [n for n in models if models.loaded(n)],
-                             "pending": scheduler.pending, "completed": scheduler.completed})
+        return JSONResponse(
+            {
+                "ok": True,
+                "loaded": [n for n in models if models.loaded(n)],
+                "pending": scheduler.pending,
+                "completed": scheduler.completed,
+            }
+        )
 
     async def submit(request: Request) -> Response:
         if int(request.headers.get("content-length") or 0) > MAX_BODY:
@@ -152,8 +174,10 @@ def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 1
         except QueueFull as e:
             return _error(503, str(e))
         jobs.add(job)
-        return JSONResponse({"id": job.id, "position": position, "models": list(req.models),
-                             "events": f"/api/jobs/{job.id}/events"}, status_code=202)
+        return JSONResponse(
+            {"id": job.id, "position": position, "models": list(req.models), "events": f"/api/jobs/{job.id}/events"},
+            status_code=202,
+        )
 
     async def events(request: Request) -> Response:
         job = jobs.get(request.path_params["job_id"])
@@ -163,8 +187,11 @@ def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 1
             start = max(0, int(request.headers.get("last-event-id", "0")))
         except ValueError:
             start = 0
-        return StreamingResponse(job_events(job, start), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            job_events(job, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
@@ -176,10 +203,17 @@ def create_app(models: ModelSet, limits: Limits = Limits(), max_pending: int = 1
         yield
         scheduler.stop()
 
-    app = Starlette(routes=[Route("/", index), Route("/api/info", info), Route("/healthz", health),
-                            Route("/api/jobs", submit, methods=["POST"]),
-                            Route("/api/jobs/{job_id}/events", events)],
-                    exception_handlers={Exception: server_error}, lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/api/info", info),
+            Route("/healthz", health),
+            Route("/api/jobs", submit, methods=["POST"]),
+            Route("/api/jobs/{job_id}/events", events),
+        ],
+        exception_handlers={Exception: server_error},
+        lifespan=lifespan,
+    )
     app.state.scheduler, app.state.jobs = scheduler, jobs
     return app
 
@@ -199,8 +233,9 @@ def is_loopback(host: str) -> bool:
 def _server(app: Starlette, host: str, port: int, log_level: str):
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=3, lifespan="on")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=3, lifespan="on"
+    )
     return uvicorn.Server(config)
 
 

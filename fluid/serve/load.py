@@ -17,8 +17,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-PROMPTS = ("a red square", "a blue circle", "two triangles", "a green cross left of a yellow circle",
-           "three circles", "a purple cross and an orange circle")
+PROMPTS = (
+    "a red square",
+    "a blue circle",
+    "two triangles",
+    "a green cross left of a yellow circle",
+    "three circles",
+    "a purple cross and an orange circle",
+)
 
 
 @dataclass
@@ -53,8 +59,12 @@ def read_events(response):
 
 
 def submit(base_url: str, fields: dict, timeout: float = 30, client: str = "") -> tuple[int, dict]:
-    req = urllib.request.Request(f"{base_url}/api/jobs", data=json.dumps(fields).encode(),
-                                 headers={"content-type": "application/json", "x-fluid-client": client}, method="POST")
+    req = urllib.request.Request(
+        f"{base_url}/api/jobs",
+        data=json.dumps(fields).encode(),
+        headers={"content-type": "application/json", "x-fluid-client": client},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -62,7 +72,9 @@ def submit(base_url: str, fields: dict, timeout: float = 30, client: str = "") -
         return e.code, json.loads(e.read() or b"{}")
 
 
-def run_one(base_url: str, index: int, fields: dict, timeout: float = 300, start: threading.Barrier | None = None) -> Outcome:
+def run_one(
+    base_url: str, index: int, fields: dict, timeout: float = 300, start: threading.Barrier | None = None
+) -> Outcome:
     out = Outcome(index)
     if start is not None:
         start.wait()
@@ -92,27 +104,46 @@ def run_one(base_url: str, index: int, fields: dict, timeout: float = 300, start
     return out
 
 
-def load_test(base_url: str, requests: int = 50, concurrency: int | None = None, model: str | None = None,
-              timeout: float = 300, **fields) -> dict:
+def load_test(
+    base_url: str,
+    requests: int = 50,
+    concurrency: int | None = None,
+    model: str | None = None,
+    timeout: float = 300,
+    **fields,
+) -> dict:
     """``requests`` requests from ``concurrency`` clients (default: all at once); a summary
     with every request's outcome. ``fields``: form fields sent with each (seed = its index)."""
     concurrency = concurrency or requests
     barrier = threading.Barrier(min(concurrency, requests))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        futures = [pool.submit(run_one, base_url, i, {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i,
-                                                      **({"model": model} if model else {}), **fields},
-                               timeout, barrier if i < concurrency else None)
-                   for i in range(requests)]
+        futures = [
+            pool.submit(
+                run_one,
+                base_url,
+                i,
+                {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i, **({"model": model} if model else {}), **fields},
+                timeout,
+                barrier if i < concurrency else None,
+            )
+            for i in range(requests)
+        ]
         outcomes = [f.result() for f in futures]
     wall = time.perf_counter() - t0
     latencies = [o.latency_s for o in outcomes if o.latency_s is not None]
     first = [o.first_frame_s for o in outcomes if o.first_frame_s is not None]
     return {
-        "requests": requests, "concurrency": concurrency, "served": sum(o.ok for o in outcomes),
-        "failures": sum(not o.ok for o in outcomes), "lost": sum(o.status == "lost" for o in outcomes),
-        "latency_s": _stats(latencies), "first_frame_s": _stats(first), "wall_s": round(wall, 2),
-        "requests_per_s": round(requests / wall, 2), "outcomes": [asdict(o) | {"ok": o.ok} for o in outcomes],
+        "requests": requests,
+        "concurrency": concurrency,
+        "served": sum(o.ok for o in outcomes),
+        "failures": sum(not o.ok for o in outcomes),
+        "lost": sum(o.status == "lost" for o in outcomes),
+        "latency_s": _stats(latencies),
+        "first_frame_s": _stats(first),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(requests / wall, 2),
+        "outcomes": [asdict(o) | {"ok": o.ok} for o in outcomes],
     }
 
 
@@ -120,5 +151,9 @@ def _stats(xs: list[float]) -> dict:
     if not xs:
         return {}
     xs = sorted(xs)
-    return {"median": round(statistics.median(xs), 3), "p90": round(xs[int(0.9 * (len(xs) - 1))], 3),
-            "min": round(xs[0], 3), "max": round(xs[-1], 3)}
+    return {
+        "median": round(statistics.median(xs), 3),
+        "p90": round(xs[int(0.9 * (len(xs) - 1))], 3),
+        "min": round(xs[0], 3),
+        "max": round(xs[-1], 3),
+    }

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from fluid.config import CFGSchedule
 
@@ -28,8 +29,14 @@ class Limits:
     seed: tuple[int, int] = (0, 2**31 - 1)
 
     def to_dict(self) -> dict:
-        return {"max_prompt_chars": self.max_prompt_chars, "cfg": list(self.cfg), "temperature": list(self.temperature),
-                "steps": list(self.steps), "head_steps": list(self.head_steps), "seed": list(self.seed)}
+        return {
+            "max_prompt_chars": self.max_prompt_chars,
+            "cfg": list(self.cfg),
+            "temperature": list(self.temperature),
+            "steps": list(self.steps),
+            "head_steps": list(self.head_steps),
+            "seed": list(self.seed),
+        }
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,12 @@ class GenerateRequest:
     head_steps: int | None = None
 
     def sample_overrides(self) -> dict[str, Any]:
-        return {"cfg": self.cfg, "cfg_schedule": self.cfg_schedule, "temperature": self.temperature, "steps": self.steps}
+        return {
+            "cfg": self.cfg,
+            "cfg_schedule": self.cfg_schedule,
+            "temperature": self.temperature,
+            "steps": self.steps,
+        }
 
 
 @dataclass

@@ -27,9 +27,10 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -63,18 +64,30 @@ class ModelInfo:
 
     def defaults(self) -> dict[str, Any]:
         m, s = self.cfg.model, self.cfg.sample
-        out = {"cfg": s.cfg, "cfg_schedule": s.cfg_schedule.value, "temperature": s.temperature,
-               "steps": min(s.steps, m.num_tokens)}
+        out = {
+            "cfg": s.cfg,
+            "cfg_schedule": s.cfg_schedule.value,
+            "temperature": s.temperature,
+            "steps": min(s.steps, m.num_tokens),
+        }
         if m.token_type == TokenType.CONTINUOUS:
             out["head_steps"] = m.head_sample_steps
         return out
 
     def to_dict(self) -> dict[str, Any]:
         m = self.cfg.model
-        return {"name": self.name, "variant": self.variant, "source": self.source, "tokens": m.num_tokens,
-                "order": m.order.value, "token_type": m.token_type.value, "resolution": self.cfg.data.resolution,
-                "uses_steps": m.order == Order.RANDOM, "uses_head_steps": m.token_type == TokenType.CONTINUOUS,
-                "defaults": self.defaults()}
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "source": self.source,
+            "tokens": m.num_tokens,
+            "order": m.order.value,
+            "token_type": m.token_type.value,
+            "resolution": self.cfg.data.resolution,
+            "uses_steps": m.order == Order.RANDOM,
+            "uses_head_steps": m.token_type == TokenType.CONTINUOUS,
+            "defaults": self.defaults(),
+        }
 
 
 class ModelSet:
@@ -102,7 +115,9 @@ class ModelSet:
         self._given_text = text_encoder
 
     @classmethod
-    def shipped(cls, variants: list[str] | tuple[str, ...] = VARIANTS, device: str = "cpu", text_encoder=None) -> "ModelSet":
+    def shipped(
+        cls, variants: list[str] | tuple[str, ...] = VARIANTS, device: str = "cpu", text_encoder=None
+    ) -> ModelSet:
         return cls({v: None for v in variants}, device, text_encoder)
 
     def __iter__(self):
@@ -127,8 +142,9 @@ class ModelSet:
             elif key not in self._text:
                 # Bounded memo: a demo sees the same prompts again and again (side by side, retries).
                 self._text[key] = CachedTextEncoder(build_text_encoder(cfg.text, device=self.device), max_items=10_000)
-            self._pipes[name] = FluidPipeline.from_pretrained(self.paths[name], device=self.device,
-                                                              text_encoder=self._text[key])
+            self._pipes[name] = FluidPipeline.from_pretrained(
+                self.paths[name], device=self.device, text_encoder=self._text[key]
+            )
             log.info("loaded %s (%s) in %.1f s", name, self.info[name].source, time.perf_counter() - t0)
         return self._pipes[name]
 
@@ -175,8 +191,10 @@ class Job:
 
     def finish(self, status: str, **data) -> None:
         self.done_at = time.perf_counter()
-        timing = {"seconds": round(self.done_at - self.submitted, 3),
-                  "first_frame_s": None if self.first_frame is None else round(self.first_frame - self.submitted, 3)}
+        timing = {
+            "seconds": round(self.done_at - self.submitted, 3),
+            "first_frame_s": None if self.first_frame is None else round(self.first_frame - self.submitted, 3),
+        }
         self.events.append(("end", {"status": status, **timing, **data}))
         self.finished = True
         self._notify()
@@ -320,8 +338,10 @@ class Scheduler:
             job.finish("cancelled")
         except Exception as e:  # noqa: BLE001 - the page gets a sentence, the log the traceback
             log.exception("request %s failed", job.id)
-            job.emit("failure", message=f"Generation failed ({type(e).__name__}: {str(e)[:300]}). "
-                     "The details are in the server's log.")
+            job.emit(
+                "failure",
+                message=f"Generation failed ({type(e).__name__}: {str(e)[:300]}). The details are in the server's log.",
+            )
             job.finish("error")
 
     def _generate(self, job: Job, name: str) -> None:
@@ -340,17 +360,28 @@ class Scheduler:
             preview = masked_preview(pipe.decode(tokens), known.to(pipe.device), grid)  # (1, 3, H, W)
             if job.first_frame is None:
                 job.first_frame = time.perf_counter()
-            job.emit("frame", model=name, step=step + 1, steps=total, known=int(known[0].sum()),
-                     tokens=known.shape[1], image=png_data_url(to_pil(preview)[0]))
+            job.emit(
+                "frame",
+                model=name,
+                step=step + 1,
+                steps=total,
+                known=int(known[0].sum()),
+                tokens=known.shape[1],
+                image=png_data_url(to_pil(preview)[0]),
+            )
 
         count = _encoder_token_count(pipe.text_encoder, r.prompt)
         limit = pipe.cfg.text.max_length
         if count is not None and count > limit:
-            job.emit("warning", model=name, message=f"The prompt has {count} text-encoder tokens; "
-                     f"{name} reads the first {limit}.")
+            job.emit(
+                "warning",
+                model=name,
+                message=f"The prompt has {count} text-encoder tokens; {name} reads the first {limit}.",
+            )
         overrides = {k: v for k, v in r.sample_overrides().items() if v is not None}
-        tokens = pipe.generate_tokens([r.prompt], seed=r.seed, record=StepRecorder(on_step),
-                                      head_steps=r.head_steps, **overrides)
+        tokens = pipe.generate_tokens(
+            [r.prompt], seed=r.seed, record=StepRecorder(on_step), head_steps=r.head_steps, **overrides
+        )
         image = to_pil(pipe.decode(tokens))[0]
         used = info.defaults() | {k: v for k, v in overrides.items()}
         if r.head_steps is not None and "head_steps" in used:
@@ -359,5 +390,11 @@ class Scheduler:
             used.pop("steps", None)  # raster order makes one step per token
         else:
             used["steps"] = total  # capped at the token count
-        job.emit("image", model=name, image=png_data_url(image), seconds=round(time.perf_counter() - t0, 3),
-                 seed=r.seed, settings=used)
+        job.emit(
+            "image",
+            model=name,
+            image=png_data_url(image),
+            seconds=round(time.perf_counter() - t0, 3),
+            seed=r.seed,
+            settings=used,
+        )

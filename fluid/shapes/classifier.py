@@ -65,8 +65,9 @@ def make_patches(dist: np.ndarray, pieces: list[Piece], size: int = PATCH) -> to
         ys = ((y0 + y1) / 2 + t * side) * 2 / H - 1
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (size, size) each
         grids.append(torch.stack([gx, gy], -1))  # (size, size, 2)
-    patches = F.grid_sample(maps[:, None], torch.stack(grids), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # (n, 1, size, size)
+    patches = F.grid_sample(
+        maps[:, None], torch.stack(grids), mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # (n, 1, size, size)
     scale = torch.tensor(sides, dtype=torch.float32).view(-1, 1, 1, 1) / max(H, W)  # (n, 1, 1, 1)
     return torch.cat([patches, scale.expand_as(patches)], 1)  # (n, 2, size, size)
 
@@ -79,10 +80,14 @@ class ShapeClassifier(nn.Module):
         w = width
         self.threshold = threshold
         self.features = nn.Sequential(
-            nn.Conv2d(2, w, 3, padding=1), nn.ReLU(),  # (B, w, 32, 32)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 2w, 16, 16)
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 4w, 8, 8)
-            nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 4w, 4, 4)
+            nn.Conv2d(2, w, 3, padding=1),
+            nn.ReLU(),  # (B, w, 32, 32)
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 2w, 16, 16)
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 4w, 8, 8)
+            nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 4w, 4, 4)
         )
         # flatten, not pool: where the mass sits (a triangle's apex up) is part of the kind
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 4 * w), nn.ReLU(), nn.Linear(4 * w, len(CLASSES)))
@@ -95,14 +100,20 @@ class ShapeClassifier(nn.Module):
         """The kind of each piece, or "unknown" for "other" and for unsure answers."""
         probs = self(make_patches(dist, pieces).to(self.head[-1].weight.device)).softmax(-1).cpu()  # (n, 5)
         p, idx = probs.max(-1)
-        return [CLASSES[i] if (i != OTHER and q >= self.threshold) else UNKNOWN for q, i in zip(p.tolist(), idx.tolist())]
+        return [
+            CLASSES[i] if (i != OTHER and q >= self.threshold) else UNKNOWN for q, i in zip(p.tolist(), idx.tolist())
+        ]
 
     def save(self, path: str | Path, info: dict | None = None) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()}
-        meta = {"width": str(self.features[0].out_channels), "threshold": str(self.threshold),
-                "classes": ",".join(CLASSES), "info": json.dumps(info or {})}
+        meta = {
+            "width": str(self.features[0].out_channels),
+            "threshold": str(self.threshold),
+            "classes": ",".join(CLASSES),
+            "info": json.dumps(info or {}),
+        }
         save_safetensors(state, path, metadata=meta)
         return path
 
@@ -111,8 +122,10 @@ def load_shape_classifier(path: str | Path | None = None, device: str | torch.de
     """The shipped classifier (or the one at ``path``), in eval mode, float32."""
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
-        raise FileNotFoundError(f"shape classifier weights {path} do not exist; train them with "
-                                f"`python -m fluid.shapes.train_classifier --out {path}`")
+        raise FileNotFoundError(
+            f"shape classifier weights {path} do not exist; train them with "
+            f"`python -m fluid.shapes.train_classifier --out {path}`"
+        )
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:

@@ -31,7 +31,9 @@ class Distortion(str, enum.Enum):
     VQ = "vq"  # round trip through the shipped discrete tokenizer
 
 
-def blur_and_noise(images: torch.Tensor, sigma: float, noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def blur_and_noise(
+    images: torch.Tensor, sigma: float, noise: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Separable Gaussian blur plus Gaussian noise, clamped to [-1, 1]; images (B, 3, H, W)."""
     r = max(1, math.ceil(3 * sigma))
     t = torch.arange(-r, r + 1, dtype=torch.float32, device=images.device)
@@ -46,12 +48,17 @@ def blur_and_noise(images: torch.Tensor, sigma: float, noise: float, generator: 
 
 
 @torch.no_grad()
-def round_trip(images: torch.Tensor, tokenizer, generator: torch.Generator | None = None, sample: bool = False,
-               batch_size: int = 128) -> torch.Tensor:
+def round_trip(
+    images: torch.Tensor,
+    tokenizer,
+    generator: torch.Generator | None = None,
+    sample: bool = False,
+    batch_size: int = 128,
+) -> torch.Tensor:
     """encode -> decode through ``tokenizer``, in batches, float32 in [-1, 1]."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(tokenizer.device)
+        x = images[start : start + batch_size].to(tokenizer.device)
         out.append(tokenizer.decode(tokenizer.encode(x, generator=generator, sample=sample)).float().clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -66,7 +73,9 @@ def _alpha_of(images: torch.Tensor, color_rgb: torch.Tensor) -> torch.Tensor:
     return ((images - bg).norm(dim=1) / (color_rgb.view(-1, 3, 1, 1) - bg).norm(dim=1).clamp_min(1e-6)).clamp(0, 1)
 
 
-def dataset_scenes(ds: ShapesDataset, indices, resolution: int) -> tuple[torch.Tensor, list[list[tuple[np.ndarray, int]]]]:
+def dataset_scenes(
+    ds: ShapesDataset, indices, resolution: int
+) -> tuple[torch.Tensor, list[list[tuple[np.ndarray, int]]]]:
     """Renders (B, 3, R, R) of dataset items and, per image, [(coverage (R, R), class index)]."""
     specs = [ds.spec(int(i)) for i in indices]
     images = render(specs, resolution)
@@ -89,6 +98,7 @@ def _supersampled(inside, res: int, ss: int = 4) -> np.ndarray:
 
 def ellipses_inside(parts):
     """``inside(x, y)`` of a union of ellipses, each ``(cx, cy, semi-axis a, semi-axis b, angle)``."""
+
     def inside(x, y):
         m = np.zeros_like(x, dtype=bool)
         for px, py, a, b, th in parts:
@@ -96,17 +106,20 @@ def ellipses_inside(parts):
             v = (y - py) * np.cos(th) - (x - px) * np.sin(th)
             m |= (u / a) ** 2 + (v / b) ** 2 <= 1
         return m
+
     return inside
 
 
 def polygon_inside(px: np.ndarray, py: np.ndarray):
     """``inside(x, y)`` of the polygon with vertices (px, py), by the even-odd rule."""
+
     def inside(x, y):
         m = np.zeros_like(x, dtype=bool)
         for i in range(len(px)):
             x1, y1, x2, y2 = px[i], py[i], px[i - 1], py[i - 1]
             m ^= ((y1 > y) != (y2 > y)) & (x < (x2 - x1) * (y - y1) / (y2 - y1 + 1e-12) + x1)
         return m
+
     return inside
 
 
@@ -114,9 +127,16 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, r: float):
     """An ``inside(x, y)`` function of one irregular region of radius about ``r``."""
     kind = rng.integers(5)
     if kind == 0:  # a union of two or three ellipses
-        parts = [(cx + rng.uniform(-r, r) * 0.5 * (j > 0), cy + rng.uniform(-r, r) * 0.5 * (j > 0),
-                  r * rng.uniform(0.4, 1.0), r * rng.uniform(0.25, 0.7), rng.uniform(0, np.pi))
-                 for j in range(int(rng.integers(2, 4)))]
+        parts = [
+            (
+                cx + rng.uniform(-r, r) * 0.5 * (j > 0),
+                cy + rng.uniform(-r, r) * 0.5 * (j > 0),
+                r * rng.uniform(0.4, 1.0),
+                r * rng.uniform(0.25, 0.7),
+                rng.uniform(0, np.pi),
+            )
+            for j in range(int(rng.integers(2, 4)))
+        ]
         return ellipses_inside(parts)
     if kind == 1:  # a star-shaped polygon with jagged radii
         n = int(rng.integers(5, 12))
@@ -135,7 +155,9 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, r: float):
         s = r * rng.uniform(0.7, 1.0)
         a = rng.uniform(0, 2 * np.pi)
         cut = s * rng.uniform(-0.2, 0.3)  # the line's distance from the centre
-        return lambda x, y: (shape_sdf(k, x - cx, y - cy, s) <= 0) & ((x - cx) * np.cos(a) + (y - cy) * np.sin(a) <= cut)
+        return lambda x, y: (
+            (shape_sdf(k, x - cx, y - cy, s) <= 0) & ((x - cx) * np.cos(a) + (y - cy) * np.sin(a) <= cut)
+        )
     # an elongated ellipse or rectangle, at any angle
     a, b, th = r, r / rng.uniform(1.7, 3.0), rng.uniform(0, np.pi)
     ellipse = rng.random() < 0.5
@@ -144,10 +166,13 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, r: float):
         u = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
         v = (y - cy) * np.cos(th) - (x - cx) * np.sin(th)
         return (u / a) ** 2 + (v / b) ** 2 <= 1 if ellipse else (np.abs(u) <= a) & (np.abs(v) <= b)
+
     return inside
 
 
-def blob_scenes(n: int, rng: np.random.Generator, resolution: int = 64) -> tuple[torch.Tensor, list[list[tuple[np.ndarray, int]]]]:
+def blob_scenes(
+    n: int, rng: np.random.Generator, resolution: int = 64
+) -> tuple[torch.Tensor, list[list[tuple[np.ndarray, int]]]]:
     """``n`` images with one or two irregular blobs (class "other") and sometimes one regular
     shape, each in a palette colour."""
     bg = np.array(BACKGROUND, dtype=np.float64) / 255.0
@@ -203,7 +228,9 @@ def label_pieces(pieces, objects: list[tuple[np.ndarray, int]], scale: int) -> l
     return out
 
 
-def patches_of(images: torch.Tensor, objects: list[list[tuple[np.ndarray, int]]]) -> tuple[list[torch.Tensor], list[int]]:
+def patches_of(
+    images: torch.Tensor, objects: list[list[tuple[np.ndarray, int]]]
+) -> tuple[list[torch.Tensor], list[int]]:
     xs, ys = [], []
     for img, objs in zip(images, objects):
         _, dist = prepare(img)
@@ -218,8 +245,9 @@ def patches_of(images: torch.Tensor, objects: list[list[tuple[np.ndarray, int]]]
 DEFAULT_IMAGES = {Distortion.RENDER: 1500, Distortion.BLUR: 1500, Distortion.KL: 4000, Distortion.VQ: 4000}
 
 
-def training_patches(images: dict[Distortion, int] | None = None, seed: int = 0, progress: bool = True,
-                     blob_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+def training_patches(
+    images: dict[Distortion, int] | None = None, seed: int = 0, progress: bool = True, blob_fraction: float = 0.25
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Labelled patches (n, C, P, P) and classes (n,) from scenes of the train split (counting,
     whose objects are the smallest, twice as often as the other families) and blob scenes,
     ``images[d]`` scenes under each Distortion d; the round trips use the shipped tokenizers."""
@@ -232,7 +260,9 @@ def training_patches(images: dict[Distortion, int] | None = None, seed: int = 0,
     images = {Distortion(k): int(v) for k, v in (images or DEFAULT_IMAGES).items()}
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
-    ds = ShapesDataset("train", families=FAMILIES, family_weights=[2.0 if f.value == "counting" else 1.0 for f in FAMILIES])
+    ds = ShapesDataset(
+        "train", families=FAMILIES, family_weights=[2.0 if f.value == "counting" else 1.0 for f in FAMILIES]
+    )
     tokenizers = {Distortion.KL: TokenType.CONTINUOUS, Distortion.VQ: TokenType.DISCRETE}
     xs, ys, offset, chunk = [], [], 0, 250
     bar = tqdm(total=sum(images.values()), desc="patches", unit="img", disable=not progress)
@@ -247,8 +277,12 @@ def training_patches(images: dict[Distortion, int] | None = None, seed: int = 0,
             b_images, b_objects = blob_scenes(n_blob, rng, res)
             batch, objects = torch.cat([batch, b_images]), objects + b_objects
             if source is Distortion.BLUR:
-                batch = torch.cat([blur_and_noise(im[None], float(rng.uniform(0.5, 1.5)), float(rng.uniform(0, 0.04)), g)
-                                   for im in batch])
+                batch = torch.cat(
+                    [
+                        blur_and_noise(im[None], float(rng.uniform(0.5, 1.5)), float(rng.uniform(0, 0.04)), g)
+                        for im in batch
+                    ]
+                )
             elif tok is not None:
                 batch = round_trip(batch, tok, g, sample=source is Distortion.KL)
             x, y = patches_of(batch, objects)

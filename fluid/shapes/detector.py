@@ -44,7 +44,6 @@ from fluid.shapes.scenes import (
     KINDS,
     Family,
     Prompt,
-    Relation,
     SceneSpec,
     parse_caption,
     relation_of,
@@ -195,8 +194,12 @@ def segment(dist: np.ndarray, min_area: float = MIN_AREA) -> list[Piece]:
             full_mask, full_region = np.zeros((H, W), bool), np.zeros((H, W), bool)
             full_mask[ys, xs], full_region[ys, xs] = mask, region
             rows, cols = np.nonzero(mask)
-            bbox = (xs.start + int(cols.min()), ys.start + int(rows.min()),
-                    xs.start + int(cols.max()) + 1, ys.start + int(rows.max()) + 1)
+            bbox = (
+                xs.start + int(cols.min()),
+                ys.start + int(rows.min()),
+                xs.start + int(cols.max()) + 1,
+                ys.start + int(rows.max()) + 1,
+            )
             pieces.append(Piece(full_mask, full_region, contrast, bbox))
     return pieces
 
@@ -287,4 +290,3 @@ def score(spec: SceneSpec | Prompt | str, detections: list[Detection], strict: b
         seconds = [d for d in detections if d.kind == prompt.kinds[1]]
         return any(relation_of(a, b, POSITION_MARGIN) is prompt.relation for a in firsts for b in seconds)
     return all(any(_matches(d, k, c) for d in detections) for k, c in zip(prompt.kinds, prompt.colors))
-

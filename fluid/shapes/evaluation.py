@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,8 +74,12 @@ class ShapesEvalResult:
     overall: float
 
     def to_dict(self) -> dict:
-        return {"overall": round(self.overall, 4), "per_family": {k: round(v, 4) for k, v in self.per_family.items()},
-                "images": len(self.items), "correct": int(sum(self.correct))}
+        return {
+            "overall": round(self.overall, 4),
+            "per_family": {k: round(v, 4) for k, v in self.per_family.items()},
+            "images": len(self.items),
+            "correct": int(sum(self.correct)),
+        }
 
 
 class ShapesEval:
@@ -91,9 +95,16 @@ class ShapesEval:
         strict: also fail images with extra objects (not GenEval's rule; see ``detector.score``).
     """
 
-    def __init__(self, prompts_per_family: int = 8, seeds: int | Sequence[int] = 4,
-                 families: Sequence[Family | str] = FAMILIES, resolution: int = 64, classifier=SHIPPED,
-                 strict: bool = False, prompt_seed: int = PROMPT_SEED):
+    def __init__(
+        self,
+        prompts_per_family: int = 8,
+        seeds: int | Sequence[int] = 4,
+        families: Sequence[Family | str] = FAMILIES,
+        resolution: int = 64,
+        classifier=SHIPPED,
+        strict: bool = False,
+        prompt_seed: int = PROMPT_SEED,
+    ):
         if prompts_per_family < 1:
             raise ValueError(f"prompts_per_family must be >= 1, not {prompts_per_family}")
         self.seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -103,8 +114,9 @@ class ShapesEval:
         self.resolution, self.strict = resolution, strict
         self.classifier = _resolve_classifier(classifier)
         self.prompts = {f: self._draw_prompts(f, prompts_per_family, prompt_seed) for f in self.families}
-        self.items = [EvalItem(f, p, s, r) for f in self.families for s in self.seeds
-                      for r, p in enumerate(self.prompts[f])]
+        self.items = [
+            EvalItem(f, p, s, r) for f in self.families for s in self.seeds for r, p in enumerate(self.prompts[f])
+        ]
 
     @staticmethod
     def _draw_prompts(family: Family, n: int, seed: int) -> list[str]:
@@ -121,9 +133,13 @@ class ShapesEval:
         return len(self.items)
 
     def config(self) -> dict:
-        return {"prompts_per_family": len(next(iter(self.prompts.values()))), "seeds": self.seeds,
-                "families": [f.value for f in self.families], "strict": self.strict,
-                "kind_reader": "learned" if self.classifier is not None else "template"}
+        return {
+            "prompts_per_family": len(next(iter(self.prompts.values()))),
+            "seeds": self.seeds,
+            "families": [f.value for f in self.families],
+            "strict": self.strict,
+            "kind_reader": "learned" if self.classifier is not None else "template",
+        }
 
     def generate(self, source: ImageSource, progress: bool = True) -> torch.Tensor:
         """Images (len(self), 3, H, W) in item order: one ``source`` call per (family, seed)."""
@@ -135,7 +151,9 @@ class ShapesEval:
                 for s in self.seeds:
                     images = source(self.prompts[f], s)
                     if images.shape[0] != len(self.prompts[f]):
-                        raise ValueError(f"the image source returned {images.shape[0]} images for {len(self.prompts[f])} prompts")
+                        raise ValueError(
+                            f"the image source returned {images.shape[0]} images for {len(self.prompts[f])} prompts"
+                        )
                     out.append(images.float().cpu())
                     bar.update(len(images))
         return torch.cat(out)
@@ -153,11 +171,14 @@ class ShapesEval:
         if images.dim() != 4 or images.shape[0] != len(self.items):
             raise ValueError(f"expected ({len(self.items)}, 3, H, W) images in item order, got {tuple(images.shape)}")
         classifier = self.classifier if classifier is SAME else _resolve_classifier(classifier)
-        dets = [detect_batch(images[i:i + 1], classifier=classifier)[0]
-                for i in tqdm(range(len(images)), desc="shapes eval: detecting", unit="img", disable=not progress)]
+        dets = [
+            detect_batch(images[i : i + 1], classifier=classifier)[0]
+            for i in tqdm(range(len(images)), desc="shapes eval: detecting", unit="img", disable=not progress)
+        ]
         correct = [bool(score(it.prompt, d, strict=self.strict)) for it, d in zip(self.items, dets)]
-        per_family = {f.value: float(np.mean([c for it, c in zip(self.items, correct) if it.family is f]))
-                      for f in self.families}
+        per_family = {
+            f.value: float(np.mean([c for it, c in zip(self.items, correct) if it.family is f])) for f in self.families
+        }
         return ShapesEvalResult(self.items, correct, dets, per_family, float(np.mean(list(per_family.values()))))
 
     def __call__(self, source: ImageSource, progress: bool = True) -> tuple[ShapesEvalResult, torch.Tensor]:
@@ -168,8 +189,15 @@ class ShapesEval:
 # ----------------------------------------------------------------------------- detector accuracy
 
 
-def detector_accuracy(tokenizers: dict[str, object] | None = None, per_family: int = 200, classifier=SHIPPED,
-                      resolution: int = 64, split: str = "test", seed: int = 0, progress: bool = True) -> dict:
+def detector_accuracy(
+    tokenizers: dict[str, object] | None = None,
+    per_family: int = 200,
+    classifier=SHIPPED,
+    resolution: int = 64,
+    split: str = "test",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """The detector's accuracy per family: the fraction of real ``split`` scenes it judges
     right, on clean renders ("render") and after each tokenizer's round trip (the posterior
     mean for KL), keyed by the tokenizers' names. Also "blobs_named": the fraction of
@@ -198,8 +226,9 @@ def detector_accuracy(tokenizers: dict[str, object] | None = None, per_family: i
     blobs, objects = blob_scenes(per_family, rng, resolution)
     dets = detect_batch(blobs, classifier=classifier)
     # blob scenes may hold one regular shape as well: count only detections away from it
-    named = [d.kind != "unknown" for ds_, objs in zip(dets, objects) for d in ds_
-             if not _near_regular(d, objs, resolution)]
+    named = [
+        d.kind != "unknown" for ds_, objs in zip(dets, objects) for d in ds_ if not _near_regular(d, objs, resolution)
+    ]
     out["blobs_named"] = float(np.mean(named)) if named else 0.0
     out["sources"] = ["render", *(tokenizers or {})]
     out["per_family"], out["split"], out["resolution"] = per_family, split, resolution

@@ -51,10 +51,14 @@ class ShapesFeatureNet(nn.Module):
         super().__init__()
         w = width
         self.trunk = nn.Sequential(
-            nn.Conv2d(3, w, 3, stride=2, padding=1), nn.ReLU(),  # (B, w, 32, 32)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 2w, 16, 16)
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 4w, 8, 8)
-            nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(),  # (B, 4w, 4, 4)
+            nn.Conv2d(3, w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, w, 32, 32)
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 2w, 16, 16)
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 4w, 8, 8)
+            nn.Conv2d(4 * w, 4 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 4w, 4, 4)
             nn.Flatten(),  # (B, 4w * 16): positions matter, so no global pooling
             nn.Linear(4 * w * 16, FEATURE_DIM),  # (B, 64): the features
         )
@@ -83,16 +87,20 @@ class ShapesFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = [self.net(images[i:i + self.batch_size].float().to(self.device)).cpu()
-               for i in range(0, len(images), self.batch_size)]
+        out = [
+            self.net(images[i : i + self.batch_size].float().to(self.device)).cpu()
+            for i in range(0, len(images), self.batch_size)
+        ]
         return torch.cat(out)
 
 
 def load_shapes_features(path: str | Path | None = None, device: str | torch.device = "cpu") -> ShapesFeatures:
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
-        raise FileNotFoundError(f"shapes feature network {path} does not exist; train it with "
-                                f"`python -m fluid.shapes.features --out {path}`")
+        raise FileNotFoundError(
+            f"shapes feature network {path} does not exist; train it with "
+            f"`python -m fluid.shapes.features --out {path}`"
+        )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
@@ -128,14 +136,23 @@ def loss_fn(net: ShapesFeatureNet, images: torch.Tensor, t: dict[str, torch.Tens
     out = net.heads(F.relu(net(images)))  # (B, n_out)
     nk, nc = len(KINDS) * (MAX_COUNT + 1), len(COLORS)
     counts, colors, family, layout = out.split([nk, nc, len(FAMILIES), len(KINDS) * GRID * GRID], dim=1)
-    return (F.cross_entropy(counts.reshape(-1, MAX_COUNT + 1), t["counts"].reshape(-1))  # (B * kinds, 5)
-            + F.binary_cross_entropy_with_logits(colors, t["colors"])
-            + F.cross_entropy(family, t["family"])
-            + F.binary_cross_entropy_with_logits(layout, t["layout"].flatten(1)) * 4)
+    return (
+        F.cross_entropy(counts.reshape(-1, MAX_COUNT + 1), t["counts"].reshape(-1))  # (B * kinds, 5)
+        + F.binary_cross_entropy_with_logits(colors, t["colors"])
+        + F.cross_entropy(family, t["family"])
+        + F.binary_cross_entropy_with_logits(layout, t["layout"].flatten(1)) * 4
+    )
 
 
-def train(out: str | Path, steps: int = 600, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-          width: int = 32, progress: bool = True) -> dict:
+def train(
+    out: str | Path,
+    steps: int = 600,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    width: int = 32,
+    progress: bool = True,
+) -> dict:
     """Train on the train split (half of each batch blurred with noise); save fp16 weights."""
     from tqdm.auto import tqdm
 
@@ -165,8 +182,13 @@ def train(out: str | Path, steps: int = 600, batch_size: int = 128, lr: float = 
     with torch.no_grad():
         images, _ = val.batch(range(512))
         val_loss = float(loss_fn(net.eval(), images, targets([val.spec(i) for i in range(512)])))
-    info = {"steps": steps, "batch_size": batch_size, "seed": seed, "val_loss": round(val_loss, 4),
-            "train_s": round(time.perf_counter() - t0, 1)}
+    info = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "val_loss": round(val_loss, 4),
+        "train_s": round(time.perf_counter() - t0, 1),
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}

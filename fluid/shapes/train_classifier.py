@@ -30,8 +30,17 @@ def _file_metadata(path) -> dict:
         return {}
 
 
-def train(out: str | Path, epochs: int = 12, batch_size: int = 256, lr: float = 2e-3, seed: int = 0, width: int = 16,
-          images: dict | None = None, patches: str | Path | None = None, progress: bool = True) -> dict:
+def train(
+    out: str | Path,
+    epochs: int = 12,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    width: int = 16,
+    images: dict | None = None,
+    patches: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Build the training patches (``fluid.shapes.classifier_data``; ``images`` scenes per
     distortion), fit, save; returns a summary. ``patches``: a file to keep the patches in
     (read if it exists, written otherwise), to retrain without rebuilding them."""
@@ -42,8 +51,10 @@ def train(out: str | Path, epochs: int = 12, batch_size: int = 256, lr: float = 
     t0 = time.perf_counter()
     images = images or DEFAULT_IMAGES
     # The patches file is reused only if it was built from the same scenes and seed.
-    made_by = {"images": json.dumps({getattr(k, "value", k): v for k, v in images.items()}, sort_keys=True),
-               "seed": str(seed)}
+    made_by = {
+        "images": json.dumps({getattr(k, "value", k): v for k, v in images.items()}, sort_keys=True),
+        "seed": str(seed),
+    }
     if patches is not None and Path(patches).is_file() and _file_metadata(patches) == made_by:
         data = load_file(str(patches))
         x, y = data["x"], data["y"]
@@ -65,7 +76,7 @@ def train(out: str | Path, epochs: int = 12, batch_size: int = 256, lr: float = 
     for _ in range(epochs):
         order = tr[torch.randperm(len(tr), generator=g)]
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             xb = x[idx]
             flip = torch.rand(len(idx), generator=g) < 0.5  # every kind is mirror-symmetric
             xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
@@ -80,9 +91,16 @@ def train(out: str | Path, epochs: int = 12, batch_size: int = 256, lr: float = 
     model.eval()
     with torch.no_grad():
         acc = float((model(x[val]).argmax(-1) == y[val]).float().mean())
-    info = {"patches": len(y), "images": {getattr(k, "value", k): v for k, v in images.items()}, "epochs": epochs, "seed": seed,
-            "val_patch_accuracy": round(acc, 4), "class_counts": torch.bincount(y, minlength=len(CLASSES)).tolist(),
-            "data_s": round(t_data, 1), "train_s": round(time.perf_counter() - t0 - t_data, 1)}
+    info = {
+        "patches": len(y),
+        "images": {getattr(k, "value", k): v for k, v in images.items()},
+        "epochs": epochs,
+        "seed": seed,
+        "val_patch_accuracy": round(acc, 4),
+        "class_counts": torch.bincount(y, minlength=len(CLASSES)).tolist(),
+        "data_s": round(t_data, 1),
+        "train_s": round(time.perf_counter() - t0 - t_data, 1),
+    }
     model.save(out, info)
     return info
 
@@ -98,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(json.dumps(train(args.out, args.epochs, seed=args.seed, patches=args.patches)))
     return 0
-
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -68,8 +68,13 @@ class CachedTextEncoder(TextEncoder):
         return pad_rows(rows, self.dim, self.device)
 
 
-def save_embeddings(encoder: TextEncoder, captions: Iterable[str], path: str | Path,
-                    batch_size: int = 64, dtype: torch.dtype = torch.float16) -> Path:
+def save_embeddings(
+    encoder: TextEncoder,
+    captions: Iterable[str],
+    path: str | Path,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
     """Encode every distinct caption and write them to one safetensors file.
 
     Layout: ``embeddings`` (sum of lengths, dim) in ``dtype`` and ``offsets`` (N + 1,) int64;

@@ -218,7 +218,9 @@ class HFEncoder(TextEncoder):
                 chunk = rows[start : start + self.batch_size]
                 input_ids = torch.tensor([ids[i] for i in chunk], dtype=torch.long, device=self.device)  # (b, n)
                 with amp:
-                    hidden = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+                    hidden = self.model(
+                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids)
+                    ).last_hidden_state
                 emb[chunk, :n] = hidden.float()  # (b, n, D)
         return emb, mask
 
@@ -248,8 +250,15 @@ class T5Encoder(HFEncoder):
 
     name = "t5"
 
-    def __init__(self, name_or_path: str = DEFAULT_T5, max_length: int = 32, device="cpu", dtype=None,
-                 autocast=None, batch_size: int = 256):
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_T5,
+        max_length: int = 32,
+        device="cpu",
+        dtype=None,
+        autocast=None,
+        batch_size: int = 256,
+    ):
         super().__init__(name_or_path, max_length, device, dtype, autocast, batch_size)
 
     def _load_model(self, source: str, **kwargs):
@@ -261,8 +270,12 @@ class T5Encoder(HFEncoder):
 # ----------------------------------------------------------------------------- factory
 
 
-def build_text_encoder(text_cfg: TextConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                       autocast: torch.dtype | None = None) -> TextEncoder:
+def build_text_encoder(
+    text_cfg: TextConfig,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    autocast: torch.dtype | None = None,
+) -> TextEncoder:
     """The frozen encoder named by ``text_cfg.encoder``, checked against ``text_cfg.dim``.
 
     ``encoder`` is ``minilm``, ``t5`` (``name_or_path`` or ``google/t5-v1_1-xxl``), a

@@ -28,7 +28,9 @@ def _check_local(folder: str) -> None:
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"tokenizer folder {p}: missing config.json")
         if not (p / DIFFUSERS_WEIGHTS).is_file():
-            raise FileNotFoundError(f"tokenizer folder {p}: missing {DIFFUSERS_WEIGHTS} (pickled weights are not loaded)")
+            raise FileNotFoundError(
+                f"tokenizer folder {p}: missing {DIFFUSERS_WEIGHTS} (pickled weights are not loaded)"
+            )
 
 
 class DiffusersKLTokenizer(ImageTokenizer):
@@ -48,7 +50,7 @@ class DiffusersKLTokenizer(ImageTokenizer):
         self.name = f"diffusers-kl-f{self.downsample}"
 
     @classmethod
-    def from_pretrained(cls, path: str, patch_size: int = 2) -> "DiffusersKLTokenizer":
+    def from_pretrained(cls, path: str, patch_size: int = 2) -> DiffusersKLTokenizer:
         from diffusers import AutoencoderKL
 
         _check_local(path)
@@ -99,7 +101,7 @@ class DiffusersVQTokenizer(ImageTokenizer):
         self.name = f"diffusers-vq-f{self.downsample}"
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "DiffusersVQTokenizer":
+    def from_pretrained(cls, path: str) -> DiffusersVQTokenizer:
         from diffusers import VQModel
 
         _check_local(path)

@@ -82,7 +82,9 @@ def load_autoencoder(folder: str | Path) -> Autoencoder:
     folder = Path(folder)
     d = read_json(folder / "config.json")
     if d.pop("format", None) != FLUID_FORMAT:
-        raise ValueError(f"tokenizer folder {folder}: config.json is not a Fluid tokenizer config (format != {FLUID_FORMAT!r})")
+        raise ValueError(
+            f"tokenizer folder {folder}: config.json is not a Fluid tokenizer config (format != {FLUID_FORMAT!r})"
+        )
     try:
         cfg = AutoencoderConfig.from_dict(d)
     except (TypeError, ValueError) as e:
@@ -106,7 +108,10 @@ def load_autoencoder(folder: str | Path) -> Autoencoder:
             parts.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatch(es) (e.g. {k}: file {tuple(state[k].shape)} vs config {tuple(expected[k].shape)})")
+            parts.append(
+                f"{len(wrong)} shape mismatch(es) (e.g. {k}: file {tuple(state[k].shape)} vs config "
+                f"{tuple(expected[k].shape)})"
+            )
         raise ValueError(f"tokenizer folder {folder}: {WEIGHTS} does not match config.json: {'; '.join(parts)}")
     model.load_state_dict(state)
     return model.eval()

@@ -83,7 +83,9 @@ class ImageTokenizer(nn.Module):
         """Side of the square token grid for a ``resolution`` x ``resolution`` image."""
         raise NotImplementedError
 
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -95,7 +97,7 @@ class ImageTokenizer(nn.Module):
     def identity(self) -> str:
         return f"{self.name}:{weights_hash(self)}"
 
-    def freeze(self) -> "ImageTokenizer":
+    def freeze(self) -> ImageTokenizer:
         """Eval mode, no parameter gradients: how the generator uses a tokenizer."""
         self.eval().requires_grad_(False)
         return self

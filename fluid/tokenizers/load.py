@@ -51,12 +51,15 @@ def load_tokenizer(path: str | Path, kind: str | TokenizerKind = "auto", patch_s
     try:
         kind = TokenizerKind(kind)
     except ValueError:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(k.value for k in TokenizerKind)}") from None
+        raise ValueError(
+            f"unknown tokenizer kind {kind!r}; choose one of {', '.join(k.value for k in TokenizerKind)}"
+        ) from None
     folder = Path(path)
     if not folder.is_dir():
         if kind in (TokenizerKind.AUTO, TokenizerKind.FLUID):
             raise FileNotFoundError(
-                f"tokenizer folder {folder} does not exist (for a diffusers hub id pass kind='diffusers-kl' or 'diffusers-vq')"
+                f"tokenizer folder {folder} does not exist (for a diffusers hub id pass "
+                "kind='diffusers-kl' or 'diffusers-vq')"
             )
     else:
         folder = _resolve_folder(folder)
@@ -69,5 +72,7 @@ def load_tokenizer(path: str | Path, kind: str | TokenizerKind = "auto", patch_s
     from fluid.tokenizers.adapters import DiffusersKLTokenizer, DiffusersVQTokenizer
 
     if kind == TokenizerKind.DIFFUSERS_KL:
-        return DiffusersKLTokenizer.from_pretrained(str(folder) if folder.is_dir() else str(path), patch_size=patch_size)
+        return DiffusersKLTokenizer.from_pretrained(
+            str(folder) if folder.is_dir() else str(path), patch_size=patch_size
+        )
     return DiffusersVQTokenizer.from_pretrained(str(folder) if folder.is_dir() else str(path))

@@ -71,8 +71,9 @@ class MidBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, base: int, mult: tuple[int, ...], num_res: int, out_ch: int, groups: int, attention: bool,
-                 stem: int = 1):
+    def __init__(
+        self, base: int, mult: tuple[int, ...], num_res: int, out_ch: int, groups: int, attention: bool, stem: int = 1
+    ):
         super().__init__()
         widths = [base * m for m in mult]
         self.stem = stem
@@ -109,8 +110,9 @@ class Upsample(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, base: int, mult: tuple[int, ...], num_res: int, in_ch: int, groups: int, attention: bool,
-                 stem: int = 1):
+    def __init__(
+        self, base: int, mult: tuple[int, ...], num_res: int, in_ch: int, groups: int, attention: bool, stem: int = 1
+    ):
         super().__init__()
         self.stem = stem
         widths = [base * m for m in mult]

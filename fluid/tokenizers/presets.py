@@ -84,11 +84,17 @@ class AutoencoderConfig:
                     f"by norm_groups ({self.norm_groups})"
                 )
         if self.resolution % self.downsample:
-            raise ValueError(f"resolution {self.resolution} is not a multiple of the downsampling factor {self.downsample}")
+            raise ValueError(
+                f"resolution {self.resolution} is not a multiple of the downsampling factor {self.downsample}"
+            )
         if self.kind == AEKind.VQ and self.patch_size != 1:
-            raise ValueError(f"VQ tokenizers use one code per latent position: patch_size must be 1, not {self.patch_size}")
+            raise ValueError(
+                f"VQ tokenizers use one code per latent position: patch_size must be 1, not {self.patch_size}"
+            )
         if (self.resolution // self.downsample) % self.patch_size:
-            raise ValueError(f"latent grid {self.resolution // self.downsample} is not divisible by patch_size {self.patch_size}")
+            raise ValueError(
+                f"latent grid {self.resolution // self.downsample} is not divisible by patch_size {self.patch_size}"
+            )
         if self.scale <= 0:
             raise ValueError(f"scale must be positive, not {self.scale}")
 
@@ -105,7 +111,9 @@ class AutoencoderConfig:
     def num_tokens(self, resolution: int | None = None) -> int:
         r = resolution or self.resolution
         if r % (self.downsample * self.patch_size):
-            raise ValueError(f"resolution {r} is not a multiple of {self.downsample * self.patch_size} (downsampling x patch)")
+            raise ValueError(
+                f"resolution {r} is not a multiple of {self.downsample * self.patch_size} (downsampling x patch)"
+            )
         return (r // (self.downsample * self.patch_size)) ** 2
 
     # -- (de)serialisation ----------------------------------------------------------------
@@ -117,14 +125,14 @@ class AutoencoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AutoencoderConfig":
+    def from_dict(cls, d: dict) -> AutoencoderConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown autoencoder config key(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def replace(self, **changes) -> "AutoencoderConfig":
+    def replace(self, **changes) -> AutoencoderConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -137,19 +145,34 @@ TOKENIZER_PRESETS: dict[str, callable] = {
     "shapes-kl-f4": lambda: AutoencoderConfig(kind=AEKind.KL, stem=2, channel_mult=(1, 2), patch_size=4),
     # 16-channel tokens without losing resolution: f4 -> 16x16x1 latents -> 4x4 patches -> 16
     # tokens of 16 (the f8 geometry's token count and width, at the f4 latent grid).
-    "shapes-kl-f4c1": lambda: AutoencoderConfig(kind=AEKind.KL, stem=2, channel_mult=(1, 2), latent_channels=1,
-                                                patch_size=4),
+    "shapes-kl-f4c1": lambda: AutoencoderConfig(
+        kind=AEKind.KL, stem=2, channel_mult=(1, 2), latent_channels=1, patch_size=4
+    ),
     # The discrete tokenizer: f16 -> 4x4 = 16 codes from 8192 (the paper's codebook size).
     "shapes-vq-f16": lambda: AutoencoderConfig(
         kind=AEKind.VQ, stem=2, channel_mult=(1, 2, 4, 4), patch_size=1, codebook_size=8192, code_dim=8
     ),
     # Tiny ones for tests: 32x32 images, 16 tokens, a few thousand parameters.
     "debug-kl": lambda: AutoencoderConfig(
-        kind=AEKind.KL, resolution=32, stem=2, base_channels=16, channel_mult=(1, 2), norm_groups=8, patch_size=2,
+        kind=AEKind.KL,
+        resolution=32,
+        stem=2,
+        base_channels=16,
+        channel_mult=(1, 2),
+        norm_groups=8,
+        patch_size=2,
     ),
     "debug-vq": lambda: AutoencoderConfig(
-        kind=AEKind.VQ, resolution=32, stem=2, base_channels=16, channel_mult=(1, 2, 2), norm_groups=8,
-        patch_size=1, codebook_size=64, code_dim=4, dead_code_steps=5,
+        kind=AEKind.VQ,
+        resolution=32,
+        stem=2,
+        base_channels=16,
+        channel_mult=(1, 2, 2),
+        norm_groups=8,
+        patch_size=1,
+        codebook_size=64,
+        code_dim=4,
+        dead_code_steps=5,
     ),
 }
 

@@ -71,7 +71,9 @@ class VectorQuantizer(nn.Module):
         if indices.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"code indices must be integers, not {indices.dtype}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(f"code indices must lie in [0, {self.codebook_size}), got [{int(indices.min())}, {int(indices.max())}]")
+            raise ValueError(
+                f"code indices must lie in [0, {self.codebook_size}), got [{int(indices.min())}, {int(indices.max())}]"
+            )
         B = indices.shape[0]
         q = self.codes()[indices.long()]  # (B, h*w, D)
         return q.reshape(B, h, w, self.code_dim).permute(0, 3, 1, 2)  # (B, D, h, w)

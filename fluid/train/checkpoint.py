@@ -68,8 +68,15 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_checkpoint(folder: str | Path, cfg: FluidConfig, model: nn.Module | None, ema: nn.Module | None = None,
-                    training_state: dict | None = None, meta: dict | None = None, tmp: Path | None = None) -> Path:
+def save_checkpoint(
+    folder: str | Path,
+    cfg: FluidConfig,
+    model: nn.Module | None,
+    ema: nn.Module | None = None,
+    training_state: dict | None = None,
+    meta: dict | None = None,
+    tmp: Path | None = None,
+) -> Path:
     """Write a checkpoint atomically: into ``folder.tmp`` first, then renamed.
 
     A write that fails (full disk, no permission) removes the partial folder and raises
@@ -136,8 +143,10 @@ def resolve(path: str | Path) -> Path:
     steps = sorted(p for p in path.glob("step-*") if is_checkpoint(p))  # 'latest' missing or dangling
     if steps:
         return steps[-1]
-    raise CheckpointError(f"{path} is neither a checkpoint folder (config.json, model.safetensors, "
-                          f"ema.safetensors) nor a run folder with a 'latest' checkpoint")
+    raise CheckpointError(
+        f"{path} is neither a checkpoint folder (config.json, model.safetensors, "
+        f"ema.safetensors) nor a run folder with a 'latest' checkpoint"
+    )
 
 
 def read_config(folder: str | Path) -> FluidConfig:
@@ -164,15 +173,20 @@ def load_weights(model: nn.Module, folder: str | Path, ema: bool = True) -> None
     state = read_weights(folder, ema, own)
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
-                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    problems += [
+        f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise CheckpointError(f"checkpoint {folder}: {name} does not match config.json ({shown})")
     unwrap(model).load_state_dict(state)
 
 
-def read_weights(folder: Path, ema: bool = True, shapes: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def read_weights(
+    folder: Path, ema: bool = True, shapes: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The EMA (or raw) weights of a checkpoint folder as a CPU state dict: from its
     safetensors file, or gathered from the shards of an FSDP run (``shapes``, the state dict
     of a model built from its config, possibly on the meta device, names what to read)."""
@@ -189,7 +203,9 @@ def read_weights(folder: Path, ema: bool = True, shapes: dict[str, torch.Tensor]
         try:
             return dcp.read_full(folder, shapes, ema=ema)
         except Exception as e:  # DCP wraps reader errors in its own types
-            raise CheckpointError(f"checkpoint {folder}: cannot read the sharded weights: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint {folder}: cannot read the sharded weights: {str(e).splitlines()[0]}"
+            ) from None
     missing = [f for f in ("config.json", name) if not (folder / f).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
@@ -211,8 +227,10 @@ def export(src: str | Path, dst: str | Path, dtype: str = "fp16") -> Path:
     state = read_weights(src, ema=True)
     dst.mkdir(parents=True, exist_ok=True)
     cfg.save(dst / "config.json")
-    save_safetensors({k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
-                     dst / "ema.safetensors")
+    save_safetensors(
+        {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
+        dst / "ema.safetensors",
+    )
     meta = {**read_meta(src), "inference_only": True, "dtype": dtype}
     (dst / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return dst

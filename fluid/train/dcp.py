@@ -48,8 +48,9 @@ def _state(model: nn.Module, ema_model: nn.Module, opt: torch.optim.Optimizer) -
     return {"model": model_sd, "ema": get_model_state_dict(ema_model), "optimizer": optim_sd}
 
 
-def save_sharded(folder: Path, model: nn.Module, ema_model: nn.Module, opt: torch.optim.Optimizer,
-                 is_main: bool, write_rest) -> None:
+def save_sharded(
+    folder: Path, model: nn.Module, ema_model: nn.Module, opt: torch.optim.Optimizer, is_main: bool, write_rest
+) -> None:
     """Every rank writes its shards into ``folder.tmp/sharded``; then rank 0 calls
     ``write_rest(tmp)`` (config, meta, training state, and the rename to ``folder``).
     A collective: every rank calls it. The file system must be shared by the ranks."""

@@ -88,7 +88,8 @@ def explain_timeouts(timeout_s: float, info: DistInfo):
         raise CollectiveTimeout(
             f"rank {info.rank} of {info.world} waited more than train.dist_timeout_s={timeout_s:g} s for the other "
             f"ranks: one of them hung or died (see its log). Restart from the last checkpoint with --resume; raise "
-            f"train.dist_timeout_s if steps are legitimately that slow. Backend said: {str(e).splitlines()[0]}") from e
+            f"train.dist_timeout_s if steps are legitimately that slow. Backend said: {str(e).splitlines()[0]}"
+        ) from e
 
 
 def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> float:

@@ -66,8 +66,13 @@ def state_bytes(cfg: FluidConfig, world: int) -> dict[str, float]:
     root = sum(p.numel() for p in params if id(p) not in in_blocks)
     largest_block = max(sum(p.numel() for p in b.parameters()) for b in blocks)
     gathered = 2 * (root + 2 * largest_block) + 4 * largest_block
-    return {"params": total, "ddp": 24 * total, "fsdp_sharded": 20 * shard, "fsdp_gathered": gathered,
-            "fsdp": 20 * shard + gathered}
+    return {
+        "params": total,
+        "ddp": 24 * total,
+        "fsdp_sharded": 20 * shard,
+        "fsdp_gathered": gathered,
+        "fsdp": 20 * shard + gathered,
+    }
 
 
 def activation_bytes(cfg: FluidConfig, micro: int, checkpointing: bool, bf16: bool = True) -> dict[str, float]:
@@ -103,29 +108,43 @@ def activation_bytes(cfg: FluidConfig, micro: int, checkpointing: bool, bf16: bo
 
 def table(presets: list[str], world: int, text_params: int | None = None) -> str:
     text_params = t5_xxl_params() if text_params is None else text_params
-    rows = ["| preset | parameters | DDP | FSDP sharded | FSDP gathered | FSDP total | + T5-XXL bf16 |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| preset | parameters | DDP | FSDP sharded | FSDP gathered | FSDP total | + T5-XXL bf16 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name in presets:
         s = state_bytes(get_preset(name), world)
-        rows.append(f"| {name} | {s['params'] / 1e9:.3f}B | {s['ddp'] / GIB:.2f} GiB | {s['fsdp_sharded'] / GIB:.2f} GiB | "
-                    f"{s['fsdp_gathered'] / GIB:.2f} GiB | {s['fsdp'] / GIB:.2f} GiB | {2 * text_params / GIB:.2f} GiB |")
+        rows.append(
+            f"| {name} | {s['params'] / 1e9:.3f}B | {s['ddp'] / GIB:.2f} GiB | {s['fsdp_sharded'] / GIB:.2f} GiB | "
+            f"{s['fsdp_gathered'] / GIB:.2f} GiB | {s['fsdp'] / GIB:.2f} GiB | {2 * text_params / GIB:.2f} GiB |"
+        )
     return "\n".join(rows)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description="fixed training state per GPU, from meta-device builds")
     p.add_argument("--world", type=int, default=8)
-    p.add_argument("--presets", nargs="*", default=["fluid-166m", "fluid-369m", "fluid-665m", "fluid-3.1b", "fluid-10.5b"])
-    p.add_argument("--activations", type=int, default=0, metavar="MICRO",
-                   help="instead: measure a real CPU step of MICRO images per preset, with and without checkpointing")
+    p.add_argument(
+        "--presets", nargs="*", default=["fluid-166m", "fluid-369m", "fluid-665m", "fluid-3.1b", "fluid-10.5b"]
+    )
+    p.add_argument(
+        "--activations",
+        type=int,
+        default=0,
+        metavar="MICRO",
+        help="instead: measure a real CPU step of MICRO images per preset, with and without checkpointing",
+    )
     args = p.parse_args()
     if args.activations:
         torch.set_num_threads(1)
         for name in args.presets:
             for ac in (False, True):
                 r = activation_bytes(get_preset(name), args.activations, ac)
-                print(f"{name} micro-batch {args.activations} checkpointing={ac}: activations held for backward "
-                      f"{r['held_for_backward'] / 2**20:.1f} MiB, step peak {r['peak'] / 2**20:.1f} MiB", flush=True)
+                print(
+                    f"{name} micro-batch {args.activations} checkpointing={ac}: activations held for backward "
+                    f"{r['held_for_backward'] / 2**20:.1f} MiB, step peak {r['peak'] / 2**20:.1f} MiB",
+                    flush=True,
+                )
         return
     print(f"T5-XXL encoder: {t5_xxl_params() / 1e9:.3f}B parameters; world = {args.world}")
     print(table(args.presets, args.world))

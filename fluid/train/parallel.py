@@ -39,7 +39,8 @@ def batch_split(cfg: TrainConfig, world: int) -> tuple[int, int]:
         raise ValueError(
             f"train.batch_size={cfg.batch_size} (the global batch) cannot be split into {world} process(es) x "
             f"micro-batches of {micro or cfg.micro_batch_size}: choose a batch_size divisible by "
-            f"{world} x train.micro_batch_size (the global batch is the same on any number of processes)")
+            f"{world} x train.micro_batch_size (the global batch is the same on any number of processes)"
+        )
     return micro, cfg.batch_size // (world * micro)
 
 
@@ -80,7 +81,9 @@ def shard_fsdp(model: nn.Module, info: DistInfo, precision: Precision, trainable
     device = torch.device(info.device)
     mesh = init_device_mesh(device.type, (info.world,))
     bf16 = trainable and device.type == "cuda" and resolve_precision(precision, device) == Precision.BF16
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     for block in transformer_blocks(model):
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -127,4 +130,3 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     params = [p for p in model.parameters() if p.grad is not None]
     norm = nn.utils.clip_grad_norm_(params, max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
-

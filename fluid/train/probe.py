@@ -25,7 +25,12 @@ class Geometry:
     (the batches come pre-encoded): the config's own, not a shipped tokenizer's."""
 
     def __init__(self, m):
-        self.token_type, self.token_dim, self.vocab_size, self._n = m.token_type, m.token_dim, m.vocab_size, m.num_tokens
+        self.token_type, self.token_dim, self.vocab_size, self._n = (
+            m.token_type,
+            m.token_dim,
+            m.vocab_size,
+            m.num_tokens,
+        )
 
     def num_tokens(self, resolution: int) -> int:
         return self._n
@@ -62,20 +67,38 @@ def random_batch(cfg: FluidConfig, batch: int, device: torch.device, seed: int =
     return tokens.to(device), emb.to(device), torch.ones(batch, TEXT_LEN, dtype=torch.bool, device=device)
 
 
-def train_once(cfg: FluidConfig, precision: str, batch: int, steps: int, warmup: int, device: torch.device,
-               run_dir: Path | None = None, memory=None) -> dict:
+def train_once(
+    cfg: FluidConfig,
+    precision: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    run_dir: Path | None = None,
+    memory=None,
+) -> dict:
     """Images/s (and per process CPU second) of the trainer's step over ``steps`` steps after
     ``warmup`` steps. ``memory(row)``, if given, is a context manager that records the peak
     memory of the measurement into ``row``."""
-    cfg = apply_overrides(cfg, {"train.precision": precision, "train.batch_size": batch, "train.log_every": 10**9,
-                                "train.val_every": 0, "train.ckpt_every": 10**9, "data.pool": 0,
-                                "data.pool_encoded": False})
+    cfg = apply_overrides(
+        cfg,
+        {
+            "train.precision": precision,
+            "train.batch_size": batch,
+            "train.log_every": 10**9,
+            "train.val_every": 0,
+            "train.ckpt_every": 10**9,
+            "data.pool": 0,
+            "data.pool_encoded": False,
+        },
+    )
     row: dict = {}
     with tempfile.TemporaryDirectory(prefix="fluid-probe-") as tmp:
         ctx = memory(row) if memory is not None else _nothing()
         with ctx:
-            trainer = Trainer(cfg, Path(run_dir or tmp), Geometry(cfg.model), text_encoder=None, device=device,
-                              show_progress=False)
+            trainer = Trainer(
+                cfg, Path(run_dir or tmp), Geometry(cfg.model), text_encoder=None, device=device, show_progress=False
+            )
             trainer.stream = SameBatch(random_batch(cfg, batch, device))
             trainer.save = lambda: None  # no checkpoints: not part of a step
             trainer.fit(warmup)

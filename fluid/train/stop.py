@@ -36,7 +36,7 @@ class StopSignals:
     def signal_name(self) -> str | None:
         return signal.Signals(self.signum).name if self.signum is not None else None
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -50,9 +50,15 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:
-            print(f"\n{name} again: stopping now, without a checkpoint of this step (the last one is kept)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\n{name} again: stopping now, without a checkpoint of this step (the last one is kept)",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(128 + signum)  # the shell's convention for "ended by this signal"
         self.signum = signum
-        print(f"\n{name} received: saving a checkpoint after this step, then stopping "
-              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{name} received: saving a checkpoint after this step, then stopping (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -26,8 +26,10 @@ class RecordedTextEncoder(TextEncoder):
         return self._identity
 
     def encode(self, prompts: list[str]):
-        raise RuntimeError(f"the text encoder {self._identity} was not loaded: this run reads its text embeddings "
-                           f"from the prepared cache, which should have held these captions")
+        raise RuntimeError(
+            f"the text encoder {self._identity} was not loaded: this run reads its text embeddings "
+            f"from the prepared cache, which should have held these captions"
+        )
 
 
 def needs_text_encoder(cfg: FluidConfig) -> bool:

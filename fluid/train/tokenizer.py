@@ -88,8 +88,9 @@ def lr_at(progress: float, step: int, lr: float, warmup_steps: int, min_ratio: f
 
 
 @torch.no_grad()
-def compute_scale_shift(model: Autoencoder, dataset, n: int = 2048, batch_size: int = 128, seed: int = 0,
-                        autocast=contextlib.nullcontext) -> tuple[float, float]:
+def compute_scale_shift(
+    model: Autoencoder, dataset, n: int = 2048, batch_size: int = 128, seed: int = 0, autocast=contextlib.nullcontext
+) -> tuple[float, float]:
     """Scalar (shift, scale) so that ``(z - shift) * scale`` has zero mean and unit variance
     over posterior samples of ``n`` images (the SD convention, with a shift as in SD3/Flux)."""
     g = torch.Generator(model.device).manual_seed(seed)
@@ -105,8 +106,14 @@ def compute_scale_shift(model: Autoencoder, dataset, n: int = 2048, batch_size: 
 
 
 @torch.no_grad()
-def evaluate(model: Autoencoder, dataset, n: int = 512, batch_size: int = 128, autocast=contextlib.nullcontext,
-             shapes_check: bool | None = None) -> dict:
+def evaluate(
+    model: Autoencoder,
+    dataset,
+    n: int = 512,
+    batch_size: int = 128,
+    autocast=contextlib.nullcontext,
+    shapes_check: bool | None = None,
+) -> dict:
     """Held-out reconstruction through the tokenizer interface (KL: posterior mean): PSNR,
     code usage (VQ) or token statistics (KL), and for the shapes data (``shapes_check``,
     default: when the dataset is ShapesDataset) the fraction of originals and of
@@ -210,8 +217,13 @@ def train_tokenizer(
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        stats = {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}, **out.stats,
-                 "psnr": psnr(out.recon.detach(), images).mean().item(), "grad_norm": gnorm.item()}
+        stats = {
+            "loss": loss.item(),
+            **{k: v.item() for k, v in losses.items()},
+            **out.stats,
+            "psnr": psnr(out.recon.detach(), images).mean().item(),
+            "grad_norm": gnorm.item(),
+        }
         if out.z is not None:
             stats["restarted"] = model.quantizer.restart_dead_codes(out.z, g_dev)
         for k, v in stats.items():
@@ -219,8 +231,13 @@ def train_tokenizer(
         window["n"] = window.get("n", 0) + 1
         if (step + 1) % log_every == 0 or step == steps - 1:
             n = window.pop("n")
-            row = {"step": step + 1, "images": (step + 1) * batch_size, "lr": opt.param_groups[0]["lr"],
-                   "elapsed_s": round(time.perf_counter() - t0, 2), **{k: v / n for k, v in window.items()}}
+            row = {
+                "step": step + 1,
+                "images": (step + 1) * batch_size,
+                "lr": opt.param_groups[0]["lr"],
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+                **{k: v / n for k, v in window.items()},
+            }
             if "restarted" in row:
                 row["restarted"] *= n  # a count per logging window, not a mean
             metrics.write(json.dumps(row) + "\n")
@@ -240,10 +257,19 @@ def train_tokenizer(
         shift, scale = compute_scale_shift(model, dataset, scale_images, seed=seed, autocast=autocast)
         model.cfg = model.cfg.replace(scale=scale, shift=shift)
     model.save(out_dir)
-    results = {"tokenizer": model.identity(), "steps": steps_done, "train_images": steps_done * batch_size,
-               "train_s": round(train_s, 1), "precision": prec.value, "batch_size": batch_size, "lr": lr,
-               "seed": seed, "scale": model.cfg.scale, "shift": model.cfg.shift,
-               **evaluate(model, val_dataset, val_images, autocast=autocast)}
+    results = {
+        "tokenizer": model.identity(),
+        "steps": steps_done,
+        "train_images": steps_done * batch_size,
+        "train_s": round(train_s, 1),
+        "precision": prec.value,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "scale": model.cfg.scale,
+        "shift": model.cfg.shift,
+        **evaluate(model, val_dataset, val_images, autocast=autocast),
+    }
     if cfg.kind == AEKind.VQ:
         results["train_code_usage"] = model.quantizer.usage()
     if measure_speed:

@@ -17,8 +17,9 @@ def psnr(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tokenizer_speed(tokenizer, resolution: int, batch_size: int = 128, repeats: int = 3,
-                    autocast=contextlib.nullcontext) -> dict:
+def tokenizer_speed(
+    tokenizer, resolution: int, batch_size: int = 128, repeats: int = 3, autocast=contextlib.nullcontext
+) -> dict:
     """Encode and decode images/s at ``batch_size`` (after one warm-up call), on random
     images / tokens; encode uses posterior sampling as the generator's trainer does."""
     was_training = tokenizer.training
@@ -42,8 +43,9 @@ def tokenizer_speed(tokenizer, resolution: int, batch_size: int = 128, repeats: 
 
 
 @torch.no_grad()
-def save_recon_grid(tokenizer, images: torch.Tensor, path: str | Path, autocast=contextlib.nullcontext,
-                    upscale: int = 2) -> None:
+def save_recon_grid(
+    tokenizer, images: torch.Tensor, path: str | Path, autocast=contextlib.nullcontext, upscale: int = 2
+) -> None:
     """A PNG with originals on the top row and reconstructions (KL: posterior mean) below."""
     from PIL import Image
 

@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
 from fluid.data.heldout import check_heldout
 from fluid.data.stream import TrainStream
-from fluid.train.validation import ValidationSet, validation_loss
 from fluid.model import Generator
 from fluid.train import checkpoint as ckpt
 from fluid.train import dcp
@@ -43,6 +42,7 @@ from fluid.train.ema import EMA
 from fluid.train.optim import build_optimizer, build_scheduler
 from fluid.train.parallel import batch_split, clip_grad_norm, gradient_sync, is_sharded, parallelize, slot_seed
 from fluid.train.stop import StopSignals
+from fluid.train.validation import ValidationSet, validation_loss
 
 
 class NonFiniteError(RuntimeError):
@@ -58,8 +58,10 @@ def autocast(device: torch.device, precision: Precision):
 def fit_config_to_tokenizer(cfg: FluidConfig, tokenizer) -> FluidConfig:
     """Set the token geometry on the config from the tokenizer, refusing a mismatched type."""
     if tokenizer.token_type != cfg.model.token_type:
-        raise ValueError(f"the {cfg.model.variant} model needs a {cfg.model.token_type.value} tokenizer, "
-                         f"got a {tokenizer.token_type.value} one")
+        raise ValueError(
+            f"the {cfg.model.variant} model needs a {cfg.model.token_type.value} tokenizer, "
+            f"got a {tokenizer.token_type.value} one"
+        )
     cfg.model.num_tokens = tokenizer.num_tokens(cfg.data.resolution)
     if tokenizer.token_type == TokenType.CONTINUOUS:
         cfg.model.token_dim = tokenizer.token_dim
@@ -69,8 +71,18 @@ def fit_config_to_tokenizer(cfg: FluidConfig, tokenizer) -> FluidConfig:
 
 
 class Trainer:
-    def __init__(self, cfg: FluidConfig, run_dir: str | Path, tokenizer, text_encoder, *, resume: bool = False,
-                 device: str | torch.device | None = None, dist: DistInfo | None = None, show_progress: bool = True):
+    def __init__(
+        self,
+        cfg: FluidConfig,
+        run_dir: str | Path,
+        tokenizer,
+        text_encoder,
+        *,
+        resume: bool = False,
+        device: str | torch.device | None = None,
+        dist: DistInfo | None = None,
+        show_progress: bool = True,
+    ):
         self.dist = dist or DistInfo()
         self.device = torch.device(device or self.dist.device)
         self.cfg = fit_config_to_tokenizer(cfg, tokenizer)
@@ -107,12 +119,22 @@ class Trainer:
         elif self.dist.is_main:
             _make_writable(self.run_dir)
             if any(self.run_dir.glob("step-*")):
-                raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue "
-                                      f"that run, or choose another output folder")
+                raise FileExistsError(
+                    f"{self.run_dir} already holds checkpoints: pass --resume to continue "
+                    f"that run, or choose another output folder"
+                )
         # The stream refuses a prepared cache made by another tokenizer or text encoder.
-        self.stream = TrainStream(cfg.data, self.micro, rank=self.dist.rank, world=self.dist.world,
-                                  start=self.step * self.accum, device=self.device, tokenizer=self.tokenizer,
-                                  text_encoder=self.text_encoder, accum=self.accum)
+        self.stream = TrainStream(
+            cfg.data,
+            self.micro,
+            rank=self.dist.rank,
+            world=self.dist.world,
+            start=self.step * self.accum,
+            device=self.device,
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            accum=self.accum,
+        )
         if t.compile:
             self.train_model = torch.compile(self.train_model, dynamic=True)
         self.valset = None
@@ -126,9 +148,11 @@ class Trainer:
         if "global_batch" not in state and old_world != 1:  # written when train.batch_size was per process
             per_process = ckpt.read_config(folder).train.batch_size
             if self.cfg.train.batch_size != per_process * old_world:
-                raise ValueError(f"{folder} was written by {old_world} processes when train.batch_size was per "
-                                 f"process; it is now the global batch: resume with --set train.batch_size="
-                                 f"{per_process * old_world}")
+                raise ValueError(
+                    f"{folder} was written by {old_world} processes when train.batch_size was per "
+                    f"process; it is now the global batch: resume with --set train.batch_size="
+                    f"{per_process * old_world}"
+                )
         if dcp.is_sharded_checkpoint(folder):
             dcp.load_sharded(folder, self.model, self.ema.model, self.opt)
         elif is_sharded(self.model):
@@ -167,10 +191,20 @@ class Trainer:
 
     def _training_state(self) -> dict:
         # No random state: a step's draws are a function of (seed, step, slot), its data of the step.
-        log = {"loss_sum": self.loss_sum.cpu(), "loss_count": self.loss_count,
-               "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row}
-        state = {"step": self.step, "world": self.dist.world, "global_batch": self.cfg.train.batch_size,
-                 "micro_batch": self.micro, "scheduler": self.sched.state_dict(), "log": log}
+        log = {
+            "loss_sum": self.loss_sum.cpu(),
+            "loss_count": self.loss_count,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+        }
+        state = {
+            "step": self.step,
+            "world": self.dist.world,
+            "global_batch": self.cfg.train.batch_size,
+            "micro_batch": self.micro,
+            "scheduler": self.sched.state_dict(),
+            "log": log,
+        }
         if not is_sharded(self.model):
             state["optimizer"] = self.opt.state_dict()  # sharded runs keep it in the DCP shards
         return state
@@ -180,13 +214,23 @@ class Trainer:
         folder cannot be written (the previous checkpoints are left as they were)."""
         folder = self.run_dir / f"step-{self.step:07d}"
         state = self._training_state()
-        meta = {"step": self.step, "variant": self.cfg.model.variant, "tokenizer": self.tokenizer.identity(),
-                "text_encoder": self.text_encoder.identity(),
-                "params": sum(p.numel() for p in self.model.parameters())}  # DTensors count their global size
+        meta = {
+            "step": self.step,
+            "variant": self.cfg.model.variant,
+            "tokenizer": self.tokenizer.identity(),
+            "text_encoder": self.text_encoder.identity(),
+            "params": sum(p.numel() for p in self.model.parameters()),
+        }  # DTensors count their global size
         try:
             if is_sharded(self.model):  # every rank writes its shards
-                dcp.save_sharded(folder, self.model, self.ema.model, self.opt, self.dist.is_main,
-                                 lambda tmp: ckpt.save_checkpoint(folder, self.cfg, None, None, state, meta, tmp=tmp))
+                dcp.save_sharded(
+                    folder,
+                    self.model,
+                    self.ema.model,
+                    self.opt,
+                    self.dist.is_main,
+                    lambda tmp: ckpt.save_checkpoint(folder, self.cfg, None, None, state, meta, tmp=tmp),
+                )
             elif self.dist.is_main:
                 ckpt.save_checkpoint(folder, self.cfg, self.model, self.ema.model, state, meta)
             if not self.dist.is_main:
@@ -232,8 +276,14 @@ class Trainer:
         t = self.cfg.train
         total = steps if steps is not None else t.steps
         log_path = self.run_dir / "metrics.jsonl"
-        bar = tqdm(total=total, initial=self.step, desc=f"train {self.cfg.model.variant}", unit="step",
-                   disable=not self.show_progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc=f"train {self.cfg.model.variant}",
+            unit="step",
+            disable=not self.show_progress,
+            dynamic_ncols=True,
+        )
         last: dict = {}
         t0, images = time.perf_counter(), 0
         self.model.train()
@@ -244,8 +294,9 @@ class Trainer:
                 grad_norm = clip_grad_norm(self.model, t.grad_clip)
                 # One small collective per step: every rank must skip the same steps and stop
                 # at the same step, or the next all-reduce would wait forever.
-                bad, stop = any_rank([~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)),
-                                      signals.requested], self.dist)
+                bad, stop = any_rank(
+                    [~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)), signals.requested], self.dist
+                )
                 if bad:
                     self._skip_step(loss, grad_norm, log_path)
                 else:
@@ -263,11 +314,15 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == total:
                     elapsed = time.perf_counter() - t0
                     mean = all_reduce_mean(self.loss_sum / max(1, self.loss_count), self.dist)
-                    last = {"step": self.step, "loss": mean if self.loss_count else None,  # None: all skipped
-                            "lr": self.sched.get_last_lr()[0],
-                            "grad_norm": float(grad_norm) if not bad else None,  # JSON has no NaN
-                            "images_per_s": images / elapsed, "ema_decay": self.ema.decay_at(self.step),
-                            "skipped_nonfinite": self.nonfinite_total}
+                    last = {
+                        "step": self.step,
+                        "loss": mean if self.loss_count else None,  # None: all skipped
+                        "lr": self.sched.get_last_lr()[0],
+                        "grad_norm": float(grad_norm) if not bad else None,  # JSON has no NaN
+                        "images_per_s": images / elapsed,
+                        "ema_decay": self.ema.decay_at(self.step),
+                        "skipped_nonfinite": self.nonfinite_total,
+                    }
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{last['images_per_s']:.0f}")
                     self.loss_sum, self.loss_count = torch.zeros((), dtype=torch.float64), 0
                     t0, images = time.perf_counter(), 0
@@ -286,9 +341,12 @@ class Trainer:
                     bar.close()
                     raise NonFiniteError(
                         f"the loss or the gradients were not finite for {self.nonfinite_in_a_row} steps in a row "
-                        f"(train.max_nonfinite={t.max_nonfinite}), up to step {self.step}; the run stopped. Those steps "
-                        f"changed nothing: the last good weights are saved in {self.run_dir / f'step-{self.step:07d}'}. "
-                        f"Continue with a lower learning rate: --resume --set train.lr=...")
+                        f"(train.max_nonfinite={t.max_nonfinite}), up to step {self.step}; the run "
+                        "stopped. Those steps "
+                        "changed nothing: the last good weights are saved in "
+                        f"{self.run_dir / f'step-{self.step:07d}'}. "
+                        f"Continue with a lower learning rate: --resume --set train.lr=..."
+                    )
                 if stop:
                     self.stopped_by = signals.signal_name or "a signal on another rank"
                     break
@@ -321,8 +379,15 @@ class Trainer:
         loss = loss.detach()
         value, what = (float(loss), "loss") if not torch.isfinite(loss) else (float(grad_norm), "gradient norm")
         # JSON has no NaN or infinity: the value goes into the text.
-        self._log(log_path, {"step": self.step + 1, "skipped": f"{what} {value}",
-                             "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_nonfinite": self.nonfinite_total})
+        self._log(
+            log_path,
+            {
+                "step": self.step + 1,
+                "skipped": f"{what} {value}",
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "skipped_nonfinite": self.nonfinite_total,
+            },
+        )
 
     def _step_scheduler(self, after_update: bool) -> None:
         # The learning rate follows the step count, skipped steps included; PyTorch warns when

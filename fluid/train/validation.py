@@ -36,8 +36,9 @@ class ValidationSet:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, cfg: FluidConfig, tokenizer, text_encoder, device="cpu", batch_size: int = 64,
-              size: int | None = None) -> "ValidationSet":
+    def build(
+        cls, cfg: FluidConfig, tokenizer, text_encoder, device="cpu", batch_size: int = 64, size: int | None = None
+    ) -> ValidationSet:
         """Encode the first ``size`` (default ``cfg.train.val_size``) pairs of the validation split once."""
         size = cfg.train.val_size if size is None else int(size)
         if size < 1:
@@ -58,21 +59,31 @@ class ValidationSet:
             embs.append(emb.cpu())
             masks.append(mask.cpu())
         length = max(e.shape[1] for e in embs)
-        pad = lambda x, v: torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1]) if x.dim() == 3 else (0, length - x.shape[1]), value=v)  # noqa: E731
-        return cls(torch.cat(tokens).to(device), torch.cat([pad(e, 0.0) for e in embs]).to(device),
-                   torch.cat([pad(m, False) for m in masks]).to(device), batch_size)
+
+        def pad(x, v):
+            return torch.nn.functional.pad(
+                x, (0, 0, 0, length - x.shape[1]) if x.dim() == 3 else (0, length - x.shape[1]), value=v
+            )
+
+        return cls(
+            torch.cat(tokens).to(device),
+            torch.cat([pad(e, 0.0) for e in embs]).to(device),
+            torch.cat([pad(m, False) for m in masks]).to(device),
+            batch_size,
+        )
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def shard(self, rank: int, world: int) -> "ValidationSet":
+    def shard(self, rank: int, world: int) -> ValidationSet:
         """Rank ``rank``'s share, batches ``rank, rank + world, ...``, kept in host memory
         (each batch goes to the device when it is evaluated)."""
         total = -(-len(self) // self.batch_size)
         mine = list(range(rank, total, world))
         # A rank with no batch keeps the first one, evaluated uncounted to join the collectives.
-        rows = torch.cat([torch.arange(i * self.batch_size, min(len(self), (i + 1) * self.batch_size))
-                          for i in (mine or [0])])
+        rows = torch.cat(
+            [torch.arange(i * self.batch_size, min(len(self), (i + 1) * self.batch_size)) for i in (mine or [0])]
+        )
         pick = lambda x: x.cpu()[rows].clone()  # noqa: E731  (clone: do not pin the whole set)
         return ValidationSet(pick(self.tokens), pick(self.text_emb), pick(self.text_mask), self.batch_size, mine, total)
 
@@ -85,8 +96,13 @@ def loss_name(token_type: TokenType | str) -> str:
 
 
 @torch.no_grad()
-def validation_loss(model, valset: ValidationSet, precision: Precision = Precision.AUTO,
-                    vlb_weight: float | None = None, device: torch.device | str | None = None) -> float:
+def validation_loss(
+    model,
+    valset: ValidationSet,
+    precision: Precision = Precision.AUTO,
+    vlb_weight: float | None = None,
+    device: torch.device | str | None = None,
+) -> float:
     """Mean loss over the validation set, weighted by batch size; deterministic.
 
     ``vlb_weight`` overrides the model's (continuous tokens; 0 measures the epsilon MSE alone).
@@ -110,14 +126,19 @@ def validation_loss(model, valset: ValidationSet, precision: Precision = Precisi
         i = batches[j] if real else 0
         gen = torch.Generator(device).manual_seed(VAL_SEED + i)  # the same draws for every model
         with ctx:
-            loss = model(*(x[sl].to(device) for x in (valset.tokens, valset.text_emb, valset.text_mask)),
-                         generator=gen, text_dropout=0.0, vlb_weight=vlb_weight)
+            loss = model(
+                *(x[sl].to(device) for x in (valset.tokens, valset.text_emb, valset.text_mask)),
+                generator=gen,
+                text_dropout=0.0,
+                vlb_weight=vlb_weight,
+            )
         b = valset.tokens[sl].shape[0]
         if real:
             total, count = total + float(loss) * b, count + b
     if world > 1:
-        sums = torch.tensor([total, count], dtype=torch.float64,
-                            device=device if dist.get_backend() == "nccl" else "cpu")
+        sums = torch.tensor(
+            [total, count], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu"
+        )
         dist.all_reduce(sums)
         total, count = sums.tolist()
     model.train(was_training)
