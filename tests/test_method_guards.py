@@ -75,7 +75,15 @@ def test_every_sampler_generates_every_token_exactly_once(variant, confidence):
     emb, mask = text_batch()
     record = []
     cfg = SampleConfig(steps=6, cfg=2.0, confidence=confidence)
-    out = generate(model, emb, mask, cfg, ImageRNG.for_images(0, range(3)), head_steps=3, record=record)
+    out = generate(
+        model,
+        emb,
+        mask,
+        cfg,
+        ImageRNG.for_images(0, range(3)),
+        head_steps=3,
+        on_step=lambda *frame: record.append(frame),
+    )
     n = model.cfg.num_tokens
     written = torch.zeros(3, n, dtype=torch.long)
     previous_known = torch.zeros(3, n, dtype=torch.bool)

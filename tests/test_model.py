@@ -204,7 +204,7 @@ def test_record_shows_tokens_filling_in():
         SampleConfig(steps=16, cfg=1.0),
         ImageRNG.for_images(0, range(len(emb))),
         head_steps=3,
-        record=record,
+        on_step=lambda *frame: record.append(frame),
     )
     known = [int(k[0].sum()) for _, _, k in record]
     assert known == sorted(known) and known[-1] == 16 and len(record) == 16

@@ -29,7 +29,7 @@ DEMO_SEEDS = (0, 1, 2, 3)
 def _progress_picture(pipe: FluidPipeline, prompts: list[str], seed: int, max_cols: int = 9):
     """Decode the partly generated tokens after each step; grey = not generated yet."""
     record: list = []
-    pipe.generate_tokens(prompts, seed=seed, record=record)
+    pipe.generate_tokens(prompts, seed=seed, on_step=lambda *frame: record.append(frame))
     keep = (
         sorted({round(i * (len(record) - 1) / (max_cols - 1)) for i in range(max_cols)})
         if len(record) > max_cols

@@ -19,6 +19,7 @@ other images of its batch: not their randomness, nor (on one CPU thread) their a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,10 @@ from fluid.model.generator import Generator
 from fluid.model.heads import PackedDenoise
 from fluid.model.masking import tokens_per_step
 from fluid.sample.rng import ImageRNG
+
+OnStep = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""Called after every generation step with (step, tokens, known): copies of the tokens so far and
+of the mask of those already generated, (B, N[, C]) and (B, N)."""
 
 
 @dataclass
@@ -147,9 +152,9 @@ def generate_random(
     cfg: SampleConfig,
     rng: ImageRNG,
     head_steps: int | None = None,
-    record: list | None = None,
+    on_step: OnStep | None = None,
 ) -> torch.Tensor:
-    """Random-order generation. ``record``, if given, receives (step, tokens, known) after each step."""
+    """Random-order generation; ``on_step``, if given, is called after each step."""
     b = cond.text.shape[0] // (2 if cond.guided else 1)
     n, device = model.cfg.num_tokens, cond.text.device
     shape = (b, n, model.cfg.token_dim) if model.continuous else (b, n)
@@ -183,8 +188,8 @@ def generate_random(
         tokens[rows, pos] = new.to(tokens.dtype)
         known[rows, pos] = True
         done += count
-        if record is not None:
-            record.append((step, tokens.clone(), known.clone()))
+        if on_step is not None:
+            on_step(step, tokens.clone(), known.clone())
     return tokens
 
 
@@ -202,7 +207,7 @@ def generate_raster(
     rng: ImageRNG,
     head_steps: int | None = None,
     use_cache: bool = True,
-    record: list | None = None,
+    on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """Raster-order generation, one token per step, with a KV cache (or recomputing the prefix)."""
     b = cond.text.shape[0] // (2 if cond.guided else 1)
@@ -223,10 +228,10 @@ def generate_raster(
         new, _ = sample_from_head(model, h, guidance_scale(cfg, i + 1, n), cfg, cond.guided, rng, head_steps)
         tokens[:, i] = new.to(tokens.dtype)
         prev = _pair(tokens[:, i], cond.guided)
-        if record is not None:
+        if on_step is not None:
             known = torch.zeros(b, n, dtype=torch.bool, device=device)
             known[:, : i + 1] = True
-            record.append((i, tokens.clone(), known))
+            on_step(i, tokens.clone(), known)
     return tokens
 
 
@@ -238,7 +243,7 @@ def generate(
     rng: ImageRNG,
     head_steps: int | None = None,
     force_guidance: bool = False,
-    record: list | None = None,
+    on_step: OnStep | None = None,
     use_cache: bool = True,
 ) -> torch.Tensor:
     """Tokens for a batch of encoded prompts, by the model's order; ``rng`` has one stream
@@ -252,5 +257,5 @@ def generate(
     guided = force_guidance or cfg.cfg != 1.0
     cond = condition(model, text_emb, text_mask, guided)
     if model.causal:
-        return generate_raster(model, cond, cfg, rng, head_steps, use_cache=use_cache, record=record)
-    return generate_random(model, cond, cfg, rng, head_steps, record=record)
+        return generate_raster(model, cond, cfg, rng, head_steps, use_cache=use_cache, on_step=on_step)
+    return generate_random(model, cond, cfg, rng, head_steps, on_step=on_step)

@@ -21,7 +21,7 @@ from fluid.assets import generator_path
 from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, sampling_precision
 from fluid.model import Generator
 from fluid.sample.folder import bundled_tokenizer, resolve_source
-from fluid.sample.generate import generate
+from fluid.sample.generate import OnStep, generate
 from fluid.sample.rng import ImageRNG, check_seed
 from fluid.text.encoders import build_text_encoder
 from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
@@ -126,7 +126,7 @@ class FluidPipeline:
         self,
         prompts: Sequence[str],
         seed: int = 0,
-        record: list | None = None,
+        on_step: OnStep | None = None,
         head_steps: int | None = None,
         use_cache: bool = True,
         first_index: int = 0,
@@ -151,7 +151,7 @@ class FluidPipeline:
                         scfg,
                         rng,
                         head_steps=head_steps,
-                        record=record,
+                        on_step=on_step,
                         use_cache=use_cache,
                     )
                 )

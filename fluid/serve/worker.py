@@ -27,7 +27,6 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,20 +205,6 @@ class Job:
             pass
 
 
-class StepRecorder(list):
-    """A ``record`` list for the generation loops that hands each step to ``callback``
-    instead of keeping it: the loops append (step, tokens, known) after every step, so this
-    streams frames while the image forms, with no second hook in the sampling code."""
-
-    def __init__(self, callback: Callable[[int, torch.Tensor, torch.Tensor], None]):
-        super().__init__()
-        self.callback = callback
-
-    def append(self, item) -> None:
-        step, tokens, known = item
-        self.callback(step, tokens, known)
-
-
 def png_data_url(image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
@@ -379,9 +364,7 @@ class Scheduler:
                 message=f"The prompt has {count} text-encoder tokens; {name} reads the first {limit}.",
             )
         overrides = {k: v for k, v in r.sample_overrides().items() if v is not None}
-        tokens = pipe.generate_tokens(
-            [r.prompt], seed=r.seed, record=StepRecorder(on_step), head_steps=r.head_steps, **overrides
-        )
+        tokens = pipe.generate_tokens([r.prompt], seed=r.seed, on_step=on_step, head_steps=r.head_steps, **overrides)
         image = to_pil(pipe.decode(tokens))[0]
         used = info.defaults() | {k: v for k, v in overrides.items()}
         if r.head_steps is not None and "head_steps" in used:
