@@ -19,6 +19,7 @@ if os.environ.get("FLUID_ONLINE") != "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from fluid.checkpoint import CheckpointError  # noqa: E402
 from fluid.commands import (
     bench,
     demo,
@@ -35,7 +36,6 @@ from fluid.commands import (
 )
 from fluid.commands import eval as evaluate  # noqa: E402
 from fluid.config import ConfigError  # noqa: E402
-from fluid.train.checkpoint import CheckpointError  # noqa: E402
 
 # In the order `fluid --help` lists them.
 COMMANDS = (

@@ -26,7 +26,7 @@ LAYERS = [
     ["fluid.assets"],  # where the shipped weights are
     ["fluid.model", "fluid.text", "fluid.tokenizers"],  # the parts of the method
     ["fluid.shapes"],  # the built-in world: scenes, captions, renderer, its readers, ShapesEval
-    ["fluid.data"],  # sources, caches, training streams
+    ["fluid.data", "fluid.checkpoint"],  # sources, caches, training streams; checkpoint folders
     ["fluid.train"],  # trainers, checkpoints, validation loss
     ["fluid.sample"],  # prompts -> images
     ["fluid.eval"],  # metrics and reports over samples

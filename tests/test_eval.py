@@ -456,9 +456,9 @@ def test_fluid_eval_end_to_end(tmp_path):
 
 def test_fluid_eval_variant_all_evaluates_each_shipped_model_into_its_own_folder(tmp_path, capsys):
     from fluid.assets import generator_path
+    from fluid.checkpoint import read_meta
     from fluid.cli import main
     from fluid.config import VARIANTS
-    from fluid.train.checkpoint import read_meta
 
     out = tmp_path / "eval"
     assert (

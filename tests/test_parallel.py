@@ -25,7 +25,7 @@ ATOL = 2e-5
 def _full_state(model) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from fluid.train.checkpoint import unwrap
+    from fluid.checkpoint import unwrap
     from fluid.train.parallel import is_sharded
 
     if is_sharded(model):  # a collective: every rank gathers
@@ -154,7 +154,7 @@ def test_two_processes_give_the_weights_of_one(tmp_path, one_process, parallel):
 def test_a_sharded_checkpoint_saved_on_4_processes_resumes_on_2(tmp_path):
     from safetensors.torch import load_file
 
-    from fluid.train import checkpoint as ckpt
+    from fluid import checkpoint as ckpt
 
     train = dict(steps=4, batch_size=8, micro_batch_size=2, parallel="fsdp", ckpt_every=2)
     # 4 ranks x 1 micro-batch of 2, uninterrupted, with a checkpoint kept from step 2.
@@ -359,7 +359,7 @@ def test_presets_pick_their_engine_and_the_text_encoder_its_dtype():
 
 
 def test_a_checkpoint_from_before_the_global_batch_names_the_batch_to_resume_with(tmp_path):
-    from fluid.train import checkpoint as ckpt
+    from fluid import checkpoint as ckpt
     from fluid.train.trainer import Trainer
 
     tok, enc = make_tokenizer("kl"), WordHashEncoder()

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from fluid.assets import generator_path
+from fluid.checkpoint import CheckpointError
 from fluid.config import count_params
 from fluid.data.sources import file_digest
 from fluid.sample import folder as pf
 from fluid.sample.pipeline import FluidPipeline
-from fluid.train.checkpoint import CheckpointError
 
 PROMPTS = ["a red square"]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fluid.assets import generator_path, tokenizer_path
+from fluid.checkpoint import read_meta
 from fluid.cli import main
 from fluid.config import VARIANTS, TokenType
 from fluid.sample.pipeline import FluidPipeline
@@ -13,7 +14,6 @@ from fluid.shapes.classifier import load_shape_classifier
 from fluid.shapes.dataset import ShapesDataset
 from fluid.shapes.detector import detect, score
 from fluid.tokenizers.load import load_tokenizer
-from fluid.train.checkpoint import read_meta
 
 
 def psnr(a, b):

@@ -9,11 +9,11 @@ import torch
 from helpers import WordHashEncoder, make_tokenizer, tiny_config
 from safetensors.torch import load_file
 
+from fluid import checkpoint as ckpt
 from fluid.config import VARIANTS, LRSchedule, SampleConfig
 from fluid.sample.generate import generate
 from fluid.sample.pipeline import FluidPipeline
 from fluid.sample.rng import ImageRNG
-from fluid.train import checkpoint as ckpt
 from fluid.train.ema import EMA
 from fluid.train.trainer import Trainer
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers import make_tokenizer, tiny_config
 
+from fluid import checkpoint as ckpt
 from fluid.cli import main
-from fluid.train import checkpoint as ckpt
 from fluid.train.stop import StopSignals
 from fluid.train.trainer import NonFiniteError, Trainer
 

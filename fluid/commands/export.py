@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from fluid.train.checkpoint import export
+    from fluid.checkpoint import export
 
     dst = export(args.checkpoint, args.out, dtype=args.dtype)
     size = sum(f.stat().st_size for f in dst.iterdir())

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def served_models(args) -> dict[str, str | None]:
     """Name -> source for ``fluid serve``: the shipped variants, or the given folders (named
     ``NAME=PATH``, or by their variant), or both when both are asked for."""
-    from fluid.train.checkpoint import read_config
+    from fluid.checkpoint import read_config
 
     sources: dict[str, str | None] = {}
     if args.variants or not args.checkpoint:

@@ -32,8 +32,8 @@ def _text_encoder(cfg: FluidConfig, device: str, embeddings: str | None = None):
 
 
 def run(args) -> int:
+    from fluid import checkpoint as ckpt
     from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
-    from fluid.train import checkpoint as ckpt
     from fluid.train.distributed import setup, teardown
     from fluid.train.trainer import Trainer
 

@@ -93,9 +93,9 @@ def _resolve(checkpoint_or_variant: str | Path | None) -> tuple[Path | None, str
 
 
 def checkpoint_identity(pipe, path: Path | None, variant: str | None) -> dict:
+    from fluid import checkpoint as ckpt
     from fluid.assets import generator_path
     from fluid.data.sources import file_digest
-    from fluid.train import checkpoint as ckpt
 
     folder = ckpt.resolve(path if path is not None else generator_path(variant))
     meta = ckpt.read_meta(folder)
@@ -113,11 +113,11 @@ def checkpoint_identity(pipe, path: Path | None, variant: str | None) -> dict:
 
 
 def _load_pipe(path: Path | None, variant: str | None, device: str):
+    from fluid import checkpoint as ckpt
     from fluid.assets import generator_path
     from fluid.sample.pipeline import FluidPipeline
     from fluid.text.cache import CachedTextEncoder
     from fluid.text.encoders import build_text_encoder
-    from fluid.train import checkpoint as ckpt
 
     cfg = ckpt.read_config(path if path is not None else generator_path(variant))
     text = CachedTextEncoder(build_text_encoder(cfg.text, device=device))

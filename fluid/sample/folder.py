@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 from safetensors.torch import save_file
 
-from fluid.train import checkpoint as ckpt
-from fluid.train.checkpoint import EXPORT_DTYPES, CheckpointError
+from fluid import checkpoint as ckpt
+from fluid.checkpoint import EXPORT_DTYPES, CheckpointError
 
 if TYPE_CHECKING:
     from fluid.sample.pipeline import FluidPipeline

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from fluid import checkpoint as ckpt
 from fluid.assets import generator_path
 from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, sampling_precision
 from fluid.model import Generator
@@ -25,7 +26,6 @@ from fluid.sample.generate import OnStep, generate
 from fluid.sample.rng import ImageRNG, check_seed
 from fluid.text.encoders import build_text_encoder
 from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
-from fluid.train import checkpoint as ckpt
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

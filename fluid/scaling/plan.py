@@ -126,7 +126,7 @@ def _key(cfg: FluidConfig) -> str:
 
 
 def _steps_done(folder: Path) -> int:
-    from fluid.train import checkpoint as ckpt
+    from fluid import checkpoint as ckpt
 
     if not (folder / "latest").exists():
         return 0

@@ -139,7 +139,7 @@ class Runner:
         if record is None and folder.path.exists() and any(folder.path.iterdir()):
             if (folder.train / "latest").exists():
                 # A record lost to a kill, checkpoints intact: resuming needs the same config.
-                from fluid.train import checkpoint as ckpt
+                from fluid import checkpoint as ckpt
 
                 if ckpt.read_config(folder.train).to_dict() != identity["config"]:
                     raise StaleRunError(
@@ -156,7 +156,7 @@ class Runner:
         }
 
     def train(self, folder: RunFolder, cfg: FluidConfig) -> None:
-        from fluid.train import checkpoint as ckpt
+        from fluid import checkpoint as ckpt
 
         done = 0
         if (folder.train / "latest").exists():

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from fluid import checkpoint as ckpt
 from fluid.assets import generator_path
 from fluid.config import VARIANTS, FluidConfig, Order, TokenType
 from fluid.model.masking import tokens_per_step
@@ -41,7 +42,6 @@ from fluid.sample.pipeline import FluidPipeline, to_pil
 from fluid.serve.requests import GenerateRequest
 from fluid.text.cache import CachedTextEncoder
 from fluid.text.encoders import build_text_encoder
-from fluid.train import checkpoint as ckpt
 
 log = logging.getLogger("fluid.serve")
 

@@ -9,13 +9,13 @@ Faults: a step whose loss or gradients are not finite is skipped (no update) and
 ``train.max_nonfinite`` of them in a row stop the run with :class:`NonFiniteError` after a
 checkpoint of the last good weights. SIGTERM / SIGINT save a checkpoint after the current
 step and return (:mod:`fluid.train.stop`). A run folder that cannot be written (full disk,
-permissions) raises :class:`~fluid.train.checkpoint.RunWriteError`; checkpoints already
+permissions) raises :class:`~fluid.checkpoint.RunWriteError`; checkpoints already
 written stay loadable.
 
 Multi-GPU / multi-node runs go through ``torchrun``; ``train.batch_size`` is the global batch,
 split over the processes and gradient-accumulation micro-steps, with DDP or FSDP2 applied
 around the single-device model (:mod:`fluid.train.parallel`). FSDP2 runs write sharded
-checkpoints (:mod:`fluid.train.dcp`); every run resumes on any number of processes.
+checkpoints (:mod:`fluid.checkpoint.sharded`); every run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fluid import checkpoint as ckpt
+from fluid.checkpoint import RunWriteError, write_failure
+from fluid.checkpoint import sharded as dcp
 from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
 from fluid.data.heldout import check_heldout
 from fluid.data.stream import TrainStream
 from fluid.model import Generator
-from fluid.train import checkpoint as ckpt
-from fluid.train import dcp
-from fluid.train.checkpoint import RunWriteError, write_failure
 from fluid.train.distributed import DistInfo, all_reduce_mean, any_rank, explain_timeouts
 from fluid.train.ema import EMA
 from fluid.train.optim import build_optimizer, build_scheduler

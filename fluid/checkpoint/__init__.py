@@ -11,7 +11,7 @@ A checkpoint is a folder holding
                           data only: read with ``weights_only=True``).
 
 FSDP runs keep the weights, EMA and optimizer state as shards in ``sharded/`` instead
-(:mod:`fluid.train.dcp`); everything that reads weights reads both forms.
+(:mod:`fluid.checkpoint.sharded`); everything that reads weights reads both forms.
 
 A run folder holds ``step-XXXXXXX`` checkpoints, a ``latest`` link to the newest, and
 ``metrics.jsonl``. Loading never unpickles code.
@@ -81,7 +81,7 @@ def save_checkpoint(
 
     A write that fails (full disk, no permission) removes the partial folder and raises
     :class:`RunWriteError`; an existing ``folder`` is replaced only once the new one is whole.
-    ``model=None`` with ``tmp``: the weights are already in ``tmp`` (sharded, :mod:`fluid.train.dcp`).
+    ``model=None`` with ``tmp``: the weights are already in ``tmp`` (sharded, :mod:`fluid.checkpoint.sharded`).
     """
     folder = Path(folder)
     fresh = tmp is None
@@ -190,7 +190,7 @@ def read_weights(
     """The EMA (or raw) weights of a checkpoint folder as a CPU state dict: from its
     safetensors file, or gathered from the shards of an FSDP run (``shapes``, the state dict
     of a model built from its config, possibly on the meta device, names what to read)."""
-    from fluid.train import dcp
+    from fluid.checkpoint import sharded as dcp
 
     name = "ema.safetensors" if ema else "model.safetensors"
     if not (folder / name).exists() and dcp.is_sharded_checkpoint(folder) and (folder / "config.json").exists():
