@@ -8,6 +8,7 @@ import torch
 
 from fluid.assets import generator_path
 from fluid.checkpoint import CheckpointError
+from fluid.checkpoint.folder import Checkpoint, is_pipeline_folder
 from fluid.config import count_params
 from fluid.data.sources import file_digest
 from fluid.sample import folder as pf
@@ -48,9 +49,31 @@ def _eval_record(digest: str) -> dict:
     }
 
 
+def test_a_checkpoint_opens_once_from_a_pipeline_a_run_or_its_own_folder(shipped, tmp_path):
+    out = shipped.save_pretrained(tmp_path / "dr")
+    from_pipeline = Checkpoint.open(out)
+    assert from_pipeline.folder == out / "generator"
+    assert from_pipeline.tokenizer_path == out / "tokenizer"  # the one bundled beside it
+    run = tmp_path / "run"
+    shutil.copytree(out / "generator", run / "step-0000007")
+    (run / "latest").symlink_to("step-0000007")
+    from_run = Checkpoint.open(run)
+    assert from_run.folder == (run / "step-0000007").resolve()
+    assert from_run.tokenizer_path != out / "tokenizer"  # no pipeline folder: the config's tokenizer
+    assert (
+        from_run.config.to_dict()
+        == from_pipeline.config.to_dict()
+        == Checkpoint.open(out / "generator").config.to_dict()
+    )
+    model = from_run.generator()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shipped.model.state_dict().values()))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Checkpoint.open(tmp_path / "missing")
+
+
 def test_round_trip_gives_the_same_images(shipped, minilm, tmp_path):
     out = shipped.save_pretrained(tmp_path / "dr")
-    assert pf.is_pipeline_folder(out)
+    assert is_pipeline_folder(out)
     assert {p.name for p in out.iterdir()} == {"model_index.json", "generator", "tokenizer", "README.md"}
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "FluidPipeline" and index["variant"] == "discrete-raster"

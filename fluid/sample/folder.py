@@ -27,14 +27,20 @@ from safetensors.torch import save_file
 
 from fluid import checkpoint as ckpt
 from fluid.checkpoint import EXPORT_DTYPES, CheckpointError
+from fluid.checkpoint.folder import (
+    CLASS_NAME,
+    GENERATOR,
+    INDEX,
+    TOKENIZER,
+    bundled_tokenizer,
+    is_pipeline_folder,
+)
 
 if TYPE_CHECKING:
     from fluid.sample.pipeline import FluidPipeline
 
-INDEX = "model_index.json"
-CLASS_NAME = "FluidPipeline"
 FORMAT = "fluid-pipeline/1"
-GENERATOR, TOKENIZER, METRICS, CARD = "generator", "tokenizer", "metrics.json", "README.md"
+METRICS, CARD = "metrics.json", "README.md"
 # Training records carried along with the weights (the model card reads them).
 TRAINING_RECORDS = ("summary.json", "metrics.jsonl")
 # "owner/name": what the hub calls a repository id.
@@ -46,30 +52,6 @@ class HubUnavailableError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def is_pipeline_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / INDEX).is_file() and (path / GENERATOR / "config.json").is_file()
-
-
-def read_index(folder: str | Path) -> dict:
-    path = Path(folder) / INDEX
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    if index.get("_class_name") != CLASS_NAME:
-        raise CheckpointError(f"{path} describes a {index.get('_class_name')!r}, not a {CLASS_NAME} folder")
-    return index
-
-
-def bundled_tokenizer(generator_folder: str | Path) -> Path | None:
-    """The tokenizer saved beside a pipeline folder's generator, if this is one."""
-    top = Path(generator_folder).parent
-    if Path(generator_folder).name != GENERATOR or not is_pipeline_folder(top):
-        return None
-    return top / read_index(top).get("tokenizer", TOKENIZER)
 
 
 def resolve_source(path: str | Path) -> Path:

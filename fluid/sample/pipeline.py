@@ -17,15 +17,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fluid import checkpoint as ckpt
 from fluid.assets import generator_path
+from fluid.checkpoint.folder import Checkpoint
 from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, sampling_precision
 from fluid.model import Generator
-from fluid.sample.folder import bundled_tokenizer, resolve_source
+from fluid.sample.folder import resolve_source
 from fluid.sample.generate import OnStep, generate
 from fluid.sample.rng import ImageRNG, check_seed
-from fluid.text.encoders import build_text_encoder
-from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -55,20 +53,14 @@ class FluidPipeline:
         """Load a pipeline folder (``save_pretrained``), a checkpoint or run folder, or a hub id
         ("owner/name", where the network allows); default: the shipped model of ``variant``."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        folder = ckpt.resolve(resolve_source(path) if path is not None else generator_path(variant))
-        cfg = ckpt.read_config(folder)
-        model = Generator(cfg.model, cfg.text)
-        ckpt.load_weights(model, folder, ema=use_ema)
+        checkpoint = Checkpoint.open(resolve_source(path) if path is not None else generator_path(variant))
+        model = checkpoint.generator(ema=use_ema)
         if tokenizer is None:
-            tokenizer = load_tokenizer(
-                bundled_tokenizer(folder) or resolve_tokenizer(cfg),
-                kind=cfg.tokenizer.kind,
-                patch_size=cfg.tokenizer.patch_size,
-            )
+            tokenizer = checkpoint.tokenizer()
         if text_encoder is None:  # not `or`: an empty CachedTextEncoder is falsy (it has __len__)
-            text_encoder = build_text_encoder(cfg.text, device=device)
-        pipe = cls(model.to(device), tokenizer.to(device), text_encoder, cfg, device)
-        pipe.source = folder
+            text_encoder = checkpoint.text_encoder(device)
+        pipe = cls(model.to(device), tokenizer.to(device), text_encoder, checkpoint.config, device)
+        pipe.source = checkpoint.folder
         return pipe
 
     def save_pretrained(
