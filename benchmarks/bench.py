@@ -11,7 +11,7 @@ Accounting:
   that the stream hands out again and again, so the tokenizer, the text encoder and data
   loading are not part of it. Images/s is the trainer's own log over the measured steps,
   after warm-up steps.
-* FLOPs per image are ``fluid.config.flops_per_image`` (matmuls, 2 per MAC; forward +
+* FLOPs per image are ``fluid.scaling.flops.flops_per_image`` (matmuls, 2 per MAC; forward +
   backward; the head on the mask schedule's mean share of tokens), which the tests check
   against ``torch.utils.flop_counter`` on built models.
 * MFU = model FLOP/s over the matmul peak: a square matmul's FLOP/s (``--matmul`` size, 2048
@@ -54,9 +54,11 @@ from pathlib import Path
 import torch
 
 import fluid.sample.generate as generate_module
-from fluid.config import VARIANTS, HeadSampler, Precision, SampleConfig, flops_per_image, get_preset, resolve_precision
+from fluid.config import VARIANTS, HeadSampler, Precision, SampleConfig, get_preset
 from fluid.model import Generator
+from fluid.runtime import resolve_precision
 from fluid.sample.rng import ImageRNG
+from fluid.scaling.flops import flops_per_image
 from fluid.train import probe
 from fluid.train.probe import TEXT_LEN, random_batch
 

@@ -19,8 +19,9 @@ from contextlib import nullcontext
 import torch
 from common import emit  # benchmarks/common.py
 
-from fluid.config import VARIANTS, flops_per_image, get_preset
+from fluid.config import VARIANTS, get_preset
 from fluid.model import Generator
+from fluid.scaling.flops import flops_per_image
 from fluid.train.optim import build_optimizer
 
 

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from tiny_data import fake_coco
 
 from fluid.cli import main
-from fluid.config import PRESETS, count_params, get_preset
+from fluid.config import PRESETS, get_preset
+from fluid.model.counts import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

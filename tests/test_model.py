@@ -7,11 +7,13 @@ import pytest
 import torch
 from helpers import text_batch, tiny, tokens_for
 
-from fluid.config import PRESETS, VARIANTS, SampleConfig, count_params, flops_per_image, get_preset
+from fluid.config import PRESETS, VARIANTS, SampleConfig, get_preset
 from fluid.model import Generator
+from fluid.model.counts import count_params
 from fluid.model.masking import cosine_mask_ratio, random_orders, tokens_per_step, training_mask
 from fluid.sample.generate import generate
 from fluid.sample.rng import ImageRNG
+from fluid.scaling.flops import flops_per_image
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -14,10 +14,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import fluid.model.generator as generator_module
-from fluid.config import VARIANTS, count_params, flops_per_image, get_preset, mean_mask_fraction
+from fluid.config import VARIANTS, get_preset
 from fluid.model import Generator
+from fluid.model.counts import count_params
 from fluid.model.masking import random_orders, training_mask
 from fluid.scaling.compute import compute_summary
+from fluid.scaling.flops import flops_per_image, mean_mask_fraction
 from fluid.scaling.sweep import SweepError, load_sweep, named_sweeps, parse_sweep
 
 

@@ -137,7 +137,8 @@ def test_metrics_log_holds_what_the_readme_lists(tmp_path):
 
 
 def test_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch):
-    from fluid.config import Precision, resolve_precision
+    from fluid.config import Precision
+    from fluid.runtime import resolve_precision
 
     assert resolve_precision("auto", "cuda") == Precision.BF16
     assert resolve_precision("fp32", "cuda") == Precision.FP32 and resolve_precision("bf16", "cpu") == Precision.BF16
@@ -152,7 +153,8 @@ def test_precision_auto_is_bf16_only_where_bf16_is_native(monkeypatch):
 
 
 def test_sampling_auto_precision_is_fp32_on_cpus_and_bf16_on_gpus(monkeypatch):
-    from fluid.config import Precision, sampling_precision
+    from fluid.config import Precision
+    from fluid.runtime import sampling_precision
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # training would pick bf16 here
     assert sampling_precision("auto", "cpu") == Precision.FP32

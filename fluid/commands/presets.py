@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from fluid.config import count_params
+    from fluid.model.counts import count_params
 
     for name in PRESETS:
         cfg = get_preset(name)

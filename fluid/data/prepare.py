@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fluid.config import Precision, resolve_precision
+from fluid.config import Precision
 from fluid.data.cache import CACHE_FORMAT, MANIFEST, VIEWS, shard_file, stats_file
 from fluid.data.encode import caption_token_counts, encode_images, encode_text
 from fluid.data.images import ImagePolicy, to_tensor
@@ -56,6 +56,7 @@ from fluid.data.pool import decoded
 from fluid.data.records import Decoded, Fix, flippable, stable_fraction
 from fluid.data.sources import Source
 from fluid.files import save_safetensors
+from fluid.runtime import resolve_precision
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

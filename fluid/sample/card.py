@@ -7,7 +7,8 @@ YAML header is the hub's model-card metadata (library, licence, task, tags).
 
 from __future__ import annotations
 
-from fluid.config import FluidConfig, Order, TokenType, count_params
+from fluid.config import FluidConfig, Order, TokenType
+from fluid.model.counts import count_params
 
 _TOKENS = {
     TokenType.CONTINUOUS: "continuous tokens (KL-autoencoder latents), each drawn by a small per-token diffusion head",

@@ -19,8 +19,9 @@ from PIL import Image
 
 from fluid.assets import generator_path
 from fluid.checkpoint.folder import Checkpoint
-from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig, sampling_precision
+from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig
 from fluid.model import Generator
+from fluid.runtime import sampling_precision
 from fluid.sample.folder import resolve_source
 from fluid.sample.generate import OnStep, generate
 from fluid.sample.rng import ImageRNG, check_seed

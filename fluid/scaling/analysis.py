@@ -195,7 +195,7 @@ def write_report(rows: list[dict], fits: dict, files: dict[str, str], out: Path,
         "",
         "Parameters count the trained generator (text aligner, backbone, token embedding, output head); "
         "the frozen text encoder and the tokenizer are excluded, as in the paper. Training FLOPs come "
-        "from `fluid.config.flops_per_image` (checked against `torch.utils.flop_counter` by the tests).",
+        "from `fluid.scaling.flops.flops_per_image` (checked against `torch.utils.flop_counter` by the tests).",
         "",
         "## Final checkpoints",
         "",

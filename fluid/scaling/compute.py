@@ -4,13 +4,15 @@ As in the paper, the parameter count is the trainable generator (text aligner, b
 token embedding and output head); the frozen text encoder and the image tokenizer are
 excluded. Training FLOPs are the config's matmul count per image (forward + backward, the
 diffusion head counted once per timestep copy on the masked tokens, at the mask schedule's
-mean), times the images seen; ``fluid.config.flops_per_image`` is checked against
+mean), times the images seen; ``fluid.scaling.flops.flops_per_image`` is checked against
 ``torch.utils.flop_counter`` on built models by the tests.
 """
 
 from __future__ import annotations
 
-from fluid.config import FluidConfig, count_params, flops_per_image, mean_mask_fraction
+from fluid.config import FluidConfig
+from fluid.model.counts import count_params
+from fluid.scaling.flops import flops_per_image, mean_mask_fraction
 
 EXCLUDED = ("frozen text encoder", "image tokenizer")
 

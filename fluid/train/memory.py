@@ -23,16 +23,10 @@ import math
 import torch
 
 from fluid.config import FluidConfig, get_preset
+from fluid.model.counts import meta_generator
 
 GIB = 2**30
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64)
-
-
-def _meta_generator(cfg: FluidConfig):
-    from fluid.model import Generator
-
-    with torch.device("meta"):
-        return Generator(cfg.model, cfg.text)
 
 
 def sharded_numel(shape: torch.Size, world: int) -> int:
@@ -57,7 +51,7 @@ def state_bytes(cfg: FluidConfig, world: int) -> dict[str, float]:
     working set), and their parts."""
     from fluid.train.parallel import transformer_blocks
 
-    model = _meta_generator(cfg)
+    model = meta_generator(cfg.model, cfg.text)
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     shard = sum(sharded_numel(p.shape, world) for p in params)

@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from fluid.config import Parallel, Precision, TrainConfig, resolve_precision
+from fluid.config import Parallel, Precision, TrainConfig
+from fluid.runtime import resolve_precision
 from fluid.train.distributed import DistInfo, wrap_ddp
 
 

@@ -9,7 +9,7 @@ codebook + commitment losses for VQ. No GAN. AdamW, linear warm-up then cosine d
 Progress (the LR schedule) is ``max(step / steps, elapsed / time_limit_s)`` so a run cut
 by a wall-clock budget still anneals.
 
-Precision: ``"auto"`` (``fluid.config.resolve_precision``) picks bf16 autocast only where
+Precision: ``"auto"`` (``fluid.runtime.resolve_precision``) picks bf16 autocast only where
 bf16 matmuls are fast (CUDA, or a CPU with AVX512-BF16 / AMX); on other CPUs bf16 is
 emulated and ~100x slower than fp32.
 """
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fluid.config import Precision, resolve_precision
+from fluid.config import Precision
+from fluid.runtime import resolve_precision
 from fluid.tokenizers.autoencoder import Autoencoder, build_autoencoder
 from fluid.tokenizers.presets import AEKind, AutoencoderConfig, ReconLoss
 from fluid.train.tokenizer_metrics import caption_match, psnr, save_recon_grid, tokenizer_speed

@@ -33,10 +33,11 @@ from tqdm.auto import tqdm
 from fluid import checkpoint as ckpt
 from fluid.checkpoint import RunWriteError, write_failure
 from fluid.checkpoint import sharded as dcp
-from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
+from fluid.config import FluidConfig, Precision, TokenType
 from fluid.data.heldout import check_heldout
 from fluid.data.stream import TrainStream
 from fluid.model import Generator
+from fluid.runtime import resolve_precision
 from fluid.train.distributed import DistInfo, all_reduce_mean, any_rank, explain_timeouts
 from fluid.train.ema import EMA
 from fluid.train.optim import build_optimizer, build_scheduler

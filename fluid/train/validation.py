@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fluid.config import FluidConfig, Precision, TokenType, resolve_precision
+from fluid.config import FluidConfig, Precision, TokenType
+from fluid.runtime import resolve_precision
 from fluid.shapes.dataset import ShapesDataset
 
 VAL_SEED = 20_241_017
