@@ -13,8 +13,8 @@ from fluid.model import Generator
 
 def make_tokenizer(kind: str = "kl", seed: int = 0):
     """A tiny, randomly initialised tokenizer for 32x32 images (16 tokens)."""
+    from fluid.config.autoencoder import get_tokenizer_preset
     from fluid.tokenizers.autoencoder import build_autoencoder
-    from fluid.tokenizers.presets import get_tokenizer_preset
 
     torch.manual_seed(seed)
     return build_autoencoder(get_tokenizer_preset(f"debug-{kind}")).eval()

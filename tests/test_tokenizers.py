@@ -11,14 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fluid.config import TokenType
-from fluid.tokenizers import (
-    TOKENIZER_PRESETS,
-    AutoencoderConfig,
-    get_tokenizer_preset,
-    load_tokenizer,
-    patchify,
-    unpatchify,
-)
+from fluid.config.autoencoder import TOKENIZER_PRESETS, AutoencoderConfig, get_tokenizer_preset
+from fluid.tokenizers import load_tokenizer, patchify, unpatchify
 from fluid.tokenizers.adapters import DiffusersKLTokenizer, DiffusersVQTokenizer
 from fluid.tokenizers.autoencoder import build_autoencoder
 from fluid.tokenizers.half import halve

@@ -79,10 +79,10 @@ def run(args) -> int:
     from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer
 
     cfg = build_config(args)
-    if args.resolution is not None:
-        cfg = apply_overrides(cfg, {"data.resolution": args.resolution})
+    shortcuts = {"data.resolution": args.resolution}
     if args.tokenizer:
-        cfg.tokenizer.path = str(Path(args.tokenizer).resolve())
+        shortcuts["tokenizer.path"] = str(Path(args.tokenizer).resolve())
+    cfg = apply_overrides(cfg, {k: v for k, v in shortcuts.items() if v is not None})
     kind = args.source or cfg.data.source
     if kind == "cache":
         raise ValueError("fluid prepare reads raw data: pass --source folder, coco, wds or shapes")

@@ -50,12 +50,10 @@ def run(args) -> int:
             )
     else:
         cfg = build_config(args)
-    if args.steps is not None:
-        cfg.train.steps = args.steps
-    if args.batch_size is not None:
-        cfg.train.batch_size = args.batch_size
+    shortcuts = {"train.steps": args.steps, "train.batch_size": args.batch_size}
     if args.tokenizer:
-        cfg.tokenizer.path = str(Path(args.tokenizer).resolve())
+        shortcuts["tokenizer.path"] = str(Path(args.tokenizer).resolve())
+    cfg = apply_overrides(cfg, {k: v for k, v in shortcuts.items() if v is not None})
     dist = setup(args.device, cfg.train.dist_timeout_s)
     tokenizer = load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size)
     text_encoder = _text_encoder(cfg, dist.device, args.text_embeddings)

@@ -10,7 +10,7 @@ from fluid.commands._common import pick_device
 def add_parser(sub) -> None:
     p = sub.add_parser("train-tokenizer", help="train a KL or VQ autoencoder")
     p.add_argument("--preset", default="shapes-kl-f4", help="tokenizer preset (default: the shipped KL geometry)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override tokenizer config fields")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -22,14 +22,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from fluid.tokenizers.presets import get_tokenizer_preset
+    from fluid.config import parse_overrides
+    from fluid.config.autoencoder import get_tokenizer_preset
     from fluid.train.tokenizer import train_tokenizer
 
-    overrides = {}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        overrides[k] = json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false") else v
-    cfg = get_tokenizer_preset(args.preset, **overrides)
+    cfg = get_tokenizer_preset(args.preset, **parse_overrides(args.set))
     result = train_tokenizer(
         cfg,
         args.out,

@@ -64,6 +64,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "get_preset",
+    "parse_overrides",
     "parse_variant",
     "variant_name",
 ]
@@ -114,16 +115,23 @@ class FluidConfig:
 # ----------------------------------------------------------------------------- overrides
 
 
+def parse_overrides(items: list[str], form: str = "key=value") -> dict[str, Any]:
+    """``["model.width=512", "data.flip=true"]`` -> ``{"model.width": 512, "data.flip": True}``:
+    each value read as YAML (numbers, booleans, lists; anything else stays a string), to be
+    coerced to its field's type by :func:`fluid.config.coerce.from_plain`."""
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form {form}")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    return pairs
+
+
 def apply_overrides(cfg: FluidConfig, overrides: dict[str, Any] | list[str]) -> FluidConfig:
     """Apply ``{"model.width": 512}`` or ``["model.width=512", ...]``; unknown keys raise."""
     if isinstance(overrides, (list, tuple)):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form section.key=value")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        overrides = pairs
+        overrides = parse_overrides(overrides, form="section.key=value")
     d = cfg.to_dict()
     for key, value in overrides.items():
         if "." not in key:

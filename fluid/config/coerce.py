@@ -61,6 +61,10 @@ def coerce(value, tp, key: str):
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):
+            raise ConfigError(f"{key} takes {len(args)} values, not {len(value)}: {value!r}")
         return tuple(coerce(v, a, key) for v, a in zip(value, args))
     try:
         if isinstance(tp, type) and issubclass(tp, enum.Enum):

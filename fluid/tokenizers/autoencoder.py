@@ -22,10 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from fluid.config import TokenType
+from fluid.config.autoencoder import AEKind, AutoencoderConfig
 from fluid.files import save_safetensors
 from fluid.tokenizers.base import FLUID_FORMAT, ImageTokenizer, patchify, read_json, unpatchify, weights_hash
 from fluid.tokenizers.nets import Decoder, Encoder
-from fluid.tokenizers.presets import AEKind, AutoencoderConfig
 from fluid.tokenizers.quantizer import VectorQuantizer
 
 WEIGHTS = "model.safetensors"

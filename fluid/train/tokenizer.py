@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from fluid.config import Precision
+from fluid.config.autoencoder import AEKind, AutoencoderConfig, ReconLoss
 from fluid.runtime import resolve_precision
 from fluid.tokenizers.autoencoder import Autoencoder, build_autoencoder
-from fluid.tokenizers.presets import AEKind, AutoencoderConfig, ReconLoss
 from fluid.train.tokenizer_metrics import caption_match, psnr, save_recon_grid, tokenizer_speed
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass, fields
 
+from fluid.config.coerce import from_plain
+
 
 class AEKind(str, enum.Enum):
     KL = "kl"  # continuous: diagonal-Gaussian posterior (SD-VAE style)
@@ -178,8 +180,11 @@ TOKENIZER_PRESETS: dict[str, callable] = {
 
 
 def get_tokenizer_preset(name: str, **overrides) -> AutoencoderConfig:
-    """A tokenizer preset by name, with optional field overrides."""
+    """A tokenizer preset by name, with optional field overrides (values of the fields' types,
+    or strings and lists from the command line, coerced to them; unknown keys raise)."""
     if name not in TOKENIZER_PRESETS:
         raise ValueError(f"unknown tokenizer preset {name!r}; available: {', '.join(TOKENIZER_PRESETS)}")
     cfg = TOKENIZER_PRESETS[name]()
-    return cfg.replace(**overrides) if overrides else cfg
+    if not overrides:
+        return cfg
+    return from_plain(AutoencoderConfig, {**cfg.to_dict(), **overrides}, prefix="")
