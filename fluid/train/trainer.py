@@ -21,7 +21,6 @@ checkpoints (:mod:`fluid.checkpoint.sharded`); every run resumes on any number o
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from contextlib import nullcontext
@@ -42,6 +41,7 @@ from fluid.train.distributed import DistInfo, all_reduce_mean, any_rank, explain
 from fluid.train.ema import EMA
 from fluid.train.optim import build_optimizer, build_scheduler
 from fluid.train.parallel import batch_split, clip_grad_norm, gradient_sync, is_sharded, parallelize, slot_seed
+from fluid.train.runfolder import forget_metrics_after, make_writable
 from fluid.train.stop import StopSignals
 from fluid.train.validation import ValidationSet, validation_loss
 
@@ -118,7 +118,7 @@ class Trainer:
         if resume:
             self._resume()
         elif self.dist.is_main:
-            _make_writable(self.run_dir)
+            make_writable(self.run_dir)
             if any(self.run_dir.glob("step-*")):
                 raise FileExistsError(
                     f"{self.run_dir} already holds checkpoints: pass --resume to continue "
@@ -170,25 +170,8 @@ class Trainer:
         self.nonfinite_total = int(log.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(log.get("nonfinite_in_a_row", 0))
         if self.dist.is_main:
-            _make_writable(self.run_dir)
-            self._forget_metrics_after(self.step)
-
-    def _forget_metrics_after(self, step: int) -> None:
-        """Drop ``metrics.jsonl`` lines past the checkpoint (a killed run logged them; the
-        resumed run logs them again), and a last line cut short by the kill."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+            make_writable(self.run_dir)
+            forget_metrics_after(self.run_dir / "metrics.jsonl", self.step)
 
     def _training_state(self) -> dict:
         # No random state: a step's draws are a function of (seed, step, slot), its data of the step.
@@ -406,15 +389,3 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
             raise RunWriteError(f"{write_failure(path, e)}; {self._last_good()}") from e
-
-
-def _make_writable(run_dir: Path) -> None:
-    """Create the run folder and check that files can be written in it: better to fail now
-    than at the first checkpoint, hours later."""
-    probe = run_dir / f".write-test-{os.getpid()}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise RunWriteError(write_failure(f"in the run folder {run_dir}", e)) from e
