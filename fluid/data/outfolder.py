@@ -170,6 +170,9 @@ def finish(out: Path, plan: dict) -> dict:
         # removed the temporary files, ours among them.
         if not (out / MANIFEST).is_file():
             raise
-    for tmp in out.glob("*.tmp"):  # leftovers of a run killed mid-write
-        tmp.unlink(missing_ok=True)
+    # Leftovers of a run killed mid-write: our atomic writes' ``*.tmp`` and the ``.tmpXXXXXX``
+    # files safetensors writes a shard into before renaming it.
+    for tmp in [*out.glob("*.tmp"), *out.glob(".tmp*")]:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
     return manifest
