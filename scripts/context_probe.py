@@ -26,7 +26,7 @@ from fluid.model.masking import tokens_per_step
 from fluid.sample.generate import _gather_rows, _pair, condition, guidance_scale, sample_from_head
 from fluid.sample.pipeline import FluidPipeline
 from fluid.sample.rng import ImageRNG
-from fluid.shapes.evaluation import ShapesEval
+from fluid.shapes.eval.evaluation import ShapesEval
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 
 from fluid.config import VARIANTS
 from fluid.sample.pipeline import FluidPipeline
-from fluid.shapes.evaluation import ShapesEval, pipeline_source
+from fluid.shapes.eval.evaluation import ShapesEval, pipeline_source
 from fluid.shapes.scenes import FAMILIES
 
 

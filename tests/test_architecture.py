@@ -25,7 +25,8 @@ LAYERS = [
     ["fluid", "fluid.config", "fluid.files", "fluid.diffusion"],  # foundation: plain data and math
     ["fluid.assets"],  # where the shipped weights are
     ["fluid.model", "fluid.text", "fluid.tokenizers"],  # the parts of the method
-    ["fluid.shapes"],  # the built-in world: scenes, captions, renderer, its readers, ShapesEval
+    ["fluid.shapes"],  # the built-in world: scenes, captions, renderer, dataset
+    ["fluid.shapes.eval"],  # reading it back: detector, classifier, shapes_fd features, ShapesEval
     ["fluid.data", "fluid.checkpoint"],  # sources, caches, training streams; checkpoint folders
     ["fluid.train"],  # trainers, checkpoints, validation loss
     ["fluid.sample"],  # prompts -> images
@@ -257,7 +258,7 @@ def test_the_checks_catch_a_cycle_and_an_upward_import():
     files = {m: ROOT / "fluid" / (m.split(".", 1)[1].replace(".", "/") + ".py") for m in fake}
     assert cycles(fake) == [["fluid.data.a", "fluid.data.b"]]
     assert [v.split(": ", 1)[1] for v in layering_violations(fake, files)] == [
-        "fluid.model.x (layer 3, fluid.model) imports fluid.train.y (layer 6, fluid.train)"
+        "fluid.model.x (layer 3, fluid.model) imports fluid.train.y (layer 7, fluid.train)"
     ]
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fluid.shapes.classifier_data import blur_and_noise, ellipses_inside, polygon_inside
 from fluid.shapes.dataset import ShapesDataset
-from fluid.shapes.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
+from fluid.shapes.eval.classifier_data import blur_and_noise, ellipses_inside, polygon_inside
+from fluid.shapes.eval.detector import UNKNOWN, Detection, detect, detect_batch, name_color, score
 from fluid.shapes.render import render
 from fluid.shapes.scenes import BACKGROUND, COLORS, FAMILIES, KINDS, Family, SceneSpec, ShapeObject, all_captions
 
@@ -170,9 +170,9 @@ def test_name_color_and_bad_input():
 
 
 def test_the_classifier_patches_file_is_reused_only_for_the_same_scenes(tmp_path, monkeypatch):
-    import fluid.shapes.classifier_data as shape_data
-    from fluid.shapes.classifier import CLASSES, PATCH
-    from fluid.shapes.train_classifier import train
+    import fluid.shapes.eval.classifier_data as shape_data
+    from fluid.shapes.eval.classifier import CLASSES, PATCH
+    from fluid.shapes.eval.train_classifier import train
 
     calls = []
 

@@ -168,7 +168,7 @@ def test_inception_features_load_from_a_local_file(tmp_path):
 
 
 def test_shapes_eval_scores_renders_near_one_and_noise_near_zero():
-    from fluid.shapes.evaluation import ShapesEval
+    from fluid.shapes.eval.evaluation import ShapesEval
 
     ev = ShapesEval(prompts_per_family=6, seeds=2)
     assert len(ev) == 6 * 6 * 2 and len({(it.prompt, it.seed, it.row) for it in ev.items}) == len(ev)
@@ -192,7 +192,7 @@ def test_shapes_eval_scores_renders_near_one_and_noise_near_zero():
 
 
 def test_learned_detector_reads_round_trips_and_rejects_blobs():
-    from fluid.shapes.evaluation import detector_accuracy
+    from fluid.shapes.eval.evaluation import detector_accuracy
 
     acc = detector_accuracy({"kl": make_shipped("continuous")}, per_family=30, progress=False)
     assert acc["render"]["min"] >= 0.97, acc["render"]
@@ -213,7 +213,7 @@ def make_shipped(token_type: str):
 
 def test_shapes_fd_separates_real_from_noise():
     from fluid.shapes.dataset import ShapesDataset
-    from fluid.shapes.features import load_shapes_features
+    from fluid.shapes.eval.features import load_shapes_features
 
     feats = load_shapes_features()
     ds = ShapesDataset("test")

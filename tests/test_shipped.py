@@ -10,9 +10,9 @@ from fluid.checkpoint import read_meta
 from fluid.cli import main
 from fluid.config import VARIANTS, TokenType
 from fluid.sample.pipeline import FluidPipeline
-from fluid.shapes.classifier import load_shape_classifier
 from fluid.shapes.dataset import ShapesDataset
-from fluid.shapes.detector import detect, score
+from fluid.shapes.eval.classifier import load_shape_classifier
+from fluid.shapes.eval.detector import detect, score
 from fluid.tokenizers.load import load_tokenizer
 
 
@@ -133,7 +133,7 @@ def test_shipped_fluid_follows_the_prompt_not_chance(minilm):
 def test_shipped_model_beats_noise_and_prompt_free_samplers_on_shapes_eval(minilm):
     """ShapesEval with teeth: the shipped discrete-raster model against images of noise and
     against its own samples for prompts it was not given, same prompts and seeds."""
-    from fluid.shapes.evaluation import ShapesEval, pipeline_source
+    from fluid.shapes.eval.evaluation import ShapesEval, pipeline_source
 
     pipe = FluidPipeline.from_pretrained(variant="discrete-raster", device="cpu", text_encoder=minilm)
     pipe.cfg.train.precision = "fp32"
@@ -156,7 +156,7 @@ def test_shipped_fluid_needs_its_guidance_on_two_object_prompts(minilm):
     colour attribution) do not: with CFG (the shipped linear ramp to 3) the shipped Fluid
     scored 0.44 on these 16 images, with guidance off (cfg 1) 0.00, same prompts and seeds,
     fp32 (seeds 2-3 gave 0.19 vs 0.06). Fails with guidance off, ignored, or of the wrong sign."""
-    from fluid.shapes.evaluation import ShapesEval, pipeline_source
+    from fluid.shapes.eval.evaluation import ShapesEval, pipeline_source
 
     pipe = FluidPipeline.from_pretrained(variant="continuous-random", device="cpu", text_encoder=minilm)
     pipe.cfg.train.precision = "fp32"  # the same draws on CPUs with and without native bf16

@@ -3,8 +3,8 @@
 
 Metrics (``Metric``):
 
-- ``shapes_eval``: GenEval-style scores on the built-in prompts (:mod:`fluid.shapes.evaluation`).
-- ``shapes_fd``: Frechet distance in our shapes feature space (:mod:`fluid.shapes.features`; not FID),
+- ``shapes_eval``: GenEval-style scores on the built-in prompts (:mod:`fluid.shapes.eval.evaluation`).
+- ``shapes_fd``: Frechet distance in our shapes feature space (:mod:`fluid.shapes.eval.features`; not FID),
   on the ShapesEval images against cached statistics of real test-split renders, with the
   same distance for real renders of the same prompts as the floor.
 - ``val_loss``: the training loss on the fixed validation set (:mod:`fluid.train.validation`).
@@ -135,7 +135,7 @@ def run_eval(
     ``metrics.json`` and ``report.md`` into ``out_dir``; return the metrics record.
     ``options`` are the fields of ``EvalOptions``."""
     from fluid.eval.report import write_report
-    from fluid.shapes.evaluation import ShapesEval, pipeline_source
+    from fluid.shapes.eval.evaluation import ShapesEval, pipeline_source
 
     opts = EvalOptions(**options)
     try:
@@ -187,7 +187,7 @@ def run_eval(
         timing["sampling"] = round(time.perf_counter() - t, 1)
         real = ev.real_images()
         if Metric.SHAPES_EVAL in wanted:
-            from fluid.shapes.classifier_data import round_trip
+            from fluid.shapes.eval.classifier_data import round_trip
 
             t = time.perf_counter()
             shapes = ev.score(images, progress)
@@ -219,7 +219,7 @@ def run_eval(
             m["val_loss"]["vlb_weight"] = cfg.model.vlb_weight
         timing["val_loss"] = round(time.perf_counter() - t, 1)
     if Metric.DETECTOR in wanted:
-        from fluid.shapes.evaluation import detector_accuracy
+        from fluid.shapes.eval.evaluation import detector_accuracy
 
         t = time.perf_counter()
         m["detector"] = detector_accuracy(
@@ -274,7 +274,7 @@ def shapes_fd(images: torch.Tensor, real: torch.Tensor, resolution: int, opts: E
     against cached statistics of ``fd_reference`` test-split renders."""
     from fluid.eval.frechet import FeatureStats, cache_key, cached_reference, frechet_distance
     from fluid.shapes.dataset import ShapesDataset
-    from fluid.shapes.features import load_shapes_features
+    from fluid.shapes.eval.features import load_shapes_features
 
     feats = load_shapes_features()
     ds = ShapesDataset("test", resolution)

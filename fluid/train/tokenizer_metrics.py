@@ -66,6 +66,6 @@ def caption_match(images: torch.Tensor, captions: list[str]) -> list[bool]:
     """Whether the classical shapes detector reads each image as satisfying its caption
     (GenEval's rule per family). Run on reconstructions it says whether shapes survive the
     tokenizer; run on the originals it gives the detector's own ceiling."""
-    from fluid.shapes.detector import detect_batch, score
+    from fluid.shapes.eval.detector import detect_batch, score
 
     return [score(c, d) for c, d in zip(captions, detect_batch(images.float().cpu()))]

@@ -5,7 +5,7 @@ family's templates, and each is generated with ``seeds`` seeds. The detector rea
 image and ``detector.score`` applies GenEval's rule of the family; a family's score is the
 fraction of its images judged right, the overall score the mean over families (GenEval's
 "overall"). Images are scored by the classical segmentation plus the learned kind reader
-(``fluid.shapes.classifier``), whose accuracy on real renders and on the tokenizers' round trips
+(``fluid.shapes.eval.classifier``), whose accuracy on real renders and on the tokenizers' round trips
 ``detector_accuracy`` measures.
 
 Any image source can be evaluated: a callable ``(prompts, seed) -> (B, 3, H, W)``; a
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fluid.shapes.dataset import ShapesDataset
-from fluid.shapes.detector import Detection, detect_batch, score
+from fluid.shapes.eval.detector import Detection, detect_batch, score
 from fluid.shapes.render import render
 from fluid.shapes.scenes import FAMILIES, Family, SceneSpec, parse_caption, prompts_for_family, sample_spec
 
@@ -41,7 +41,7 @@ def pipeline_source(pipe, **sample_overrides) -> ImageSource:
 
 def _resolve_classifier(classifier):
     if classifier == SHIPPED:
-        from fluid.shapes.classifier import load_shape_classifier
+        from fluid.shapes.eval.classifier import load_shape_classifier
 
         return load_shape_classifier()
     return classifier
@@ -205,7 +205,7 @@ def detector_accuracy(
     trained on) that it files under a kind."""
     from tqdm.auto import tqdm
 
-    from fluid.shapes.classifier_data import blob_scenes, round_trip
+    from fluid.shapes.eval.classifier_data import blob_scenes, round_trip
 
     classifier = _resolve_classifier(classifier)
     out: dict = {"render": {}, **{name: {} for name in (tokenizers or {})}}
@@ -237,7 +237,7 @@ def detector_accuracy(
 
 def _near_regular(det: Detection, objects, resolution: int) -> bool:
     """Whether the detection's centre lies on a regular shape (class < OTHER) of a blob scene."""
-    from fluid.shapes.classifier import OTHER
+    from fluid.shapes.eval.classifier import OTHER
 
     x, y = min(int(det.cx * resolution), resolution - 1), min(int(det.cy * resolution), resolution - 1)
     return any(cls != OTHER and alpha[y, x] > 0.5 for alpha, cls in objects)

@@ -1,7 +1,7 @@
-"""Training the learned kind reader (:mod:`fluid.shapes.classifier`) on the patches of
-:mod:`fluid.shapes.classifier_data`::
+"""Training the learned kind reader (:mod:`fluid.shapes.eval.classifier`) on the patches of
+:mod:`fluid.shapes.eval.classifier_data`::
 
-    python -m fluid.shapes.train_classifier --out fluid/assets/eval/shape-classifier.safetensors
+    python -m fluid.shapes.eval.train_classifier --out fluid/assets/eval/shape-classifier.safetensors
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from fluid.files import save_safetensors
-from fluid.shapes.classifier import CLASSES, DEFAULT_PATH, ShapeClassifier
+from fluid.shapes.eval.classifier import CLASSES, DEFAULT_PATH, ShapeClassifier
 
 
 def _file_metadata(path) -> dict:
@@ -41,12 +41,12 @@ def train(
     patches: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Build the training patches (``fluid.shapes.classifier_data``; ``images`` scenes per
+    """Build the training patches (``fluid.shapes.eval.classifier_data``; ``images`` scenes per
     distortion), fit, save; returns a summary. ``patches``: a file to keep the patches in
     (read if it exists, written otherwise), to retrain without rebuilding them."""
     from tqdm.auto import tqdm
 
-    from fluid.shapes.classifier_data import DEFAULT_IMAGES, training_patches
+    from fluid.shapes.eval.classifier_data import DEFAULT_IMAGES, training_patches
 
     t0 = time.perf_counter()
     images = images or DEFAULT_IMAGES

@@ -1,6 +1,6 @@
 """A small learned reader of object kinds, for images that went through an autoencoder.
 
-The classical detector (``fluid.shapes.detector``) fits ideal outlines to each object's mask.
+The classical detector (``fluid.shapes.eval.detector``) fits ideal outlines to each object's mask.
 That is exact on renders, but decoders round the corners of small objects (a 13 px cross
 can come back as a soft diamond, a small square as a rounded one), generated images are
 never quite ideal, and irregular blobs sometimes fit a template well enough (the template
@@ -19,7 +19,7 @@ is accepted when its probability is at least ``threshold``, otherwise it is "unk
 Train (CPU, one thread: ~3 minutes to build the patches from 11,000 scenes, ~2.5 to fit;
 writes 0.25 MB)::
 
-    python -m fluid.shapes.train_classifier --out fluid/assets/eval/shape-classifier.safetensors
+    python -m fluid.shapes.eval.train_classifier --out fluid/assets/eval/shape-classifier.safetensors
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from fluid.files import save_safetensors
-from fluid.shapes.detector import UNKNOWN, Piece
+from fluid.shapes.eval.detector import UNKNOWN, Piece
 from fluid.shapes.scenes import KINDS
 
 PATCH = 32  # side of the patch the classifier reads
@@ -43,7 +43,7 @@ WINDOW_PAD = 2.0
 CLASSES = (*KINDS, "other")
 OTHER = len(KINDS)  # index of "other"
 THRESHOLD = 0.4  # measured: 0.4 vs 0.6 reads 3 points more round-trip counting scenes, names no more blobs
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "eval" / "shape-classifier.safetensors"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "eval" / "shape-classifier.safetensors"
 
 
 def make_patches(dist: np.ndarray, pieces: list[Piece], size: int = PATCH) -> torch.Tensor:
@@ -124,7 +124,7 @@ def load_shape_classifier(path: str | Path | None = None, device: str | torch.de
     if not path.is_file():
         raise FileNotFoundError(
             f"shape classifier weights {path} do not exist; train them with "
-            f"`python -m fluid.shapes.train_classifier --out {path}`"
+            f"`python -m fluid.shapes.eval.train_classifier --out {path}`"
         )
     from safetensors import safe_open
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluid.shapes.classifier import OTHER, make_patches
 from fluid.shapes.dataset import ShapesDataset
-from fluid.shapes.detector import MIN_AREA, prepare, segment
+from fluid.shapes.eval.classifier import OTHER, make_patches
+from fluid.shapes.eval.detector import MIN_AREA, prepare, segment
 from fluid.shapes.render import render, shape_sdf
 from fluid.shapes.scenes import BACKGROUND, COLORS, FAMILIES, KINDS, SceneSpec
 

@@ -15,7 +15,7 @@ centre of an object of each kind. Its 64-d penultimate layer is the feature.
 
 Train (CPU, ~3 minutes on one slow core; writes ~0.75 MB)::
 
-    python -m fluid.shapes.features --out fluid/assets/eval/shapes-features.safetensors
+    python -m fluid.shapes.eval.features --out fluid/assets/eval/shapes-features.safetensors
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ RESOLUTION = 64  # the network's input side; other sizes are resized to it
 FEATURE_DIM = 64
 GRID = 4  # the layout target's grid side
 MAX_COUNT = 4
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "eval" / "shapes-features.safetensors"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "eval" / "shapes-features.safetensors"
 FORMAT = "fluid-shapes-features/1"
 
 
@@ -99,7 +99,7 @@ def load_shapes_features(path: str | Path | None = None, device: str | torch.dev
     if not path.is_file():
         raise FileNotFoundError(
             f"shapes feature network {path} does not exist; train it with "
-            f"`python -m fluid.shapes.features --out {path}`"
+            f"`python -m fluid.shapes.eval.features --out {path}`"
         )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -156,7 +156,7 @@ def train(
     """Train on the train split (half of each batch blurred with noise); save fp16 weights."""
     from tqdm.auto import tqdm
 
-    from fluid.shapes.classifier_data import blur_and_noise
+    from fluid.shapes.eval.classifier_data import blur_and_noise
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

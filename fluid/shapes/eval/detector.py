@@ -18,7 +18,7 @@ enough pixels):
    intersection-over-union wins if that IoU is high and clearly above the runner-up,
    otherwise (and for objects cut by the image edge, or not flat in colour) the kind is
    "unknown". Fragments and irregular blobs fit no template well, so they are not filed
-   under any kind. With ``classifier=`` (``fluid.shapes.classifier``), a small CNN
+   under any kind. With ``classifier=`` (``fluid.shapes.eval.classifier``), a small CNN
    trained on renders and on the shipped tokenizers' round trips reads the kind instead:
    the templates no longer fit small objects once a decoder has rounded them off.
 
@@ -207,7 +207,7 @@ def segment(dist: np.ndarray, min_area: float = MIN_AREA) -> list[Piece]:
 def detect(image: torch.Tensor, min_area: float = MIN_AREA, classifier=None) -> list[Detection]:
     """Objects in one image (3, H, W) in [-1, 1], largest first.
 
-    ``classifier`` (``fluid.shapes.classifier.load_shape_classifier()``) reads each
+    ``classifier`` (``fluid.shapes.eval.classifier.load_shape_classifier()``) reads each
     object's kind from its patch instead of the template fit: templates no longer fit the
     small shapes of images decoded by an autoencoder, the classifier was trained on them.
     """
