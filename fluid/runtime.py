@@ -65,6 +65,19 @@ def resolve_precision(precision: Precision | str, device) -> Precision:
     return Precision.BF16 if native_bf16() else Precision.FP32
 
 
+def autocast(device, precision: Precision | str):
+    """bf16 autocast on ``device`` where ``precision`` resolves to bf16 (:func:`resolve_precision`),
+    else a context that does nothing."""
+    import contextlib
+
+    import torch
+
+    device = torch.device(device)
+    if resolve_precision(precision, device) == Precision.BF16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def sampling_precision(precision: Precision | str, device) -> Precision:
     """The precision images are sampled in: as :func:`resolve_precision`, except that ``auto``
     samples in fp32 on a CPU.

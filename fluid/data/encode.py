@@ -1,4 +1,5 @@
-"""What a cache stores per record, computed with the frozen tokenizer and text encoder.
+"""The frozen tokenizer and text encoder: :class:`FrozenEncoder`, the one step from raw pairs
+to what the generator trains on, and what a cache stores per record.
 
 Continuous tokenizers: the posterior moments in *token space* (mean and log-variance of
 ``patchify((z - shift) * scale)``), so that training draws a fresh posterior sample each
@@ -15,7 +16,38 @@ import warnings
 import torch
 
 from fluid.config import TokenType
+from fluid.data.batches import EncodedBatch, RawBatch
+from fluid.runtime import Precision, autocast
 from fluid.tokenizers.base import patchify
+
+
+class FrozenEncoder:
+    """Raw pairs -> :class:`EncodedBatch`: images through the frozen tokenizer (one posterior
+    sample drawn with the caller's generator for continuous tokens, codes for discrete ones),
+    captions through the frozen text encoder, both on ``device``.
+
+    ``precision`` is the autocast the tokenizer runs under (``fluid.runtime.autocast``): the
+    trainer's, so that its tokens are the ones it always used; fp32 for validation sets.
+    """
+
+    def __init__(self, tokenizer, text_encoder, device="cpu", precision: Precision | str = Precision.FP32):
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.device, self.precision = torch.device(device), Precision(precision)
+
+    def tokens(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, N, D) float32 tokens or (B, N) codes."""
+        with torch.no_grad(), autocast(self.device, self.precision):
+            tokens = self.tokenizer.encode(images.to(self.device), generator=generator)
+        return tokens.float() if tokens.is_floating_point() else tokens
+
+    def text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (embeddings (B, L, Dt), mask (B, L)) on the device."""
+        emb, mask = self.text_encoder(captions)
+        return emb.to(self.device), mask.to(self.device)
+
+    def __call__(self, batch: RawBatch, generator: torch.Generator | None = None) -> EncodedBatch:
+        tokens = self.tokens(batch.images, generator)
+        return EncodedBatch(tokens, *self.text(batch.captions))
 
 
 def token_moments(tokenizer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

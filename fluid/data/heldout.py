@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fluid.data.cache import Cache, is_cache
-from fluid.data.encode import sample_tokens
+from fluid.data.encode import FrozenEncoder, sample_tokens
 from fluid.data.images import ImagePolicy, decode_record, to_tensor
 from fluid.data.records import Decoded
 from fluid.data.sources import open_source
@@ -96,12 +96,12 @@ def _from_source(data_cfg, n, tokenizer, text_encoder, device, seed, batch_size)
     if not good:
         raise ValueError(f"data.val_path={data_cfg.val_path}: no usable pairs (run `fluid prepare` on it to see why)")
     gen = torch.Generator(device).manual_seed(seed)
+    encoder = FrozenEncoder(tokenizer, text_encoder, device)
     tokens, rows = [], []
     for s in range(0, len(good), batch_size):
         part = good[s : s + batch_size]
         images = to_tensor(np.stack([d.image for d in part])).to(device)  # (b, 3, R, R)
-        t = tokenizer.encode(images, generator=gen)
-        tokens.append((t.float() if t.is_floating_point() else t).cpu())
+        tokens.append(encoder.tokens(images, gen).cpu())
         rows += [r.float().cpu() for r in text_encoder.rows([d.caption for d in part])]
     emb, mask = pad_rows(rows, text_encoder.dim, "cpu")
     return torch.cat(tokens).to(device), emb.to(device), mask.to(device)

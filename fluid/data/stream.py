@@ -170,6 +170,16 @@ class ShapesStream:
             yield RawBatch(images, captions)
 
 
+def encoded(
+    batches: Iterator[RawBatch | EncodedBatch], encoder, generator: torch.Generator | None = None
+) -> Iterator[EncodedBatch]:
+    """Every batch of a stream as an :class:`EncodedBatch`: raw pairs go through ``encoder``
+    (a :class:`~fluid.data.encode.FrozenEncoder`) when they are drawn, so that a caller who
+    seeds ``generator`` before each ``next`` fixes that batch's posterior sample."""
+    for batch in batches:
+        yield encoder(batch, generator) if isinstance(batch, RawBatch) else batch
+
+
 def TrainStream(
     cfg: DataConfig,
     batch_size: int,

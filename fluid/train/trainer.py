@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -32,11 +31,12 @@ from tqdm.auto import tqdm
 from fluid import checkpoint as ckpt
 from fluid.checkpoint import RunWriteError, write_failure
 from fluid.checkpoint import sharded as dcp
-from fluid.config import FluidConfig, Precision, TokenType
+from fluid.config import FluidConfig, TokenType
+from fluid.data.encode import FrozenEncoder
 from fluid.data.heldout import check_heldout
-from fluid.data.stream import TrainStream
+from fluid.data.stream import TrainStream, encoded
 from fluid.model import Generator
-from fluid.runtime import resolve_precision
+from fluid.runtime import autocast
 from fluid.train.distributed import DistInfo, all_reduce_mean, any_rank, explain_timeouts
 from fluid.train.ema import EMA
 from fluid.train.optim import build_optimizer, build_scheduler
@@ -48,12 +48,6 @@ from fluid.train.validation import ValidationSet, validation_loss
 
 class NonFiniteError(RuntimeError):
     """Too many steps in a row had a non-finite loss or gradient: the run stopped."""
-
-
-def autocast(device: torch.device, precision: Precision):
-    if resolve_precision(precision, device) == Precision.BF16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def fit_config_to_tokenizer(cfg: FluidConfig, tokenizer) -> FluidConfig:
@@ -90,6 +84,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.tokenizer = tokenizer.to(self.device).eval().requires_grad_(False)
         self.text_encoder = text_encoder
+        self.encoder = FrozenEncoder(self.tokenizer, text_encoder, self.device, cfg.train.precision)
         self.show_progress = show_progress and self.dist.is_main
         t = cfg.train
 
@@ -234,13 +229,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------- loop
 
-    def encode(self, images: torch.Tensor, captions: list[str]):
-        """Raw pairs -> (tokens, text embeddings, text mask), with the frozen tokenizer and encoder."""
-        with torch.no_grad(), autocast(self.device, self.cfg.train.precision):
-            tokens = self.tokenizer.encode(images.to(self.device), generator=self.gen)
-        emb, mask = self.text_encoder(captions)
-        return tokens.float() if tokens.is_floating_point() else tokens, emb.to(self.device), mask.to(self.device)
-
     def validate(self) -> dict:
         """Validation loss of the EMA and raw weights; every rank evaluates its share of the
         batches (kept in host memory) and the sums are all-reduced."""
@@ -271,7 +259,7 @@ class Trainer:
         last: dict = {}
         t0, images = time.perf_counter(), 0
         self.model.train()
-        it = iter(self.stream)
+        it = encoded(self.stream, self.encoder, self.gen)
         with StopSignals() as signals, explain_timeouts(t.dist_timeout_s, self.dist):
             while self.step < total:
                 loss = self.accumulate(it)
@@ -346,8 +334,7 @@ class Trainer:
         losses = []
         for a in range(self.accum):
             self.gen.manual_seed(slot_seed(self.cfg.train.seed, self.step, a * self.dist.world + self.dist.rank))
-            item = next(it)
-            tokens, emb, mask = self.encode(*item) if isinstance(item[1], list) else item
+            tokens, emb, mask = next(it)
             with gradient_sync(self.train_model, self.model, sync=a == self.accum - 1):
                 with autocast(self.device, self.cfg.train.precision):
                     loss = self.train_model(tokens, emb, mask, self.gen)

@@ -11,14 +11,14 @@ token type.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from fluid.config import FluidConfig, Precision, TokenType
-from fluid.runtime import resolve_precision
+from fluid.data.encode import FrozenEncoder
+from fluid.runtime import autocast
 from fluid.shapes.dataset import ShapesDataset
 
 VAL_SEED = 20_241_017
@@ -52,10 +52,11 @@ class ValidationSet:
         data = ShapesDataset("val", cfg.data.resolution)
         n = min(size, len(data))
         gen = torch.Generator(device).manual_seed(VAL_SEED)
+        encoder = FrozenEncoder(tokenizer, text_encoder, device)  # fp32: the same set under any training precision
         tokens, embs, masks = [], [], []
         for start in range(0, n, batch_size):
             images, captions = data.batch(range(start, min(n, start + batch_size)), device)
-            tokens.append(tokenizer.encode(images, generator=gen).cpu())
+            tokens.append(encoder.tokens(images, gen).cpu())
             emb, mask = text_encoder(captions)
             embs.append(emb.cpu())
             masks.append(mask.cpu())
@@ -115,8 +116,6 @@ def validation_loss(
     model.eval()
     device = torch.device(device) if device is not None else valset.tokens.device
     total, count = 0.0, 0
-    bf16 = resolve_precision(precision, device) == Precision.BF16
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     sharded = valset.batches is not None
     batches = valset.batches if sharded else list(range(-(-len(valset) // valset.batch_size)))
     world = 1 if not sharded or not dist.is_initialized() else dist.get_world_size()
@@ -126,7 +125,7 @@ def validation_loss(
         sl = slice(j * valset.batch_size if real else 0, (j + 1) * valset.batch_size if real else valset.batch_size)
         i = batches[j] if real else 0
         gen = torch.Generator(device).manual_seed(VAL_SEED + i)  # the same draws for every model
-        with ctx:
+        with autocast(device, precision):
             loss = model(
                 *(x[sl].to(device) for x in (valset.tokens, valset.text_emb, valset.text_mask)),
                 generator=gen,
