@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -44,3 +45,12 @@ def read_lines(path: str | Path, what: str) -> list[str]:
             f"{what} {path} is not UTF-8 text (line {line}, byte {e.start}): is it the right file?"
         ) from None
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+def file_digest(path: str | Path, n: int = 16) -> str:
+    """The first ``n`` hex digits of a file's SHA-256, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:n]

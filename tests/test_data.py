@@ -17,8 +17,9 @@ from tiny_data import (
 
 from fluid.data.images import ImagePolicy, SmallImages, center_crop_resize, decode_record, load_image
 from fluid.data.records import Decoded, Fix, RawRecord, RecordError, Rejected, Skip, clean_caption, flippable
-from fluid.data.sources import CocoSource, FolderSource, WdsSource, expand_shards, open_source
+from fluid.data.sources import CocoSource, FolderSource, WdsSource, open_source
 from fluid.data.streaming import Plan
+from fluid.data.tar import expand_shards
 
 POLICY = ImagePolicy(resolution=32, max_pixels=BOMB_PIXELS)
 

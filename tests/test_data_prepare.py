@@ -23,7 +23,8 @@ from fluid.config import DataConfig
 from fluid.data.cache import Cache, CacheMismatchError
 from fluid.data.encode import token_moments
 from fluid.data.images import ImagePolicy, load_image, to_tensor
-from fluid.data.prepare import PrepareError, PrepareOptions, prepare
+from fluid.data.outfolder import PrepareError
+from fluid.data.prepare import PrepareOptions, prepare
 from fluid.data.sources import CocoSource, FolderSource, ShapesSource, WdsSource
 from fluid.data.stream import TrainStream
 from fluid.tokenizers.autoencoder import KLAutoencoder
@@ -215,7 +216,7 @@ def test_processes_share_one_plan_and_one_with_other_settings_is_refused(tmp_pat
 
 def test_bad_rank_and_world_values_are_refused_clearly(tmp_path, raw, kl, minilm, capsys):
     from fluid.cli import main
-    from fluid.data.prepare import process_rank
+    from fluid.data.outfolder import process_rank
 
     for rank, world, message in (
         (2, 2, r"rank must be .* in \[0, 1\] for world 2, not 2"),

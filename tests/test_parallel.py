@@ -324,7 +324,8 @@ def test_webdataset_shards_from_pipes_and_urls(tmp_path):
     import io
     import tarfile
 
-    from fluid.data.sources import RemoteShard, WdsSource, expand_shards
+    from fluid.data.sources import WdsSource
+    from fluid.data.tar import RemoteShard, expand_shards
 
     shard = tmp_path / "data-000.tar"
     with tarfile.open(shard, "w") as tar:

@@ -9,7 +9,7 @@ import torch
 from fluid.assets import generator_path
 from fluid.checkpoint import CheckpointError
 from fluid.checkpoint.folder import Checkpoint, is_pipeline_folder
-from fluid.data.sources import file_digest
+from fluid.files import file_digest
 from fluid.model.counts import count_params
 from fluid.sample import folder as pf
 from fluid.sample.pipeline import FluidPipeline

@@ -73,7 +73,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from fluid.data.images import ImagePolicy
-    from fluid.data.prepare import PrepareOptions, prepare, process_rank
+    from fluid.data.outfolder import process_rank
+    from fluid.data.prepare import PrepareOptions, prepare
     from fluid.data.sources import open_source
     from fluid.text.encoders import build_text_encoder
     from fluid.tokenizers.load import load_tokenizer, resolve_tokenizer

@@ -16,8 +16,7 @@ import traceback
 from collections.abc import Iterator
 
 from fluid.data.images import ImagePolicy, decode_record
-from fluid.data.records import Decoded
-from fluid.data.sources import Source
+from fluid.data.records import Decoded, Source
 
 Chunk = list  # list[Decoded | Rejected], at most ``chunk_size`` Decoded ones
 

@@ -43,18 +43,16 @@ from fluid.config import Precision
 from fluid.data.cache import CACHE_FORMAT, MANIFEST, VIEWS, shard_file, stats_file
 from fluid.data.encode import caption_token_counts, encode_images, encode_text
 from fluid.data.images import ImagePolicy, to_tensor
-from fluid.data.outfolder import (  # noqa: F401  (PrepareError, process_rank: also imported from here)
+from fluid.data.outfolder import (
     PrepareError,
     atomic_write,
     check_rank,
     finish,
     open_folder,
-    process_rank,
     write_json,
 )
 from fluid.data.pool import decoded
-from fluid.data.records import Decoded, Fix, flippable, stable_fraction
-from fluid.data.sources import Source
+from fluid.data.records import Decoded, Fix, Source, flippable, stable_fraction
 from fluid.files import save_safetensors
 from fluid.runtime import resolve_precision
 

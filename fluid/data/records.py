@@ -1,6 +1,7 @@
 """Records on their way from a source to a batch, and the taxonomy of bad ones.
 
-A source yields :class:`RawRecord` (a key, the image as bytes / a path / an array, the raw
+A :class:`Source` (the kinds are in :mod:`fluid.data.sources`) yields its records in fixed
+units: :class:`RawRecord` (a key, the image as bytes / a path / an array, the raw
 caption). Decoding turns each into :class:`Decoded` (a square uint8 image and a clean
 caption, plus the :class:`Fix` es applied on the way) or :class:`Rejected` (a
 :class:`Skip` reason and a human-readable detail). Nothing here raises on bad data: every
@@ -14,6 +15,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,3 +132,64 @@ def stable_fraction(key: str, salt: str = "") -> float:
     """A number in [0, 1) fixed by ``key`` (never Python's salted ``hash``)."""
     digest = hashlib.blake2b(f"{salt}/{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64
+
+
+class SourceKind(str, enum.Enum):
+    SHAPES = "shapes"
+    FOLDER = "folder"
+    COCO = "coco"
+    WDS = "wds"
+
+
+class Source:
+    """Records grouped into units. Subclasses fill ``kind``, ``random_access`` and the methods."""
+
+    kind: SourceKind
+    random_access: bool = True
+    """:meth:`get` works (else records come only in order, from :meth:`read`)."""
+    sizes_known: bool = True
+    """:meth:`sizes` costs nothing (WebDataset: a scan of every tar's headers)."""
+
+    def units(self) -> list[str]:
+        """Unit names, in their fixed order."""
+        raise NotImplementedError
+
+    def sizes(self) -> list[int]:
+        """Records per unit (WebDataset: a scan of the tar headers, done once)."""
+        raise NotImplementedError
+
+    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
+        """The records of one unit in order, from ``start`` on."""
+        raise NotImplementedError
+
+    def get(self, unit: int, index: int) -> RawRecord:
+        """One record (random-access sources only)."""
+        raise NotImplementedError(f"{self.kind.value} sources are read sequentially")
+
+    def describe(self) -> dict:
+        """What identifies this source's content (compared when a preparation resumes)."""
+        raise NotImplementedError
+
+
+class IndexedSource(Source):
+    """A list of records known up front, split into units of ``shard_size``."""
+
+    def __init__(self, records: list[RawRecord], shard_size: int):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, not {shard_size}")
+        self.records, self.shard_size = records, shard_size
+
+    def units(self) -> list[str]:
+        n = len(self.records)
+        return [f"{s}-{min(n, s + self.shard_size)}" for s in range(0, n, self.shard_size)]
+
+    def sizes(self) -> list[int]:
+        n = len(self.records)
+        return [min(n, s + self.shard_size) - s for s in range(0, n, self.shard_size)]
+
+    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
+        first = unit * self.shard_size
+        yield from self.records[first + start : min(len(self.records), first + self.shard_size)]
+
+    def get(self, unit: int, index: int) -> RawRecord:
+        return self.records[unit * self.shard_size + index]

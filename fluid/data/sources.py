@@ -11,15 +11,14 @@ indexed sources, one unit per tar file for WebDataset. Preparation writes one ca
 unit (so a restart redoes at most the units in flight); streaming shuffles units per epoch.
 Sources are plain picklable objects: worker processes get a copy.
 
-One file because the four sources are one contract (units, records, skips) read side by
-side, each under 100 lines, and :func:`open_source` chooses among them.
+The contract they share (:class:`~fluid.data.records.Source`: units, records, skips) lives
+with the records in :mod:`fluid.data.records`; the four kinds are read side by side here, each
+under 100 lines, and :func:`open_source` chooses among them.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
-import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -29,24 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from fluid.data import tar
-from fluid.data.records import RawRecord, Skip
-from fluid.data.tar import IMAGE_EXTENSIONS, RemoteShard, expand_shards, is_remote  # noqa: F401  (also imported from here)
-
-
-class SourceKind(str, enum.Enum):
-    SHAPES = "shapes"
-    FOLDER = "folder"
-    COCO = "coco"
-    WDS = "wds"
-
-
-def file_digest(path: str | Path, n: int = 16) -> str:
-    """The first ``n`` hex digits of a file's SHA-256, read in 1 MB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
+from fluid.data.records import IndexedSource, RawRecord, Skip, Source, SourceKind
+from fluid.data.tar import RemoteShard, expand_shards
+from fluid.files import file_digest
 
 
 def image_path(root: Path, name: str, outside_root: bool = False) -> str | None:
@@ -68,61 +52,7 @@ def _outside(where: str, name: str, root: Path) -> tuple:
     )
 
 
-class Source:
-    """Records grouped into units. Subclasses fill ``kind``, ``random_access`` and the methods."""
-
-    kind: SourceKind
-    random_access: bool = True
-    """:meth:`get` works (else records come only in order, from :meth:`read`)."""
-    sizes_known: bool = True
-    """:meth:`sizes` costs nothing (WebDataset: a scan of every tar's headers)."""
-
-    def units(self) -> list[str]:
-        """Unit names, in their fixed order."""
-        raise NotImplementedError
-
-    def sizes(self) -> list[int]:
-        """Records per unit (WebDataset: a scan of the tar headers, done once)."""
-        raise NotImplementedError
-
-    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
-        """The records of one unit in order, from ``start`` on."""
-        raise NotImplementedError
-
-    def get(self, unit: int, index: int) -> RawRecord:
-        """One record (random-access sources only)."""
-        raise NotImplementedError(f"{self.kind.value} sources are read sequentially")
-
-    def describe(self) -> dict:
-        """What identifies this source's content (compared when a preparation resumes)."""
-        raise NotImplementedError
-
-
-class _Indexed(Source):
-    """A list of records known up front, split into units of ``shard_size``."""
-
-    def __init__(self, records: list[RawRecord], shard_size: int):
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, not {shard_size}")
-        self.records, self.shard_size = records, shard_size
-
-    def units(self) -> list[str]:
-        n = len(self.records)
-        return [f"{s}-{min(n, s + self.shard_size)}" for s in range(0, n, self.shard_size)]
-
-    def sizes(self) -> list[int]:
-        n = len(self.records)
-        return [min(n, s + self.shard_size) - s for s in range(0, n, self.shard_size)]
-
-    def read(self, unit: int, start: int = 0) -> Iterator[RawRecord]:
-        first = unit * self.shard_size
-        yield from self.records[first + start : min(len(self.records), first + self.shard_size)]
-
-    def get(self, unit: int, index: int) -> RawRecord:
-        return self.records[unit * self.shard_size + index]
-
-
-class FolderSource(_Indexed):
+class FolderSource(IndexedSource):
     """``path``: a JSONL file, or a folder holding one (``metadata.jsonl``, ``captions.jsonl``
     or the only ``*.jsonl``). Image paths are relative to ``images`` (default: the JSONL's folder)
     and must stay inside it (:attr:`Skip.OUTSIDE_ROOT` otherwise) unless ``outside_root``.
@@ -204,7 +134,7 @@ class FolderSource(_Indexed):
         }
 
 
-class CocoSource(_Indexed):
+class CocoSource(IndexedSource):
     """COCO captions: ``path`` is ``captions_<split>.json``; images live in ``images`` (default:
     a ``<split>`` or ``images/<split>`` folder next to the annotations folder or inside it).
 
@@ -361,7 +291,7 @@ class WdsSource(Source):
         }
 
 
-class ShapesSource(_Indexed):
+class ShapesSource(IndexedSource):
     """The built-in shapes (``count`` items of ``split``), rendered at the target resolution."""
 
     kind = SourceKind.SHAPES

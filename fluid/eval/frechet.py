@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fluid.data.sources import file_digest
+from fluid.files import file_digest
 
 INCEPTION_FEATURES = "2048"  # torch-fidelity's name of the pool3 features FID uses
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release file

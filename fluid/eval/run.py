@@ -95,7 +95,7 @@ def _resolve(checkpoint_or_variant: str | Path | None) -> tuple[Path | None, str
 def checkpoint_identity(pipe, path: Path | None, variant: str | None) -> dict:
     from fluid import checkpoint as ckpt
     from fluid.assets import generator_path
-    from fluid.data.sources import file_digest
+    from fluid.files import file_digest
 
     folder = ckpt.resolve(path if path is not None else generator_path(variant))
     meta = ckpt.read_meta(folder)

@@ -103,7 +103,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
 
 
 def _digest(path: Path) -> str | None:
-    from fluid.data.sources import file_digest
+    from fluid.files import file_digest
 
     return file_digest(path, 12) if path.is_file() else None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fluid.config import FluidConfig, TokenType
-from fluid.data.sources import file_digest
+from fluid.files import file_digest
 from fluid.scaling.sweep import RunSpec, Sweep
 from fluid.shapes.digest import renderer_digest  # the code that makes the `shapes` data
 

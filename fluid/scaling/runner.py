@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from fluid.config import FluidConfig
-from fluid.data.sources import file_digest
+from fluid.files import file_digest
 from fluid.runtime import machine
 from fluid.scaling.compute import compute_summary
 from fluid.scaling.identity import (
