@@ -160,7 +160,7 @@ def parse_head(spec: str) -> tuple[HeadSampler, int]:
         raise SystemExit(msg) from None
 
 
-def sample_once(model, cfg, scfg: SampleConfig, head_steps: int, batch: int, precision: str, device) -> dict:
+def sample_once(sampler, cfg, scfg: SampleConfig, head_steps: int, batch: int, precision: str, device) -> dict:
     emb, mask = random_batch(cfg, batch, device)[1:]
     head = [0.0]
     inner = generate_module.sample_from_head
@@ -179,9 +179,7 @@ def sample_once(model, cfg, scfg: SampleConfig, head_steps: int, batch: int, pre
         with peak_memory(device, row), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             _sync(device)
             t, cpu = time.perf_counter(), time.process_time()
-            generate_module.generate(
-                model, emb, mask, scfg, ImageRNG.for_images(0, range(batch), device), head_steps=head_steps
-            )
+            sampler.generate(emb, mask, scfg, ImageRNG.for_images(0, range(batch), device), head_steps=head_steps)
             _sync(device)
             seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     finally:
@@ -207,18 +205,21 @@ def measure(spec: dict) -> dict:
     else:
         torch.manual_seed(0)
         model = Generator(cfg.model, cfg.text).to(device).eval()
-        sampler, steps = HeadSampler(spec["head_sampler"] or "ddpm"), spec["head_steps"]
+        # One Sampler for the warm-up and the measured run: what it builds (packed head, compiled
+        # functions) is built in the warm-up, as a pipeline keeps it between batches.
+        tokens_sampler = generate_module.Sampler(model)
+        head_sampler, steps = HeadSampler(spec["head_sampler"] or "ddpm"), spec["head_steps"]
 
         def run(gen_steps: int, head_steps: int | None) -> dict:
             scfg = SampleConfig(
                 cfg=3.0,
                 cfg_schedule="linear",
                 steps=gen_steps,
-                head_sampler=sampler,
+                head_sampler=head_sampler,
                 compile=spec["compile"],
                 packed_head=spec.get("packed", False),
             )
-            return sample_once(model, cfg, scfg, head_steps, spec["batch"], spec["precision"], device)
+            return sample_once(tokens_sampler, cfg, scfg, head_steps, spec["batch"], spec["precision"], device)
 
         # Warm-up with 2 generation steps and at most 2 head steps; a compiled configuration
         # with the measured ones (compilation happens there).

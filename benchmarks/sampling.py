@@ -24,7 +24,7 @@ from common import emit  # benchmarks/common.py
 
 from fluid.config import VARIANTS, SampleConfig, get_preset
 from fluid.model import Generator
-from fluid.sample.generate import generate
+from fluid.sample.generate import Sampler
 from fluid.sample.rng import ImageRNG
 
 
@@ -45,9 +45,10 @@ def bench(
     model = Generator(cfg.model, cfg.text).eval()
     emb, mask = torch.randn(batch, 12, cfg.text.dim), torch.ones(batch, 12, dtype=torch.bool)
     scfg = SampleConfig(cfg=3.0, batch_size=batch)
+    sampler = Sampler(model)  # one per model, as the pipeline keeps it
     seconds = timed(
-        lambda: generate(
-            model, emb, mask, scfg, ImageRNG.for_images(0, range(len(emb))), head_steps=head_steps, use_cache=use_cache
+        lambda: sampler.generate(
+            emb, mask, scfg, ImageRNG.for_images(0, range(len(emb))), head_steps=head_steps, use_cache=use_cache
         ),
         repeats,
     )

@@ -52,7 +52,7 @@ def generate_with_revealed(
         h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (2B, N, W)
         pos = orders[:, done : done + count]  # (B, count)
         new, _ = sample_from_head(
-            model, _gather_rows(h, pos, True), guidance_scale(scfg, done + count, n), scfg, True, rng
+            pipe.sampler, _gather_rows(h, pos, True), guidance_scale(scfg, done + count, n), scfg, True, rng
         )
         tokens[rows, pos] = new.view(b, count, *tokens.shape[2:]).to(tokens.dtype)
         known[rows, pos] = True

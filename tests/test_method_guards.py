@@ -13,7 +13,7 @@ from helpers import text_batch, tiny, tokens_for
 import fluid.model.generator as generator_module
 from fluid.config import SampleConfig
 from fluid.model.masking import random_orders, training_mask
-from fluid.sample.generate import generate, sample_from_head
+from fluid.sample.generate import Sampler, generate, sample_from_head
 from fluid.sample.rng import ImageRNG
 
 
@@ -117,7 +117,7 @@ def test_guidance_is_uncond_plus_scale_times_cond_minus_uncond(variant, float64)
     def run(z, scale, guided):
         # One head step: the sampler's output is then an affine function of epsilon.
         rng = ImageRNG.for_images(1, range(len(zc)))  # the same draws in every call
-        out, logp = sample_from_head(model, z, scale, cfg, guided, rng, head_steps=1)
+        out, logp = sample_from_head(Sampler(model), z, scale, cfg, guided, rng, head_steps=1)
         return logp if logp is not None else out
 
     both = torch.cat([zc, zu])

@@ -11,7 +11,7 @@ from fluid.config import PRESETS, VARIANTS, SampleConfig, get_preset
 from fluid.model import Generator
 from fluid.model.counts import count_params
 from fluid.model.masking import cosine_mask_ratio, random_orders, tokens_per_step, training_mask
-from fluid.sample.generate import generate
+from fluid.sample.generate import Sampler, generate
 from fluid.sample.rng import ImageRNG
 from fluid.scaling.flops import flops_per_image
 
@@ -246,8 +246,10 @@ def test_packed_head_sampling_gives_the_eager_tokens():
         torch.nn.init.normal_(p, std=0.1)
     emb, mask = text_batch()
     cfg = SampleConfig(steps=4, cfg=2.0, packed_head=True)
-    run = lambda c, ids: generate(model, emb[ids], mask[ids], c, ImageRNG.for_images(11, ids), head_steps=5)  # noqa: E731
+    sampler = Sampler(model)
+    run = lambda c, ids: sampler.generate(emb[ids], mask[ids], c, ImageRNG.for_images(11, ids), head_steps=5)  # noqa: E731
     fast = run(cfg, [0, 1, 2])
-    assert "_packed_head" in model.__dict__
+    packed = sampler.denoise(cfg)
+    assert isinstance(packed, PackedDenoise) and sampler.denoise(cfg) is packed  # packed once, and kept
     torch.testing.assert_close(fast, run(dataclasses.replace(cfg, packed_head=False), [0, 1, 2]), rtol=1e-3, atol=1e-3)
     assert not torch.equal(run(dataclasses.replace(cfg, cfg=3.0), [0, 1, 2]), fast)  # not a cached answer

@@ -67,8 +67,78 @@ def condition(model: Generator, text_emb: torch.Tensor, text_mask: torch.Tensor,
     return Conditioning(text, mask, guided)
 
 
+class Sampler:
+    """Generation for one model, owning what it builds from the model once and reuses for every
+    batch: the head's respaced processes (one per step count), its packed weights
+    (``sample.packed_head``) and the compiled backbone and head (``sample.compile``).
+
+    Keep one per model to sample many batches (the pipeline does); :func:`generate` makes a
+    fresh one per call. The model's weights are read where they live, so a checkpoint loaded
+    into the same model in place is followed (the packed head re-packs when they change).
+    """
+
+    def __init__(self, model: Generator):
+        self.model = model
+        self._respaced: dict = {}
+        self._compiled: dict[str, Callable] = {}
+        self._packed: PackedDenoise | None = None
+
+    def diffusion(self, steps: int):
+        """The head's sampling process with ``steps`` respaced steps."""
+        if steps not in self._respaced:
+            self._respaced[steps] = self.model.diffusion.respace(steps)
+        return self._respaced[steps]
+
+    def compiled(self, name: str, fn: Callable) -> Callable:
+        """``torch.compile(fn)`` made once; shapes vary with the tokens per step, so it is
+        compiled for dynamic shapes."""
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(fn, dynamic=True)
+        return self._compiled[name]
+
+    def backbone(self, cfg: SampleConfig) -> Callable:
+        return self.compiled("backbone", self.model.backbone) if cfg.compile else self.model.backbone
+
+    def denoise(self, cfg: SampleConfig) -> Callable:
+        """The head's denoiser as ``cfg`` asks for it: compiled, packed (where oneDNN has the
+        kernels) or the module's own."""
+        if cfg.compile:
+            return self.compiled("head", self.model.head.denoise)
+        if cfg.packed_head and PackedDenoise.available():
+            if self._packed is None:
+                self._packed = PackedDenoise(self.model.head)
+            return self._packed
+        return self.model.head.denoise
+
+    @torch.no_grad()
+    def generate(
+        self,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        cfg: SampleConfig,
+        rng: ImageRNG,
+        head_steps: int | None = None,
+        force_guidance: bool = False,
+        on_step: OnStep | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Tokens for a batch of encoded prompts, by the model's order; ``rng`` has one stream
+        per prompt (``ImageRNG.for_images(seed, range(B))``).
+
+        Guidance is skipped when it cannot change anything (scale 1 throughout) unless
+        ``force_guidance`` (used by tests to check exactly that).
+        """
+        if len(rng) != text_emb.shape[0]:
+            raise ValueError(f"{len(rng)} random streams for {text_emb.shape[0]} prompts")
+        guided = force_guidance or cfg.cfg != 1.0
+        cond = condition(self.model, text_emb, text_mask, guided)
+        if self.model.causal:
+            return generate_raster(self, cond, cfg, rng, head_steps, use_cache=use_cache, on_step=on_step)
+        return generate_random(self, cond, cfg, rng, head_steps, on_step=on_step)
+
+
 def sample_from_head(
-    model: Generator,
+    sampler: Sampler,
     z: torch.Tensor,
     scale: float,
     cfg: SampleConfig,
@@ -81,6 +151,7 @@ def sample_from_head(
 
     Returns the tokens (M, C) or (M,), and for discrete tokens the log-probabilities (M, V).
     """
+    model = sampler.model
     if not model.continuous:
         logits = model.logits(z).float()  # (M or 2M, V)
         if guided:
@@ -91,14 +162,8 @@ def sample_from_head(
         return ids, logp
     c = model.cfg.token_dim
     m = z.shape[0] // 2 if guided else z.shape[0]
-    diffusion = respaced(model, head_steps or model.cfg.head_sample_steps)
-    denoise = model.head.denoise
-    if cfg.compile:
-        denoise = compiled(model, "head", model.head.denoise)
-    elif cfg.packed_head and PackedDenoise.available():
-        if "_packed_head" not in model.__dict__:  # reordered weights, made once per model
-            model.__dict__["_packed_head"] = PackedDenoise(model.head)
-        denoise = model.__dict__["_packed_head"]
+    diffusion = sampler.diffusion(head_steps or model.cfg.head_sample_steps)
+    denoise = sampler.denoise(cfg)
     # The token condition is the same at every diffusion step, and the time condition the
     # same for every token: compute each once, not once per step and token.
     cz = model.head.cond_proj(z)  # (M or 2M, W)
@@ -124,30 +189,13 @@ def sample_from_head(
     return diffusion.sample_ode(eps_fn, noise * cfg.temperature, order=order, x0_clip=cfg.x0_clip), None
 
 
-def compiled(model: Generator, name: str, fn):
-    """``torch.compile(fn)``, made once per model (``sample.compile``); shapes vary with the
-    tokens per step, so it is compiled for dynamic shapes."""
-    cache = model.__dict__.setdefault("_compiled", {})
-    if name not in cache:
-        cache[name] = torch.compile(fn, dynamic=True)
-    return cache[name]
-
-
-def respaced(model: Generator, steps: int):
-    """The head's sampling process with ``steps`` respaced steps, built once per model."""
-    cache = model.__dict__.setdefault("_respaced", {})
-    if steps not in cache:
-        cache[steps] = model.diffusion.respace(steps)
-    return cache[steps]
-
-
 def _pair(x: torch.Tensor, guided: bool) -> torch.Tensor:
     return torch.cat([x, x]) if guided else x
 
 
 @torch.no_grad()
 def generate_random(
-    model: Generator,
+    sampler: Sampler,
     cond: Conditioning,
     cfg: SampleConfig,
     rng: ImageRNG,
@@ -155,6 +203,7 @@ def generate_random(
     on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """Random-order generation; ``on_step``, if given, is called after each step."""
+    model = sampler.model
     b = cond.text.shape[0] // (2 if cond.guided else 1)
     n, device = model.cfg.num_tokens, cond.text.device
     shape = (b, n, model.cfg.token_dim) if model.continuous else (b, n)
@@ -163,7 +212,7 @@ def generate_random(
     orders = rng.rand(b, n).argsort(dim=1)  # (B, N): a random order per image
     text_kvs = model.text_kv(cond.text)
     rows = torch.arange(b, device=device)[:, None]
-    backbone = compiled(model, "backbone", model.backbone) if cfg.compile else model.backbone
+    backbone = sampler.backbone(cfg)
     done = 0
     for step, count in enumerate(tokens_per_step(n, cfg.steps)):
         x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
@@ -172,7 +221,7 @@ def generate_random(
         if cfg.confidence and not model.continuous:
             # MaskGIT: sample every masked position, keep the `count` most confident ones
             # (annealed Gumbel noise on the log-probabilities keeps some diversity).
-            ids, logp = sample_from_head(model, h.reshape(-1, h.shape[-1]), scale, cfg, cond.guided, rng)
+            ids, logp = sample_from_head(sampler, h.reshape(-1, h.shape[-1]), scale, cfg, cond.guided, rng)
             ids = ids.view(b, n)
             conf = logp.gather(1, ids.view(-1, 1)).view(b, n)
             u = rng.rand(b, n).clamp_(1e-20, 1.0)  # (B, N)
@@ -183,7 +232,7 @@ def generate_random(
         else:
             pos = orders[:, done : done + count]  # (B, count)
             z = _gather_rows(h, pos, cond.guided)  # (B'*count, W)
-            new, _ = sample_from_head(model, z, scale, cfg, cond.guided, rng, head_steps)
+            new, _ = sample_from_head(sampler, z, scale, cfg, cond.guided, rng, head_steps)
             new = new.view(b, count, *shape[2:])
         tokens[rows, pos] = new.to(tokens.dtype)
         known[rows, pos] = True
@@ -201,7 +250,7 @@ def _gather_rows(h: torch.Tensor, pos: torch.Tensor, guided: bool) -> torch.Tens
 
 @torch.no_grad()
 def generate_raster(
-    model: Generator,
+    sampler: Sampler,
     cond: Conditioning,
     cfg: SampleConfig,
     rng: ImageRNG,
@@ -210,6 +259,7 @@ def generate_raster(
     on_step: OnStep | None = None,
 ) -> torch.Tensor:
     """Raster-order generation, one token per step, with a KV cache (or recomputing the prefix)."""
+    model = sampler.model
     b = cond.text.shape[0] // (2 if cond.guided else 1)
     n, device = model.cfg.num_tokens, cond.text.device
     bb = cond.text.shape[0]
@@ -225,7 +275,7 @@ def generate_raster(
         else:
             x = model.embed_shifted(_pair(tokens, cond.guided))[:, : i + 1]  # (B', i+1, W)
             h = model.backbone(x, cond.text, cond.mask, text_kvs=text_kvs)[:, -1]  # (B', W)
-        new, _ = sample_from_head(model, h, guidance_scale(cfg, i + 1, n), cfg, cond.guided, rng, head_steps)
+        new, _ = sample_from_head(sampler, h, guidance_scale(cfg, i + 1, n), cfg, cond.guided, rng, head_steps)
         tokens[:, i] = new.to(tokens.dtype)
         prev = _pair(tokens[:, i], cond.guided)
         if on_step is not None:
@@ -246,16 +296,6 @@ def generate(
     on_step: OnStep | None = None,
     use_cache: bool = True,
 ) -> torch.Tensor:
-    """Tokens for a batch of encoded prompts, by the model's order; ``rng`` has one stream
-    per prompt (``ImageRNG.for_images(seed, range(B))``).
-
-    Guidance is skipped when it cannot change anything (scale 1 throughout) unless
-    ``force_guidance`` (used by tests to check exactly that).
-    """
-    if len(rng) != text_emb.shape[0]:
-        raise ValueError(f"{len(rng)} random streams for {text_emb.shape[0]} prompts")
-    guided = force_guidance or cfg.cfg != 1.0
-    cond = condition(model, text_emb, text_mask, guided)
-    if model.causal:
-        return generate_raster(model, cond, cfg, rng, head_steps, use_cache=use_cache, on_step=on_step)
-    return generate_random(model, cond, cfg, rng, head_steps, on_step=on_step)
+    """One batch's tokens with a fresh :class:`Sampler`: ``Sampler(model).generate(...)``, for a
+    single call. To sample many batches (or compiled), keep a Sampler."""
+    return Sampler(model).generate(text_emb, text_mask, cfg, rng, head_steps, force_guidance, on_step, use_cache)

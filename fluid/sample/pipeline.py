@@ -23,7 +23,7 @@ from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfi
 from fluid.model import Generator
 from fluid.runtime import sampling_precision
 from fluid.sample.folder import resolve_source
-from fluid.sample.generate import OnStep, generate
+from fluid.sample.generate import OnStep, Sampler
 from fluid.sample.rng import ImageRNG, check_seed
 
 
@@ -40,6 +40,15 @@ class FluidPipeline:
     def __init__(self, model: Generator, tokenizer, text_encoder, cfg: FluidConfig, device: str | torch.device = "cpu"):
         self.model, self.tokenizer, self.text_encoder = model.eval(), tokenizer.eval(), text_encoder
         self.cfg, self.device = cfg, torch.device(device)
+        self._sampler: Sampler | None = None
+
+    @property
+    def sampler(self) -> Sampler:
+        """The :class:`~fluid.sample.generate.Sampler` of ``self.model`` (its packed head, compiled
+        functions and respaced processes are built once and kept; a new model gets a new one)."""
+        if self._sampler is None or self._sampler.model is not self.model:
+            self._sampler = Sampler(self.model)
+        return self._sampler
 
     @classmethod
     def from_pretrained(
@@ -137,8 +146,7 @@ class FluidPipeline:
             emb, mask = self.text_encoder(batch)
             with self.autocast():
                 out.append(
-                    generate(
-                        self.model,
+                    self.sampler.generate(
                         emb.to(self.device),
                         mask.to(self.device),
                         scfg,
