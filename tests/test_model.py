@@ -168,10 +168,11 @@ def test_compiled_sampling_gives_the_eager_tokens():
     model = tiny("continuous-random")
     emb, mask = text_batch()
     cfg = SampleConfig(steps=4, cfg=2.0)
-    run = lambda c: generate(model, emb, mask, c, ImageRNG.for_images(11, range(len(emb))), head_steps=5)  # noqa: E731
+    sampler = Sampler(model)
+    run = lambda c: sampler.generate(emb, mask, c, ImageRNG.for_images(11, range(len(emb))), head_steps=5)  # noqa: E731
     eager = run(cfg)
     fast = run(dataclasses.replace(cfg, compile=True))
-    assert set(model._compiled) == {"head", "backbone"}
+    assert set(sampler._compiled) == {"head", "backbone"}
     torch.testing.assert_close(fast, eager, rtol=1e-3, atol=1e-3)
     assert not torch.equal(run(dataclasses.replace(cfg, compile=True, cfg=3.0)), fast)  # not a cached answer
 

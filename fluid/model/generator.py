@@ -78,7 +78,6 @@ class Generator(nn.Module):
         super()._apply(fn, recurse)
         if self.continuous:
             self.diffusion.to(self.pos.device)
-            self.__dict__.pop("_respaced", None)  # samplers' respaced copies follow lazily
         return self
 
     # ------------------------------------------------------------------------- training

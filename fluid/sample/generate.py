@@ -84,10 +84,12 @@ class Sampler:
         self._packed: PackedDenoise | None = None
 
     def diffusion(self, steps: int):
-        """The head's sampling process with ``steps`` respaced steps."""
-        if steps not in self._respaced:
-            self._respaced[steps] = self.model.diffusion.respace(steps)
-        return self._respaced[steps]
+        """The head's sampling process with ``steps`` respaced steps, on the model's device (a
+        model moved after a first batch gets copies made on its new device)."""
+        key = (steps, self.model.pos.device)
+        if key not in self._respaced:
+            self._respaced[key] = self.model.diffusion.respace(steps)
+        return self._respaced[key]
 
     def compiled(self, name: str, fn: Callable) -> Callable:
         """``torch.compile(fn)`` made once; shapes vary with the tokens per step, so it is
