@@ -450,3 +450,17 @@ def test_scale_plan_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert not (out / "runs").exists()
     assert main(["scale", "--sweep", str(sweep), "--out", str(out), "--only", "no-such-run"]) == 2
     assert "no run named no-such-run" in capsys.readouterr().err
+
+
+def test_a_power_law_through_two_sizes_is_not_a_met_target():
+    """Two sizes fit any power law exactly (R^2 = 1): the target waits for a third."""
+    from fluid.scaling.findings import targets
+
+    fits = {
+        "loss_vs_params": {"two": {"r2": 1.0, "n": 2}, "three": {"r2": 0.95, "n": 3}, "bad": {"r2": 0.5, "n": 4}},
+        "metric_vs_loss": {},
+        "best_at_largest": {},
+    }
+    t = targets([], fits)["loss_power_law"]
+    assert {v: d["met"] for v, d in t.items()} == {"two": False, "three": True, "bad": False}
+    assert t["two"]["sizes"] == 2

@@ -18,6 +18,7 @@ import numpy as np
 
 from fluid.scaling.findings import (
     METRICS,
+    MIN_FIT_SIZES,
     PAPER,
     TARGET_R,
     TARGET_R2,
@@ -241,11 +242,14 @@ def write_report(rows: list[dict], fits: dict, files: dict[str, str], out: Path,
             lines += ["", f"![]({files[key]})"]
     lines += ["", "## Against the paper", ""]
     r2 = {v: f["r2"] for v, f in fits["loss_vs_params"].items()}
+    few = [v for v, f in fits["loss_vs_params"].items() if f["n"] < MIN_FIT_SIZES]
     agree = r2 and all(x >= 0.9 for x in r2.values())
+    if few:
+        verdict = f" — too early to say: {', '.join(few)} with fewer than {MIN_FIT_SIZES} sizes (two fit exactly)."
+    else:
+        verdict = " — agrees (all >= 0.9)." if agree else " — not all >= 0.9; see the notes below."
     lines.append(
-        f"- Paper: {PAPER['loss_vs_params']}. Here: R^2 "
-        + ", ".join(f"{v} {x:.3f}" for v, x in r2.items())
-        + (" — agrees (all >= 0.9)." if agree else " — not all >= 0.9; see the notes below.")
+        f"- Paper: {PAPER['loss_vs_params']}. Here: R^2 " + ", ".join(f"{v} {x:.3f}" for v, x in r2.items()) + verdict
     )
     best = fits["best_at_largest"].get("shapes_eval.overall")
     if best:
@@ -292,7 +296,9 @@ def _target_lines(t: dict) -> list[str]:
     yes = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     lines = ["", "## Targets", "", "| target | variant | value | |", "| --- | --- | --- | --- |"]
     for v, d in t["loss_power_law"].items():
-        lines.append(f"| loss vs size: power law, R^2 >= {TARGET_R2} | {v} | R^2 {d['r2']:.3f} | {yes(d['met'])} |")
+        few = d.get("sizes", MIN_FIT_SIZES) < MIN_FIT_SIZES
+        verdict = f"not yet: {d['sizes']} sizes (a fit needs {MIN_FIT_SIZES})" if few else yes(d["met"])
+        lines.append(f"| loss vs size: power law, R^2 >= {TARGET_R2} | {v} | R^2 {d['r2']:.3f} | {verdict} |")
     for m, per in t["metric_tracks_loss"].items():
         for v, d in per.items():
             lines.append(

@@ -99,6 +99,9 @@ TRACKED = ("shapes_eval.overall", "shapes_fd")
 FAMILY_PREFIX = "shapes_eval."
 
 
+MIN_FIT_SIZES = 3  # sizes a loss-vs-size fit needs before its R^2 says anything
+
+
 def binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.25 / n) / n)  # never 0: a score of 0 of n is not exact
 
@@ -110,7 +113,12 @@ def targets(rows: list[dict], fits: dict) -> dict:
     done = [r for r in rows if r.get("status") == "done"]
     out: dict = {"loss_power_law": {}, "metric_tracks_loss": {}, "evidence": {}}
     for v, f in fits["loss_vs_params"].items():
-        out["loss_power_law"][v] = {"r2": f["r2"], "met": f["r2"] >= TARGET_R2}
+        # Two sizes fit any power law exactly: the target needs MIN_FIT_SIZES at least.
+        out["loss_power_law"][v] = {
+            "r2": f["r2"],
+            "sizes": f["n"],
+            "met": f["r2"] >= TARGET_R2 and f["n"] >= MIN_FIT_SIZES,
+        }
     for m in TRACKED:
         for v, f in fits["metric_vs_loss"].get(m, {}).items():
             if "pooled" not in v:
