@@ -8,7 +8,7 @@ import torch
 
 
 class RawBatch(NamedTuple):
-    """Images and captions, encoded by the trainer with the frozen tokenizer and text encoder."""
+    """Images and captions, encoded on the way to the trainer by :class:`~fluid.data.encode.FrozenEncoder`."""
 
     images: torch.Tensor  # (B, 3, H, W) in [-1, 1]
     captions: list[str]

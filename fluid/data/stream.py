@@ -1,8 +1,9 @@
 """Training batches, deterministic by step so that a resumed run sees what it would have seen.
 
-A stream yields either :class:`RawBatch` (images + captions, encoded by the trainer with the
-frozen tokenizer and text encoder) or :class:`EncodedBatch` (tokens + text embeddings read
-from a prepared cache).
+A stream yields either :class:`RawBatch` (images + captions) or :class:`EncodedBatch` (tokens
++ text embeddings, read from a prepared cache or an encoded pool); :func:`encoded` passes raw
+batches through the one encoder step, :class:`~fluid.data.encode.FrozenEncoder`, so that the
+trainer only ever sees encoded ones.
 
 For the built-in data, batch ``k`` of rank ``r`` in a ``world``-process run holds items
 ``k * B * world + r * B + [0, B)`` of the train split: no two ranks or steps share an item,
