@@ -342,7 +342,7 @@ def test_sampling_flags_are_made_from_sample_config_fields():
     docs = field_docs(SampleConfig)
     assert docs["cfg"].startswith("Guidance scale") and "x0_clip" in docs  # the docstring under each field
     p = argparse.ArgumentParser()
-    sample_args(p, "cfg", "head_sampler", "packed_head", "batch_size")
+    sample_args(p, "cfg", "head_sampler", "packed_head", "batch_size", "head_steps")
     args = p.parse_args([])
     assert (args.cfg, args.head_sampler, args.packed_head, args.batch_size, args.head_steps) == (
         None,

@@ -163,3 +163,18 @@ def test_a_binary_prompts_file_is_named(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert str(path) in err and "not UTF-8" in err and "line 2" in err
+
+
+def test_sample_config_head_steps_is_the_default_an_argument_overrides(minilm, one_thread):
+    """``sample.head_steps`` in the config sets the diffusion head's steps when a call gives
+    none; a call's ``head_steps`` wins; the same check (against the training timesteps) holds."""
+    pipe = FluidPipeline.from_pretrained(variant="continuous-random", device="cpu", text_encoder=minilm)
+    assert pipe.cfg.sample.head_steps is None and pipe.settings()["head_steps"] == pipe.cfg.model.head_sample_steps
+    explicit = pipe(PROMPTS[:2], seed=3, output_type="tensor", head_steps=4, steps=4)
+    pipe.cfg.sample.head_steps = 4
+    assert pipe.settings()["head_steps"] == 4 and pipe.settings(head_steps=6)["head_steps"] == 6
+    assert torch.equal(pipe(PROMPTS[:2], seed=3, output_type="tensor", steps=4), explicit)
+    assert not torch.equal(pipe(PROMPTS[:2], seed=3, output_type="tensor", steps=4, head_steps=5), explicit)
+    pipe.cfg.sample.head_steps = 0
+    with pytest.raises(ConfigError, match=r"head_steps must be an integer in \[1, 1000\]"):
+        pipe.settings()

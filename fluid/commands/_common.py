@@ -43,26 +43,25 @@ def _first_sentence(text: str) -> str:
     return text if end < 0 else text[: end + 1]
 
 
-def sample_args(p: argparse.ArgumentParser, *names: str, head_steps: bool = True) -> None:
+def sample_args(p: argparse.ArgumentParser, *names: str) -> None:
     """Flags for the named :class:`~fluid.config.SampleConfig` fields, made from the fields
     themselves: ``--cfg-schedule`` for ``cfg_schedule``, the field's type (an enum's values as
-    the choices, a bool as a switch), the first sentence of its docstring as the help. Each
-    defaults to None (False for a switch): the model's own setting. ``head_steps`` adds
-    ``--head-steps``, the model's ``head_sample_steps``."""
+    the choices, a bool as a switch, ``X | None`` as ``X``), the first sentence of its docstring
+    as the help. Each defaults to None (False for a switch): the model's own setting."""
     fields = {f.name: f for f in dataclasses.fields(SampleConfig)}
     types, docs = typing.get_type_hints(SampleConfig), field_docs(SampleConfig)
     for name in names:
         if name not in fields:
             raise ValueError(f"SampleConfig has no field {name!r}")
         flag, tp, help_ = "--" + name.replace("_", "-"), types[name], _first_sentence(docs.get(name, ""))
+        optional = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = optional[0] if len(optional) == 1 else tp  # int | None -> int
         if tp is bool:
             p.add_argument(flag, action="store_true", help=help_)
         elif isinstance(tp, type) and issubclass(tp, enum.Enum):
             p.add_argument(flag, choices=[m.value for m in tp], default=None, help=help_)
         else:
             p.add_argument(flag, type=tp, default=None, help=help_)
-    if head_steps:
-        p.add_argument("--head-steps", type=int, default=None, help="Diffusion head: sampling steps.")
 
 
 def build_config(args) -> FluidConfig:

@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
         "batch_size",
         "compile",
         "packed_head",
+        "head_steps",
     )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples")

@@ -336,6 +336,10 @@ class SampleConfig:
     """Diffusion head: ``ddpm`` (ancestral, ``model.head_sample_steps`` ~100 steps) or a
     deterministic ODE sampler that needs few steps, ``ddim`` or ``dpm++2m`` (set the head
     steps to 10-25); the ODE samplers apply the temperature to the initial noise only."""
+    head_steps: int | None = None
+    """Diffusion head: sampling steps. None: the model's ``head_sample_steps`` (~100 for
+    ``ddpm``). Checked where the model is known (the pipeline): an integer in [1,
+    ``model.diffusion_steps``]."""
     compile: bool = False
     """``torch.compile`` the diffusion head's network and the random-order backbone for
     sampling. The first batch pays the compilation (tens of seconds on a CPU); numbers

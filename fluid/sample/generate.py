@@ -164,7 +164,7 @@ def sample_from_head(
         return ids, logp
     c = model.cfg.token_dim
     m = z.shape[0] // 2 if guided else z.shape[0]
-    diffusion = sampler.diffusion(head_steps or model.cfg.head_sample_steps)
+    diffusion = sampler.diffusion(head_steps or cfg.head_steps or model.cfg.head_sample_steps)
     denoise = sampler.denoise(cfg)
     # The token condition is the same at every diffusion step, and the time condition the
     # same for every token: compute each once, not once per step and token.

@@ -92,9 +92,12 @@ class FluidPipeline:
         return dataclasses.replace(self.cfg.sample, **given)
 
     def head_steps(self, head_steps: int | None = None) -> int | None:
-        """The diffusion head's sampling steps (checked); None for discrete tokens, which have no head."""
+        """The diffusion head's sampling steps (checked): ``head_steps``, else the sample config's,
+        else the model's ``head_sample_steps``; None for discrete tokens, which have no head."""
         if not self.model.continuous:
             return None
+        if head_steps is None:
+            head_steps = self.cfg.sample.head_steps
         steps = self.cfg.model.head_sample_steps if head_steps is None else head_steps
         limit = self.cfg.model.diffusion_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
@@ -104,7 +107,7 @@ class FluidPipeline:
     def settings(self, head_steps: int | None = None, **sample_overrides) -> dict:
         """The sampling values a call with these arguments uses, after checks and caps: what
         ``samples.json`` and evaluation records hold (not merely what was asked)."""
-        scfg = self.sample_config(**sample_overrides)
+        scfg = self.sample_config(head_steps=head_steps, **sample_overrides)
         m = self.cfg.model
         random_order = m.order == Order.RANDOM
         if scfg.confidence and (self.model.continuous or not random_order):
@@ -114,7 +117,7 @@ class FluidPipeline:
             "cfg_schedule": scfg.cfg_schedule.value,
             "temperature": scfg.temperature,
             "steps": min(scfg.steps, m.num_tokens) if random_order else m.num_tokens,  # raster: one per token
-            "head_steps": self.head_steps(head_steps),
+            "head_steps": self.head_steps(scfg.head_steps),
             "x0_clip": scfg.x0_clip if self.model.continuous else None,
             "confidence": scfg.confidence,
             "batch_size": scfg.batch_size,
@@ -138,7 +141,8 @@ class FluidPipeline:
         prompt ``i`` is image ``first_index + i`` of ``seed``."""
         seed = check_seed(seed)
         self.settings(head_steps, **sample_overrides)  # every value checked before any work
-        scfg, head_steps = self.sample_config(**sample_overrides), self.head_steps(head_steps)
+        scfg = self.sample_config(head_steps=head_steps, **sample_overrides)
+        head_steps = self.head_steps(scfg.head_steps)
         out = []
         for start in range(0, len(prompts), scfg.batch_size):
             batch = list(prompts[start : start + scfg.batch_size])

@@ -70,7 +70,7 @@ class ModelInfo:
             "steps": min(s.steps, m.num_tokens),
         }
         if m.token_type == TokenType.CONTINUOUS:
-            out["head_steps"] = m.head_sample_steps
+            out["head_steps"] = s.head_steps if s.head_steps is not None else m.head_sample_steps
         return out
 
     def to_dict(self) -> dict[str, Any]:
