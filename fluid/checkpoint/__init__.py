@@ -33,6 +33,7 @@ from fluid.config import ConfigError, FluidConfig
 from fluid.files import save_safetensors
 
 REQUIRED = ("config.json", "model.safetensors", "ema.safetensors")
+INDEX, GENERATOR = "model_index.json", "generator"  # a pipeline folder: its index and its generator's subfolder
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -128,14 +129,20 @@ def update_latest(run_dir: Path, ckpt: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def is_pipeline_folder(path: str | Path) -> bool:
+    """A folder written by ``FluidPipeline.save_pretrained`` (its index and generator inside)."""
+    path = Path(path)
+    return (path / INDEX).is_file() and (path / GENERATOR / "config.json").is_file()
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder from a checkpoint folder, a run folder (its ``latest``) or a
     pipeline folder (its ``generator``)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if (path / "model_index.json").is_file() and (path / "generator" / "config.json").is_file():
-        return path / "generator"  # a pipeline folder (FluidPipeline.save_pretrained)
+    if is_pipeline_folder(path):
+        return path / GENERATOR  # a pipeline folder (FluidPipeline.save_pretrained)
     if (path / "config.json").exists() and not (path / "latest").exists():
         return path
     if (path / "latest").exists():

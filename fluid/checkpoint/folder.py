@@ -13,17 +13,20 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from fluid.checkpoint import CheckpointError, load_weights, read_config, read_meta, resolve
+from fluid.checkpoint import (
+    GENERATOR,
+    INDEX,
+    CheckpointError,
+    is_pipeline_folder,
+    load_weights,
+    read_config,
+    read_meta,
+    resolve,
+)
 from fluid.config import FluidConfig
 
-INDEX = "model_index.json"
 CLASS_NAME = "FluidPipeline"
-GENERATOR, TOKENIZER = "generator", "tokenizer"
-
-
-def is_pipeline_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / INDEX).is_file() and (path / GENERATOR / "config.json").is_file()
+TOKENIZER = "tokenizer"
 
 
 def read_index(folder: str | Path) -> dict:

@@ -26,15 +26,8 @@ from typing import TYPE_CHECKING
 from safetensors.torch import save_file
 
 from fluid import checkpoint as ckpt
-from fluid.checkpoint import EXPORT_DTYPES, CheckpointError
-from fluid.checkpoint.folder import (
-    CLASS_NAME,
-    GENERATOR,
-    INDEX,
-    TOKENIZER,
-    bundled_tokenizer,
-    is_pipeline_folder,
-)
+from fluid.checkpoint import EXPORT_DTYPES, GENERATOR, INDEX, CheckpointError, is_pipeline_folder
+from fluid.checkpoint.folder import CLASS_NAME, TOKENIZER, bundled_tokenizer
 
 if TYPE_CHECKING:
     from fluid.sample.pipeline import FluidPipeline
