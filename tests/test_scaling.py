@@ -194,6 +194,14 @@ def test_micro_sweep_end_to_end_resumes_and_refuses_stale_runs(tmp_path):
     # Evaluated checkpoints are kept, the others pruned.
     kept = sorted(p.name for p in (out / "runs" / "variant=continuous-random,size=a" / "train").glob("step-*"))
     assert kept == ["step-0000002", "step-0000004"]
+    # Each attempt records what `precision: auto` meant where it trained.
+    from fluid.config import get_preset
+    from fluid.runtime import resolve_precision
+    from fluid.train.distributed import default_device
+
+    record = json.loads((out / "runs" / "variant=continuous-random,size=a" / "run.json").read_text())
+    expected = resolve_precision(get_preset("debug").train.precision, default_device()).value
+    assert record["attempts"][0]["precision"] == expected
 
     # A second call finds everything done and trains nothing.
     again = _scale("--sweep", str(sweep), "--out", str(out), cwd=tmp_path)

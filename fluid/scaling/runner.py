@@ -36,7 +36,7 @@ from pathlib import Path
 
 from fluid.config import FluidConfig
 from fluid.files import file_digest
-from fluid.runtime import machine
+from fluid.runtime import machine, resolve_precision
 from fluid.scaling.compute import compute_summary
 from fluid.scaling.identity import (
     differences,
@@ -48,6 +48,7 @@ from fluid.scaling.identity import (
 )
 from fluid.scaling.records import RunFolder, summarize_eval, write_results
 from fluid.scaling.sweep import RunSpec, Sweep
+from fluid.train.distributed import default_device
 
 FORMAT = "fluid-sweep-run/1"
 
@@ -233,6 +234,9 @@ class Runner:
         if cfg.train.val_every:
             cfg.train.val_every = math.gcd(cfg.train.val_every, every) if cfg.train.val_every < run.steps else run.steps
         attempt = {"started": _now(), "machine": machine(self.threads, self.device)}  # plan.py reuses its seconds
+        # What `precision: auto` means where this attempt trains (bf16 on CUDA and CPUs with native
+        # bf16, else fp32): runs of one sweep on different machines can differ in it.
+        attempt["precision"] = resolve_precision(cfg.train.precision, self.device or default_device()).value
         attempt["machine"].update({"launcher": shlex.join(self.launcher)} if self.launcher else {})
         record["attempts"].append(attempt)
         t0 = time.perf_counter()
