@@ -25,6 +25,10 @@ BY_VENDOR = {  # (capability, vendor) -> the variants whose hash differs there, 
     ("AVX512", "AuthenticAMD"): {
         "discrete-random": "e23a394d07c46db1f3369cc8bcf9468a2e3094b603ca1d39f757e800aa7f84b2",
     },
+    ("AVX512", "GenuineIntel"): {  # a Xeon with AMX, by the code before the reorganisation (64ef167) and after
+        "continuous-raster": "0be244510589b4946f1696c93d92ba0f96e6babab40b0a00b81ddf8f238a3154",
+        "discrete-raster": "90c82715c21c2710c012d59825f29b86ccd90499a0fd1f8989ae252a1f558717",
+    },
     ("AVX2", "AuthenticAMD"): {  # an AMD EPYC without AVX-512, recorded before the code was reformatted
         "continuous-random": "88d068a1ef3c8180acae7ffd1867da1166c4ebd947b4c2da3a67719067aa42bb",
         "continuous-raster": "cfee317cc6a2a90c123e276d0e5626abd12d7a0ae19f4b530b4a3bcc867b8ddf",
