@@ -375,3 +375,22 @@ def test_sample_and_eval_share_their_sampling_flags():
     }
     for dest in ("cfg", "temperature", "steps", "head_steps", "head_sampler", "batch_size"):
         assert flags["sample"][dest] == flags["eval"][dest], dest
+
+
+def test_eval_sampling_overrides_are_the_eval_flags_and_sample_config_fields():
+    """``fluid eval``'s sampling flags land in EvalOptions fields named as SampleConfig's, and
+    only the values given reach the pipeline."""
+    import dataclasses
+
+    from fluid.cli import make_parser
+    from fluid.config import SampleConfig
+    from fluid.eval.run import EvalOptions
+
+    sample_fields = {f.name for f in dataclasses.fields(SampleConfig)}
+    shared = [f.name for f in dataclasses.fields(EvalOptions) if f.name in sample_fields]
+    args = make_parser().parse_args(["eval", "--out", "unused", "--cfg", "2.5", "--head-steps", "7"])
+    assert all(hasattr(args, name) for name in shared) and len(shared) == 6
+    opts = EvalOptions(
+        **{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(EvalOptions)}}
+    )
+    assert opts.sample_overrides() == {"cfg": 2.5, "head_steps": 7}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from fluid.config import VARIANTS
+from fluid.config import VARIANTS, SampleConfig
 
 FORMAT = "fluid-eval/1"
 
@@ -64,7 +64,7 @@ class EvalOptions:
     geneval_overwrite: bool = False  # replace an export made by another model or with other settings
     cache_dir: str | None = None  # reference statistics (default: fluid.eval.frechet.cache_dir())
     device: str | None = None
-    # sampling overrides (None: the checkpoint's sample config)
+    # sampling overrides, named as the SampleConfig fields they override (None: the checkpoint's)
     cfg: float | None = None
     temperature: float | None = None
     steps: int | None = None
@@ -73,14 +73,10 @@ class EvalOptions:
     batch_size: int | None = None
 
     def sample_overrides(self) -> dict:
-        given = dict(
-            cfg=self.cfg,
-            temperature=self.temperature,
-            steps=self.steps,
-            head_steps=self.head_steps,
-            head_sampler=self.head_sampler,
-            batch_size=self.batch_size,
-        )
+        """The sampling values given: each field named as a :class:`~fluid.config.SampleConfig`
+        field, where not None."""
+        names = {f.name for f in dataclasses.fields(SampleConfig)}
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names}
         return {k: v for k, v in given.items() if v is not None}
 
 
