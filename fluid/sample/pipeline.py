@@ -92,12 +92,11 @@ class FluidPipeline:
         return dataclasses.replace(self.cfg.sample, **given)
 
     def head_steps(self, head_steps: int | None = None) -> int | None:
-        """The diffusion head's sampling steps (checked): ``head_steps``, else the sample config's,
-        else the model's ``head_sample_steps``; None for discrete tokens, which have no head."""
+        """The diffusion head's sampling steps, checked: ``head_steps`` (a sample config's, which
+        :meth:`sample_config` resolves), else the model's ``head_sample_steps``; None for discrete
+        tokens, which have no head."""
         if not self.model.continuous:
             return None
-        if head_steps is None:
-            head_steps = self.cfg.sample.head_steps
         steps = self.cfg.model.head_sample_steps if head_steps is None else head_steps
         limit = self.cfg.model.diffusion_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
