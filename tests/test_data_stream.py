@@ -353,21 +353,21 @@ def test_an_encoded_shapes_pool_serves_posterior_samples_and_resumes_exactly(tmp
 
 
 def test_an_encoded_pool_is_shared_through_a_cache_keyed_by_tokenizer_and_data(tmp_path, minilm, monkeypatch):
-    """``FLUID_POOL_CACHE``: the second stream with the same tokenizer and pool reads the
+    """``pool_cache`` (``fluid train --pool-cache``): the second stream with the same tokenizer and pool reads the
     first one's encoding (and yields the same batches) instead of encoding again; another
     tokenizer, another pool size or a torn file means encoding again."""
     from fluid.data.stream import ShapesStream
 
     data_cfg = apply_overrides(tiny_config(), {"data.pool": 24, "data.pool_encoded": True}).data
     tok = make_tokenizer("kl")
-    monkeypatch.setenv("FLUID_POOL_CACHE", str(tmp_path / "cache"))
-    first = ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm)
+    cache = tmp_path / "cache"
+    first = ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm, pool_cache=cache)
     assert len(list((tmp_path / "cache").glob("pool-*.safetensors"))) == 1
 
     calls = []
     real = ShapesStream._encode_pool
     monkeypatch.setattr(ShapesStream, "_encode_pool", lambda self, t, **kw: calls.append(t) or real(self, t, **kw))
-    second = ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm)
+    second = ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm, pool_cache=cache)
     assert calls == []
     assert all(torch.equal(first.pool_tokens[k], second.pool_tokens[k]) for k in first.pool_tokens)
     assert torch.equal(next(iter(first)).tokens, next(iter(second)).tokens)
@@ -375,17 +375,17 @@ def test_an_encoded_pool_is_shared_through_a_cache_keyed_by_tokenizer_and_data(t
     other = make_tokenizer("kl")
     with torch.no_grad():
         next(other.parameters()).add_(0.5)  # other weights: another identity
-    ShapesStream(data_cfg, 5, tokenizer=other, text_encoder=minilm)
+    ShapesStream(data_cfg, 5, tokenizer=other, text_encoder=minilm, pool_cache=cache)
     bigger = apply_overrides(tiny_config(), {"data.pool": 32, "data.pool_encoded": True}).data
-    ShapesStream(bigger, 5, tokenizer=tok, text_encoder=minilm)
+    ShapesStream(bigger, 5, tokenizer=tok, text_encoder=minilm, pool_cache=cache)
     assert len(calls) == 2 and len(list((tmp_path / "cache").glob("pool-*.safetensors"))) == 3
 
     path = tmp_path / "cache" / f"pool-{first.pool_key(tok)}.safetensors"
     path.write_bytes(path.read_bytes()[:100])  # torn: encoded again and replaced
-    third = ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm)
+    third = ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm, pool_cache=cache)
     assert len(calls) == 3
     assert all(torch.equal(first.pool_tokens[k], third.pool_tokens[k]) for k in first.pool_tokens)
-    assert ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm) and len(calls) == 3
+    assert ShapesStream(data_cfg, 5, tokenizer=tok, text_encoder=minilm, pool_cache=cache) and len(calls) == 3
 
 
 def test_an_encoded_pool_needs_a_pool_and_no_flips():

@@ -148,7 +148,8 @@ name: micro
 preset: debug
 steps: 4
 eval_steps: [2]
-set: {train.batch_size: 4, train.val_size: 8, train.log_every: 2, train.val_every: 0, model.width: 32, model.heads: 2}
+set: {train.batch_size: 4, train.val_size: 8, train.log_every: 2, train.val_every: 0, model.width: 32, model.heads: 2,
+      data.pool: 12, data.pool_encoded: true, data.flip: false}
 axes:
   variant: [continuous-random]
   size:
@@ -191,6 +192,8 @@ def test_micro_sweep_end_to_end_resumes_and_refuses_stale_runs(tmp_path):
     assert rows[1]["train_flops"] == pytest.approx(2 * rows[0]["train_flops"])
     header = (out / "results.csv").read_text().splitlines()[0]
     assert "val_loss" in header and "train_flops" in header
+    # Both runs train on one tokenizer's encoded pool: encoded once, kept in the sweep's folder.
+    assert len(list((out / "pool-cache").glob("pool-*.safetensors"))) == 1
     # Evaluated checkpoints are kept, the others pruned.
     kept = sorted(p.name for p in (out / "runs" / "variant=continuous-random,size=a" / "train").glob("step-*"))
     assert kept == ["step-0000002", "step-0000004"]

@@ -22,6 +22,11 @@ def add_parser(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the shipped one)")
     p.add_argument("--text-embeddings", default=None, help="precomputed caption embeddings (safetensors)")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--pool-cache",
+        default=None,
+        help="folder that keeps encoded shapes pools (data.pool_encoded) for runs with the same tokenizer and pool",
+    )
     p.set_defaults(func=run)
 
 
@@ -57,7 +62,7 @@ def run(args) -> int:
     dist = setup(args.device, cfg.train.dist_timeout_s)
     tokenizer = load_tokenizer(resolve_tokenizer(cfg), kind=cfg.tokenizer.kind, patch_size=cfg.tokenizer.patch_size)
     text_encoder = _text_encoder(cfg, dist.device, args.text_embeddings)
-    trainer = Trainer(cfg, out, tokenizer, text_encoder, resume=args.resume, dist=dist)
+    trainer = Trainer(cfg, out, tokenizer, text_encoder, resume=args.resume, dist=dist, pool_cache=args.pool_cache)
     if dist.is_main:
         n = sum(p.numel() for p in trainer.model.parameters())
         print(

@@ -29,17 +29,15 @@ from fluid.shapes.dataset import ShapesDataset
 from fluid.shapes.digest import renderer_digest
 from fluid.shapes.scenes import flip_caption, item_seed
 
-POOL_CACHE_ENV = "FLUID_POOL_CACHE"
-
 
 class ShapesStream:
     """Batches of the built-in ``shapes`` data, rendered per batch or drawn from a pool.
 
     With ``data.pool_encoded`` the pool is encoded once by the frozen tokenizer. Runs that
     share a tokenizer (a sweep's runs, for instance) can share that work: with ``pool_cache``
-    (or the ``FLUID_POOL_CACHE`` environment variable) naming a folder, the encoded pool is
-    kept there under a key made of the pool's size, the data's settings, the renderer's code
-    and the tokenizer's identity, and read back by the next run with the same key.
+    naming a folder (``fluid train --pool-cache``), the encoded pool is kept there under a key
+    made of the pool's size, the data's settings, the renderer's code and the tokenizer's
+    identity, and read back by the next run with the same key.
     """
 
     def __init__(
@@ -65,8 +63,10 @@ class ShapesStream:
             if tokenizer is None or text_encoder is None:
                 raise ValueError("data.pool_encoded needs the tokenizer and text encoder")
             self.text_encoder = text_encoder
-            cache = pool_cache if pool_cache is not None else os.environ.get(POOL_CACHE_ENV) or None
-            self.pool_tokens = self._cached_pool(tokenizer, Path(cache)) if cache else self._encode_pool(tokenizer)
+            if pool_cache is not None:
+                self.pool_tokens = self._cached_pool(tokenizer, Path(pool_cache))
+            else:
+                self.pool_tokens = self._encode_pool(tokenizer)
             self.pool_images = None  # only the encoded form is used from here on
 
     def pool_key(self, tokenizer) -> str:
@@ -191,6 +191,7 @@ def TrainStream(
     tokenizer=None,
     text_encoder=None,
     accum: int = 1,
+    pool_cache: str | Path | None = None,
 ):
     """The training stream for ``cfg.source``, positioned at batch ``start`` (of ``accum``
     per optimizer step).
@@ -201,9 +202,10 @@ def TrainStream(
     ``shapes`` renders in this process; ``cache`` (EncodedBatch), ``folder``, ``coco`` and
     ``wds`` (RawBatch) stream through :mod:`fluid.data.streaming`, in an order that is a pure
     function of the step. A cache is checked against ``tokenizer`` / ``text_encoder`` when given.
+    ``pool_cache``: the folder that keeps encoded ``shapes`` pools (see :class:`ShapesStream`).
     """
     if cfg.source == "shapes":
-        return ShapesStream(cfg, batch_size, rank, world, start, device, tokenizer, text_encoder, accum)
+        return ShapesStream(cfg, batch_size, rank, world, start, device, tokenizer, text_encoder, accum, pool_cache)
     from fluid.data.streaming import open_stream
 
     return open_stream(cfg, batch_size, rank, world, start, device, tokenizer=tokenizer, text_encoder=text_encoder)

@@ -103,7 +103,6 @@ class Runner:
 
     def _env(self) -> dict:
         env = dict(os.environ)
-        env.setdefault("FLUID_POOL_CACHE", str(self.out / "pool-cache"))  # a pool is encoded once per tokenizer
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env
@@ -168,6 +167,7 @@ class Runner:
         cfg.save(cfg_path)
         args = ["train", "--out", str(folder.train), "--steps", str(folder.run.steps)]
         args += ["--resume"] if done else ["--config", str(cfg_path)]
+        args += ["--pool-cache", str(self.out / "pool-cache")]  # a pool is encoded once per tokenizer
         tok = tokenizer_for(self.sweep, cfg)
         if tok and not done:
             args += ["--tokenizer", tok]

@@ -77,6 +77,7 @@ class Trainer:
         device: str | torch.device | None = None,
         dist: DistInfo | None = None,
         show_progress: bool = True,
+        pool_cache: str | Path | None = None,
     ):
         self.dist = dist or DistInfo()
         self.device = torch.device(device or self.dist.device)
@@ -130,6 +131,7 @@ class Trainer:
             tokenizer=self.tokenizer,
             text_encoder=self.text_encoder,
             accum=self.accum,
+            pool_cache=pool_cache,
         )
         if t.compile:
             self.train_model = torch.compile(self.train_model, dynamic=True)
