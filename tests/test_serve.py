@@ -28,7 +28,7 @@ NAMES = {"tiny-cr": None, "tiny-dr": None}  # parse_request only looks at the na
 def test_a_plain_request_takes_the_model_defaults():
     r = parse_request({"prompt": "  a red\nsquare "}, NAMES)
     assert r.prompt == "a red square" and r.models == ("tiny-cr",) and r.seed == 0
-    assert r.sample_overrides() == {"cfg": None, "cfg_schedule": None, "temperature": None, "steps": None}
+    assert r.sample == {}
     # Form fields arrive as strings; empty ones mean "the default".
     r = parse_request(
         {
@@ -43,8 +43,8 @@ def test_a_plain_request_takes_the_model_defaults():
         },
         NAMES,
     )
-    assert r.models == ("tiny-cr", "tiny-dr") and r.cfg == 4.5 and r.steps == 8 and r.seed == 12
-    assert r.head_steps is None and r.cfg_schedule == "constant"
+    assert r.models == ("tiny-cr", "tiny-dr") and r.seed == 12
+    assert r.sample == {"cfg": 4.5, "temperature": 0.8, "steps": 8, "cfg_schedule": "constant"}
 
 
 @pytest.mark.parametrize(
@@ -287,3 +287,17 @@ def test_serve_command_names_the_models(models):
     args = argparse.Namespace(variants=["discrete-raster"], checkpoint=[path])
     with pytest.raises(ValueError, match="two served models are named 'discrete-raster'"):
         served_models(args)
+
+
+def test_the_request_fields_are_the_limits_and_sample_config_fields():
+    """Every ranged field but the seed, and the CFG schedule, overrides the SampleConfig field
+    of its name; the form's fields are exactly those, the prompt and the model."""
+    from dataclasses import fields
+
+    from fluid.config import SampleConfig
+    from fluid.serve.requests import FIELDS
+
+    sample_fields = {f.name for f in fields(SampleConfig)}
+    settings = [k for k in Limits().ranges() if k != "seed"] + ["cfg_schedule"]
+    assert set(settings) <= sample_fields
+    assert set(FIELDS) == {"prompt", "model", "seed", *settings}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fluid.config import CFGSchedule
@@ -21,6 +21,10 @@ ALL = "all"  # the variant choice that runs every served model side by side
 
 @dataclass(frozen=True)
 class Limits:
+    """The server's ranges: the seed's, and for each sampling setting a page may set (named as
+    the :class:`~fluid.config.SampleConfig` field it overrides; an integer range means a whole
+    number)."""
+
     max_prompt_chars: int = 200
     cfg: tuple[float, float] = (1.0, 20.0)
     temperature: tuple[float, float] = (0.05, 3.0)
@@ -28,37 +32,26 @@ class Limits:
     head_steps: tuple[int, int] = (1, 250)
     seed: tuple[int, int] = (0, 2**31 - 1)
 
+    def ranges(self) -> dict[str, tuple]:
+        """Every ranged field and its (low, high): the seed first, then the sampling settings."""
+        names = ["seed"] + [f.name for f in fields(self) if f.name not in ("max_prompt_chars", "seed")]
+        return {name: getattr(self, name) for name in names}
+
     def to_dict(self) -> dict:
-        return {
-            "max_prompt_chars": self.max_prompt_chars,
-            "cfg": list(self.cfg),
-            "temperature": list(self.temperature),
-            "steps": list(self.steps),
-            "head_steps": list(self.head_steps),
-            "seed": list(self.seed),
+        return {"max_prompt_chars": self.max_prompt_chars} | {
+            f.name: list(getattr(self, f.name)) for f in fields(self) if f.name != "max_prompt_chars"
         }
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """One generation request; ``None`` means the model's own default."""
+    """One generation request: ``sample`` holds the sampling settings it gives, by
+    :class:`~fluid.config.SampleConfig` field; every other one is the model's own default."""
 
     prompt: str
     models: tuple[str, ...]
     seed: int = 0
-    cfg: float | None = None
-    cfg_schedule: str | None = None
-    temperature: float | None = None
-    steps: int | None = None
-    head_steps: int | None = None
-
-    def sample_overrides(self) -> dict[str, Any]:
-        return {
-            "cfg": self.cfg,
-            "cfg_schedule": self.cfg_schedule,
-            "temperature": self.temperature,
-            "steps": self.steps,
-        }
+    sample: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,10 +133,9 @@ def parse_request(body: Any, models: Mapping[str, Any], limits: Limits = Limits(
         chosen = ()
 
     values: dict[str, Any] = {}
-    for key, integer in (("seed", True), ("cfg", False), ("temperature", False), ("steps", True), ("head_steps", True)):
+    for key, (low, high) in limits.ranges().items():
         if _present(body.get(key)):
-            low, high = getattr(limits, key)
-            values[key] = _number(key, body[key], low, high, integer, errors)
+            values[key] = _number(key, body[key], low, high, isinstance(low, int), errors)
     schedule = body.get("cfg_schedule")
     if _present(schedule):
         choices = [s.value for s in CFGSchedule]
@@ -152,4 +144,4 @@ def parse_request(body: Any, models: Mapping[str, Any], limits: Limits = Limits(
         values["cfg_schedule"] = schedule
     if errors:
         raise RequestError(errors)
-    return GenerateRequest(prompt=prompt, models=chosen, seed=values.pop("seed", 0), **values)
+    return GenerateRequest(prompt=prompt, models=chosen, seed=values.pop("seed", 0), sample=values)

@@ -335,7 +335,7 @@ class Scheduler:
             job.emit("loading", model=name)
         pipe = self.models.get(name)
         info = self.models[name]
-        total = frame_count(pipe.cfg, r.steps)
+        total = frame_count(pipe.cfg, r.sample.get("steps"))
         grid = math.isqrt(pipe.cfg.model.num_tokens)
         t0 = time.perf_counter()
 
@@ -363,12 +363,10 @@ class Scheduler:
                 model=name,
                 message=f"The prompt has {count} text-encoder tokens; {name} reads the first {limit}.",
             )
-        overrides = {k: v for k, v in r.sample_overrides().items() if v is not None}
-        tokens = pipe.generate_tokens([r.prompt], seed=r.seed, on_step=on_step, head_steps=r.head_steps, **overrides)
+        tokens = pipe.generate_tokens([r.prompt], seed=r.seed, on_step=on_step, **r.sample)
         image = to_pil(pipe.decode(tokens))[0]
-        used = info.defaults() | {k: v for k, v in overrides.items()}
-        if r.head_steps is not None and "head_steps" in used:
-            used["head_steps"] = r.head_steps
+        defaults = info.defaults()  # the settings this model uses (no head steps for discrete tokens)
+        used = defaults | {k: v for k, v in r.sample.items() if k in defaults}
         if pipe.cfg.model.order == Order.RASTER:
             used.pop("steps", None)  # raster order makes one step per token
         else:
