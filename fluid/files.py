@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +32,21 @@ def save_safetensors(
     path = Path(path)
     save_file(tensors, str(path), metadata=metadata)
     os.chmod(path, 0o666 & ~_umask())
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``: a reader
+    sees the old file or the whole new one, never half of it. The temporary name is unique, so
+    processes writing the same file at once do not tear each other's; on an error it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

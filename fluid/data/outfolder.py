@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from fluid.data.cache import MANIFEST, PLAN, REPORT, stats_file
+from fluid.files import atomic_write
 
 
 class PrepareError(ValueError):
@@ -50,17 +51,6 @@ def process_rank(rank: int | None = None, world: int | None = None, environ=None
     rank, world = (0 if rank is None else rank), (1 if world is None else world)
     check_rank(rank, world)
     return rank, world
-
-
-def atomic_write(path: Path, write) -> None:
-    # A name of its own: other processes may be writing the same file (the manifest) at once.
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj) -> None:

@@ -45,7 +45,6 @@ from fluid.data.encode import caption_token_counts, encode_images, encode_text
 from fluid.data.images import ImagePolicy, to_tensor
 from fluid.data.outfolder import (
     PrepareError,
-    atomic_write,
     check_rank,
     finish,
     open_folder,
@@ -53,7 +52,7 @@ from fluid.data.outfolder import (
 )
 from fluid.data.pool import decoded
 from fluid.data.records import Decoded, Fix, Source, flippable, stable_fraction
-from fluid.files import save_safetensors
+from fluid.files import atomic_write, save_safetensors
 from fluid.runtime import resolve_precision
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from fluid.config import DataConfig
 from fluid.data.batches import EncodedBatch, RawBatch
+from fluid.files import atomic_write
 from fluid.shapes.dataset import ShapesDataset
 from fluid.shapes.digest import renderer_digest
 from fluid.shapes.scenes import flip_caption, item_seed
@@ -95,9 +95,8 @@ class ShapesStream:
                 pass
         tokens = self._encode_pool(tokenizer)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file({k: v.contiguous().cpu() for k, v in tokens.items()}, tmp)
-        os.replace(tmp, path)  # atomic: two runs encoding the same pool at once both write whole files
+        # Two runs encoding the same pool at once both write whole files.
+        atomic_write(path, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in tokens.items()}, tmp))
         return tokens
 
     @torch.no_grad()

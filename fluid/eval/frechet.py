@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fluid.files import file_digest
+from fluid.files import atomic_write, file_digest
 
 INCEPTION_FEATURES = "2048"  # torch-fidelity's name of the pool3 features FID uses
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release file
@@ -60,10 +60,13 @@ class FeatureStats:
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), meta=np.array(json.dumps(meta or {})))
-        os.replace(tmp, path)  # never leave a half-written file under the final name
-        return path
+        arrays = {"mu": self.mu, "sigma": self.sigma, "n": np.int64(self.n), "meta": np.array(json.dumps(meta or {}))}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz" to its name
+                np.savez(f, **arrays)
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
+from fluid.files import atomic_write
 from fluid.scaling.compute import compute_summary
 from fluid.scaling.identity import fitted_config
 from fluid.scaling.sweep import RunSpec, Sweep
@@ -32,9 +32,7 @@ class RunFolder:
             return None  # a record cut short by a kill: treat as new, the checkpoints remain
 
     def write(self, record: dict) -> None:
-        tmp = self.record_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, self.record_path)
+        atomic_write(self.record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def summarize_eval(rec: dict) -> dict:
@@ -86,10 +84,14 @@ def result_rows(out: Path, sweep: Sweep) -> list[dict]:
 
 def write_results(out: Path, sweep: Sweep) -> list[dict]:
     rows = result_rows(out, sweep)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=2) + "\n"))
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out / "results.csv", write_csv)
     return rows

@@ -7,7 +7,6 @@ still train on known captions.
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -83,7 +82,7 @@ def save_embeddings(
     Meant for caption sets up to ~10^5 (the header holds them all); large datasets store
     embeddings in their prepared shards instead.
     """
-    from fluid.files import save_safetensors
+    from fluid.files import atomic_write, save_safetensors
 
     captions = list(dict.fromkeys(check_prompts(captions)))
     rows = []
@@ -105,10 +104,8 @@ def save_embeddings(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_safetensors({"embeddings": stored.contiguous(), "offsets": offsets}, tmp, metadata={"fluid": json.dumps(meta)})
-    os.replace(tmp, path)  # never leave a half-written file under the final name
-    return path
+    tensors = {"embeddings": stored.contiguous(), "offsets": offsets}
+    return atomic_write(path, lambda tmp: save_safetensors(tensors, tmp, metadata={"fluid": json.dumps(meta)}))
 
 
 def load_embeddings(path: str | Path) -> tuple[dict[str, Tensor], dict]:

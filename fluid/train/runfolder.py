@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from fluid.checkpoint import RunWriteError, write_failure
+from fluid.files import atomic_write
 
 
 def make_writable(run_dir: Path) -> None:
@@ -34,6 +35,4 @@ def forget_metrics_after(path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
