@@ -88,6 +88,26 @@ def test_random_order_attention_is_bidirectional():
     assert not torch.allclose(a[:, 0], b[:, 0])
 
 
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_backbone_outputs_at_chosen_positions_match_the_full_pass(qk_norm):
+    """The last block at the sampled positions alone (sampling's shortcut) gives the rows of the
+    full pass, in the order asked for, with any mix of known and masked tokens."""
+    model = tiny("continuous-random", qk_norm=qk_norm)
+    emb, mask = text_batch()
+    text, tmask = model.aligner(emb, mask)
+    g = torch.Generator().manual_seed(3)
+    known = torch.rand(3, 16, generator=g) < 0.5
+    x = model.embed_masked(tokens_for(model), known)
+    pos = torch.stack([torch.randperm(16, generator=g)[:5] for _ in range(3)])  # (3, 5), unsorted
+    with torch.no_grad():
+        full = model.backbone(x, text, tmask)  # (3, 16, W)
+        part = model.backbone(x, text, tmask, outputs=pos)  # (3, 5, W)
+    assert part.shape == (3, 5, full.shape[-1])
+    torch.testing.assert_close(part, full.gather(1, pos[..., None].expand(-1, -1, full.shape[-1])))
+    with pytest.raises(ValueError, match="bidirectional"):
+        tiny("continuous-raster").backbone(x, text, tmask, outputs=pos)
+
+
 def test_empty_prompt_and_dropped_prompt_are_the_null_condition():
     model = tiny("continuous-random")
     emb, mask = text_batch()

@@ -69,15 +69,27 @@ class Attention(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
         context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, N, D). mask: (B, L) bool, True = attend (keys' padding mask).
 
         ``cache``: incremental causal decoding; x holds only the new positions.
+        ``queries``: (B, K) positions of x whose outputs are wanted (self-attention, not
+        causal): every position gives keys and values, only these ask; returns (B, K, D).
         """
         b, n, d = x.shape
         if self.cross:
             q = self.q_norm(self._split(self.q(x)))  # (B, H, N, hd)
             k, v = context_kv if context_kv is not None else self.context_kv(context)
+        elif queries is not None:
+            if causal or cache is not None:
+                raise ValueError("attention at chosen queries is for bidirectional self-attention")
+            w, bias = self.qkv.weight, self.qkv.bias  # rows: queries, keys, values
+            k, v = F.linear(x, w[d:], bias[d:]).chunk(2, dim=-1)  # (B, N, D) each
+            x = x.gather(1, queries[..., None].expand(-1, -1, d))  # (B, K, D)
+            n = x.shape[1]
+            q = F.linear(x, w[:d], bias[:d])
+            q, k, v = self.q_norm(self._split(q)), self.k_norm(self._split(k)), self._split(v)
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
             q, k, v = self.q_norm(self._split(q)), self.k_norm(self._split(k)), self._split(v)
@@ -135,7 +147,14 @@ class ImageBlock(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
         text_kv: tuple | None = None,
+        queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), causal=causal, cache=cache)  # (B, N, D)
+        """x: (B, N, D) -> (B, N, D), or (B, K, D) at the ``queries`` positions (B, K) alone:
+        every position still serves as a key, but only those go on through the block."""
+        if queries is not None:
+            a = self.self_attn(self.norm1(x), queries=queries)  # (B, K, D)
+            x = x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1])) + a
+        else:
+            x = x + self.self_attn(self.norm1(x), causal=causal, cache=cache)  # (B, N, D)
         x = x + self.cross_attn(self.norm2(x), context=text, mask=text_mask, context_kv=text_kv)
         return x + self.mlp(self.norm3(x))

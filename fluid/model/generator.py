@@ -169,8 +169,18 @@ class Generator(nn.Module):
         text_mask: torch.Tensor,
         caches: list[KVCache] | None = None,
         text_kvs: list | None = None,
+        outputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, N, W) -> (B, N, W). With ``caches``, x holds only new positions (raster decoding)."""
+        """(B, N, W) -> (B, N, W). With ``caches``, x holds only new positions (raster decoding).
+
+        ``outputs`` (B, K), random order only: the positions whose features are wanted, in
+        that order, (B, K, W). No other position's output is read after the last block's
+        keys and values, so the last block runs its queries, cross-attention and MLP at
+        those positions alone: the same numbers as the full pass, up to rounding.
+        """
+        if outputs is not None and self.causal:
+            raise ValueError("outputs= is for the bidirectional (random-order) backbone")
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
@@ -179,6 +189,7 @@ class Generator(nn.Module):
                 causal=self.causal and caches is None,
                 cache=caches[i] if caches is not None else None,
                 text_kv=text_kvs[i] if text_kvs is not None else None,
+                queries=outputs if i == last else None,
             )
         return self.norm(x)
 

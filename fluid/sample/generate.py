@@ -218,9 +218,9 @@ def generate_random(
     done = 0
     for step, count in enumerate(tokens_per_step(n, cfg.steps)):
         x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
-        h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (B', N, W)
         scale = guidance_scale(cfg, done + count, n)
         if cfg.confidence and not model.continuous:
+            h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (B', N, W): every position competes
             # MaskGIT: sample every masked position, keep the `count` most confident ones
             # (annealed Gumbel noise on the log-probabilities keeps some diversity).
             ids, logp = sample_from_head(sampler, h.reshape(-1, h.shape[-1]), scale, cfg, cond.guided, rng)
@@ -233,7 +233,9 @@ def generate_random(
             new = ids.gather(1, pos)
         else:
             pos = orders[:, done : done + count]  # (B, count)
-            z = _gather_rows(h, pos, cond.guided)  # (B'*count, W)
+            # Only this step's positions go through the last block (and on to the head).
+            h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs, outputs=_pair(pos, cond.guided))  # (B', K, W)
+            z = h.reshape(-1, h.shape[-1])  # (B'*count, W), image-major
             new, _ = sample_from_head(sampler, z, scale, cfg, cond.guided, rng, head_steps)
             new = new.view(b, count, *shape[2:])
         tokens[rows, pos] = new.to(tokens.dtype)
@@ -242,12 +244,6 @@ def generate_random(
         if on_step is not None:
             on_step(step, tokens.clone(), known.clone())
     return tokens
-
-
-def _gather_rows(h: torch.Tensor, pos: torch.Tensor, guided: bool) -> torch.Tensor:
-    """h: (B', N, W), pos: (B, K) -> (B'*K, W), the same positions for both CFG halves."""
-    pos = _pair(pos, guided)  # (B', K)
-    return h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1])).reshape(-1, h.shape[-1])
 
 
 @torch.no_grad()
