@@ -11,6 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def take_rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x: (B, N, D), pos: (B, K) -> (B, K, D), the rows of x at pos, in that order."""
+    return x.gather(1, pos[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class KVCache:
     """Keys and values of one self-attention layer for incremental (raster) decoding.
 
@@ -86,7 +91,7 @@ class Attention(nn.Module):
                 raise ValueError("attention at chosen queries is for bidirectional self-attention")
             w, bias = self.qkv.weight, self.qkv.bias  # rows: queries, keys, values
             k, v = F.linear(x, w[d:], bias[d:]).chunk(2, dim=-1)  # (B, N, D) each
-            x = x.gather(1, queries[..., None].expand(-1, -1, d))  # (B, K, D)
+            x = take_rows(x, queries)  # (B, K, D)
             n = x.shape[1]
             q = F.linear(x, w[:d], bias[:d])
             q, k, v = self.q_norm(self._split(q)), self.k_norm(self._split(k)), self._split(v)
@@ -153,7 +158,7 @@ class ImageBlock(nn.Module):
         every position still serves as a key, but only those go on through the block."""
         if queries is not None:
             a = self.self_attn(self.norm1(x), queries=queries)  # (B, K, D)
-            x = x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1])) + a
+            x = take_rows(x, queries) + a
         else:
             x = x + self.self_attn(self.norm1(x), causal=causal, cache=cache)  # (B, N, D)
         x = x + self.cross_attn(self.norm2(x), context=text, mask=text_mask, context_kv=text_kv)
