@@ -39,6 +39,7 @@ Weights are random: speed does not depend on them.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -218,6 +219,7 @@ def measure(spec: dict) -> dict:
                 head_sampler=head_sampler,
                 compile=spec["compile"],
                 packed_head=spec.get("packed", False),
+                guidance_refresh=spec.get("guidance_refresh", 1),
             )
             return sample_once(tokens_sampler, cfg, scfg, head_steps, spec["batch"], spec["precision"], device)
 
@@ -300,7 +302,10 @@ def plan(args, precs, heads, device) -> list[dict]:
                     for sampler, steps in heads if continuous else [(None, None)]:
                         for compiled in args.sample_compile if continuous else ["off"]:
                             packable = continuous and compiled == "off" and prec == "fp32"  # else it is the head itself
-                            for packed in args.sample_packed if packable else ["off"]:
+                            for packed, refresh in itertools.product(
+                                args.sample_packed if packable else ["off"],
+                                args.guidance_refresh if variant.endswith("random") else [1],
+                            ):
                                 specs.append(
                                     {
                                         **base,
@@ -312,6 +317,7 @@ def plan(args, precs, heads, device) -> list[dict]:
                                         "head_steps": steps,
                                         "compile": compiled == "on",
                                         "packed": packed == "on",
+                                        "guidance_refresh": refresh,
                                         "batch": args.sample_batch,
                                         "gen_steps": args.gen_steps,
                                     }
@@ -368,6 +374,7 @@ def sampling_row(spec: dict, reps: list[dict], mar: dict | None) -> dict:
         "precision": spec["precision"],
         "compile": spec["compile"],
         "packed_head": spec.get("packed", False),
+        "guidance_refresh": spec.get("guidance_refresh", 1),
         "head_sampler": spec["head_sampler"],
         "head_steps": spec["head_steps"],
         "batch": b,
@@ -482,17 +489,18 @@ def markdown(result: dict) -> str:
         "",
         "## Sampling (CFG 3, linear)",
         "",
-        "| preset | variant | precision | compiled | packed head | head sampler | head steps | batch "
-        "| tokens | gen. steps | "
+        "| preset | variant | precision | compiled | packed head | guidance refresh | head sampler | head steps "
+        "| batch | tokens | gen. steps | "
         "images/s | latency s | CPU s | head share | vs MAR | peak memory MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["sampling"]:
         mem = r.get("peak_memory_mb", r.get("peak_rss_mb"))
         share = f"{r['head_share']:.0%}" if r["head_share"] is not None else "-"
         lines.append(
             f"| {r['preset']} | {r['variant']} | {r['precision']} | {'yes' if r.get('compile') else 'no'} | "
-            f"{'yes' if r.get('packed_head') else 'no'} | {r['head_sampler'] or '-'} | "
+            f"{'yes' if r.get('packed_head') else 'no'} | {r.get('guidance_refresh', 1)} | "
+            f"{r['head_sampler'] or '-'} | "
             f"{r['head_steps'] or '-'} | {r['batch']} | {r['tokens']} | {r['generation_steps']} | "
             f"{r['images_per_s']} | {r['latency_s']} | {r['cpu_seconds']} | {share} | "
             f"{str(r['vs_mar']) + 'x' if 'vs_mar' in r else '-'} | {mem} |"
@@ -524,6 +532,14 @@ def make_parser() -> argparse.ArgumentParser:
         choices=["off", "on"],
         help="sample with the diffusion head's weights prepacked for oneDNN (sample.packed_head; "
         "continuous variants in fp32, not with compile; default: off)",
+    )
+    p.add_argument(
+        "--guidance-refresh",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="random-order variants: run the unconditional branch on one generation step in K "
+        "(sample.guidance_refresh; default: 1, every step)",
     )
     p.add_argument(
         "--sample-compile",
@@ -582,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     args = fill_defaults(make_parser().parse_args(argv))
     if args.repeats < 3 and not args.quick:
         raise SystemExit(f"fluid bench: --repeats must be at least 3 for a median (or use --quick), not {args.repeats}")
+    if any(k < 1 for k in args.guidance_refresh):
+        raise SystemExit(f"fluid bench: --guidance-refresh takes whole numbers from 1, not {args.guidance_refresh}")
     if args.mar and not (Path(args.mar) / "bench_mar.py").is_file():
         raise SystemExit(f"fluid bench: --mar {args.mar}: no bench_mar.py there (see benchmarks/README.md)")
     if args.threads:

@@ -274,3 +274,59 @@ def test_packed_head_sampling_gives_the_eager_tokens():
     assert isinstance(packed, PackedDenoise) and sampler.denoise(cfg) is packed  # packed once, and kept
     torch.testing.assert_close(fast, run(dataclasses.replace(cfg, packed_head=False), [0, 1, 2]), rtol=1e-3, atol=1e-3)
     assert not torch.equal(run(dataclasses.replace(cfg, cfg=3.0), [0, 1, 2]), fast)  # not a cached answer
+
+
+@pytest.mark.parametrize("refresh", [1, 2, 3])
+def test_guidance_refresh_runs_the_null_branch_every_kth_step_and_reuses_its_residual(refresh, monkeypatch):
+    """With ``guidance_refresh`` k, the head sees, on steps that are not a multiple of k, the
+    conditional features of the current tokens beside those features minus the residual
+    (conditional - unconditional) of the last full step; on the others (and always for k = 1)
+    both branches of the current tokens. Checked against full backbone passes, step by step."""
+    import fluid.sample.generate as gen
+
+    model = tiny("continuous-random")
+    emb, mask = text_batch()
+    b, n, c = emb.shape[0], model.cfg.num_tokens, model.cfg.token_dim
+    seen = []
+
+    def head(sampler, z, scale, cfg, guided, rng, head_steps=None):
+        # A stand-in for the head: a token that depends on the conditional features only.
+        seen.append(z.clone())
+        m = z.shape[0] // 2
+        return torch.tanh(z[:m, :1]).expand(m, c).contiguous(), None
+
+    monkeypatch.setattr(gen, "sample_from_head", head)
+    cfg = SampleConfig(steps=7, cfg=3.0, guidance_refresh=refresh)
+    out = generate(model, emb, mask, cfg, ImageRNG.for_images(5, range(b)))
+
+    cond = gen.condition(model, emb, mask, True)
+    orders = ImageRNG.for_images(5, range(b)).rand(b, n).argsort(dim=1)
+    tokens, known = torch.zeros(b, n, c), torch.zeros(b, n, dtype=torch.bool)
+    rows, done = torch.arange(b)[:, None], 0
+    counts = tokens_per_step(n, cfg.steps)
+    assert len(seen) == len(counts)
+
+    def at(t, pos):  # (B, N, W) at pos (B, K) -> (B*K, W)
+        return t.gather(1, pos[..., None].expand(-1, -1, t.shape[-1])).reshape(-1, t.shape[-1])
+
+    with torch.no_grad():
+        for step, count in enumerate(counts):
+            pos = orders[:, done : done + count]
+            x = model.embed_masked(torch.cat([tokens] * 2), torch.cat([known] * 2))
+            h = model.backbone(x, cond.text, cond.mask)  # (2B, N, W): both branches, every position
+            if step % refresh == 0:
+                residual = h[:b] - h[b:]  # (B, N, W), kept until the next full step
+            uncond = h[b:] if step % refresh == 0 else h[:b] - residual
+            torch.testing.assert_close(seen[step], torch.cat([at(h[:b], pos), at(uncond, pos)]))
+            tokens[rows, pos] = torch.tanh(at(h[:b], pos)[:, :1]).expand(-1, c).reshape(b, count, c)
+            known[rows, pos] = True
+            done += count
+    torch.testing.assert_close(out, tokens)
+
+
+def test_guidance_refresh_must_be_a_whole_number_from_one():
+    from fluid.config import ConfigError
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="guidance_refresh"):
+            SampleConfig(guidance_refresh=bad)

@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
         "compile",
         "packed_head",
         "head_steps",
+        "guidance_refresh",
     )
     p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", default="samples")
@@ -63,6 +64,7 @@ def run(args) -> int:
         head_sampler=args.head_sampler,
         compile=args.compile or None,
         packed_head=args.packed_head or None,
+        guidance_refresh=args.guidance_refresh,
     )
     used = pipe.settings(**overrides)  # checks every value before any sampling
     out = Path(args.out)

@@ -349,6 +349,14 @@ class SampleConfig:
     (``fluid.model.heads.PackedDenoise``), no compilation. Numbers differ from eager ones in
     the last bits. Ignored where it does not apply (GPU, bf16) and under ``compile``."""
 
+    guidance_refresh: int = 1
+    """Random order with guidance: run the unconditional branch through the backbone on one
+    generation step in ``guidance_refresh`` (1: every step, exact). On the steps between, only
+    the conditional branch runs, and the unconditional features at the positions generated are
+    the conditional ones minus the guidance residual (conditional minus unconditional) that
+    the last full step computed there (LazyMAR's condition cache). Ignored for raster order and
+    confidence selection."""
+
     def __post_init__(self):
         self.cfg_schedule = CFGSchedule(self.cfg_schedule)
         for name in ("compile", "packed_head"):
@@ -357,5 +365,5 @@ class SampleConfig:
         self.head_sampler = HeadSampler(self.head_sampler)
         for name in ("cfg", "temperature", "x0_clip"):
             _check_number(f"sample.{name}", getattr(self, name), minimum=0.0)
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "guidance_refresh"):
             _check_number(f"sample.{name}", getattr(self, name), minimum=1, integer=True)

@@ -71,6 +71,7 @@ class EvalOptions:
     head_steps: int | None = None
     head_sampler: str | None = None
     batch_size: int | None = None
+    guidance_refresh: int | None = None
 
     def sample_overrides(self) -> dict:
         """The sampling values given: each field named as a :class:`~fluid.config.SampleConfig`

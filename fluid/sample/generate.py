@@ -215,10 +215,32 @@ def generate_random(
     text_kvs = model.text_kv(cond.text)
     rows = torch.arange(b, device=device)[:, None]
     backbone = sampler.backbone(cfg)
+    counts = tokens_per_step(n, cfg.steps)
+    refresh = cfg.guidance_refresh if cond.guided and not cfg.confidence else 1
+    if refresh > 1:
+        half_kvs = [(k[:b], v[:b]) for k, v in text_kvs]  # the conditional branch's text keys/values
+    residual, used = None, 0  # guidance residual (B, K, W) at the positions ahead; columns consumed
     done = 0
-    for step, count in enumerate(tokens_per_step(n, cfg.steps)):
-        x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
+    for step, count in enumerate(counts):
         scale = guidance_scale(cfg, done + count, n)
+        if refresh > 1 and step % refresh:
+            # A cached step: the conditional branch alone; the unconditional features are
+            # the conditional ones minus the residual (cond - uncond) of the last full step.
+            pos = orders[:, done : done + count]  # (B, count)
+            x = model.embed_masked(tokens, known)  # (B, N, W)
+            hc = backbone(x, cond.text[:b], cond.mask[:b], text_kvs=half_kvs, outputs=pos)  # (B, count, W)
+            hu = hc - residual[:, used : used + count].to(hc.dtype)
+            used += count
+            z = torch.cat([hc, hu]).reshape(-1, hc.shape[-1])  # (2B*count, W), conditional first
+            new, _ = sample_from_head(sampler, z, scale, cfg, cond.guided, rng, head_steps)
+            new = new.view(b, count, *shape[2:])
+            tokens[rows, pos] = new.to(tokens.dtype)
+            known[rows, pos] = True
+            done += count
+            if on_step is not None:
+                on_step(step, tokens.clone(), known.clone())
+            continue
+        x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
         if cfg.confidence and not model.continuous:
             h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (B', N, W): every position competes
             # MaskGIT: sample every masked position, keep the `count` most confident ones
@@ -233,8 +255,16 @@ def generate_random(
             new = ids.gather(1, pos)
         else:
             pos = orders[:, done : done + count]  # (B, count)
-            # Only this step's positions go through the last block (and on to the head).
-            h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs, outputs=_pair(pos, cond.guided))  # (B', K, W)
+            if refresh > 1:
+                # A full step also reads the positions that the cached steps after it generate,
+                # and keeps the guidance residual there.
+                ahead = orders[:, done : done + sum(counts[step : step + refresh])]  # (B, K >= count)
+                h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs, outputs=_pair(ahead, True))  # (2B, K, W)
+                residual, used = h[:b, count:] - h[b:, count:], 0
+                h = h[:, :count]
+            else:
+                # Only this step's positions go through the last block (and on to the head).
+                h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs, outputs=_pair(pos, cond.guided))  # (B', K, W)
             z = h.reshape(-1, h.shape[-1])  # (B'*count, W), image-major
             new, _ = sample_from_head(sampler, z, scale, cfg, cond.guided, rng, head_steps)
             new = new.view(b, count, *shape[2:])

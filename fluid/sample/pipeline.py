@@ -123,6 +123,7 @@ class FluidPipeline:
             "head_sampler": scfg.head_sampler.value if self.model.continuous else None,
             "compile": scfg.compile,
             "packed_head": scfg.packed_head and self.model.continuous,
+            "guidance_refresh": scfg.guidance_refresh if random_order and not scfg.confidence else None,
         }
 
     @torch.no_grad()
