@@ -373,7 +373,16 @@ def test_sample_and_eval_share_their_sampling_flags():
         name: {a.dest: (a.type, a.choices, a.default) for a in sub.choices[name]._actions}
         for name in ("sample", "eval")
     }
-    for dest in ("cfg", "temperature", "steps", "head_steps", "head_sampler", "batch_size", "guidance_refresh"):
+    for dest in (
+        "cfg",
+        "cfg_schedule",
+        "temperature",
+        "steps",
+        "head_steps",
+        "head_sampler",
+        "batch_size",
+        "guidance_refresh",
+    ):
         assert flags["sample"][dest] == flags["eval"][dest], dest
 
 
@@ -389,7 +398,7 @@ def test_eval_sampling_overrides_are_the_eval_flags_and_sample_config_fields():
     sample_fields = {f.name for f in dataclasses.fields(SampleConfig)}
     shared = [f.name for f in dataclasses.fields(EvalOptions) if f.name in sample_fields]
     args = make_parser().parse_args(["eval", "--out", "unused", "--cfg", "2.5", "--head-steps", "7"])
-    assert all(hasattr(args, name) for name in shared) and len(shared) == 7
+    assert all(hasattr(args, name) for name in shared) and len(shared) == 8
     opts = EvalOptions(
         **{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(EvalOptions)}}
     )

@@ -69,7 +69,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         help="replace a GenEval export made by another model or with other sampling settings",
     )
     p.add_argument("--cache-dir", default=None, help="reference statistics cache (default ~/.cache/fluid/fd-stats)")
-    sample_args(p, "cfg", "temperature", "steps", "head_sampler", "batch_size", "head_steps", "guidance_refresh")
+    sample_args(
+        p, "cfg", "cfg_schedule", "temperature", "steps", "head_sampler", "batch_size", "head_steps", "guidance_refresh"
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")

@@ -66,6 +66,7 @@ class EvalOptions:
     device: str | None = None
     # sampling overrides, named as the SampleConfig fields they override (None: the checkpoint's)
     cfg: float | None = None
+    cfg_schedule: str | None = None
     temperature: float | None = None
     steps: int | None = None
     head_steps: int | None = None
