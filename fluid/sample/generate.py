@@ -223,25 +223,8 @@ def generate_random(
     done = 0
     for step, count in enumerate(counts):
         scale = guidance_scale(cfg, done + count, n)
-        if refresh > 1 and step % refresh:
-            # A cached step: the conditional branch alone; the unconditional features are
-            # the conditional ones minus the residual (cond - uncond) of the last full step.
-            pos = orders[:, done : done + count]  # (B, count)
-            x = model.embed_masked(tokens, known)  # (B, N, W)
-            hc = backbone(x, cond.text[:b], cond.mask[:b], text_kvs=half_kvs, outputs=pos)  # (B, count, W)
-            hu = hc - residual[:, used : used + count].to(hc.dtype)
-            used += count
-            z = torch.cat([hc, hu]).reshape(-1, hc.shape[-1])  # (2B*count, W), conditional first
-            new, _ = sample_from_head(sampler, z, scale, cfg, cond.guided, rng, head_steps)
-            new = new.view(b, count, *shape[2:])
-            tokens[rows, pos] = new.to(tokens.dtype)
-            known[rows, pos] = True
-            done += count
-            if on_step is not None:
-                on_step(step, tokens.clone(), known.clone())
-            continue
-        x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
         if cfg.confidence and not model.continuous:
+            x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
             h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs)  # (B', N, W): every position competes
             # MaskGIT: sample every masked position, keep the `count` most confident ones
             # (annealed Gumbel noise on the log-probabilities keeps some diversity).
@@ -255,15 +238,24 @@ def generate_random(
             new = ids.gather(1, pos)
         else:
             pos = orders[:, done : done + count]  # (B, count)
-            if refresh > 1:
+            if refresh > 1 and step % refresh:
+                # A cached step: the conditional branch alone; the unconditional features are
+                # the conditional ones minus the residual (cond - uncond) of the last full step.
+                x = model.embed_masked(tokens, known)  # (B, N, W)
+                hc = backbone(x, cond.text[:b], cond.mask[:b], text_kvs=half_kvs, outputs=pos)  # (B, count, W)
+                h = torch.cat([hc, hc - residual[:, used : used + count].to(hc.dtype)])  # (2B, count, W)
+                used += count
+            elif refresh > 1:
                 # A full step also reads the positions that the cached steps after it generate,
                 # and keeps the guidance residual there.
+                x = model.embed_masked(_pair(tokens, True), _pair(known, True))  # (2B, N, W)
                 ahead = orders[:, done : done + sum(counts[step : step + refresh])]  # (B, K >= count)
                 h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs, outputs=_pair(ahead, True))  # (2B, K, W)
                 residual, used = h[:b, count:] - h[b:, count:], 0
                 h = h[:, :count]
             else:
                 # Only this step's positions go through the last block (and on to the head).
+                x = model.embed_masked(_pair(tokens, cond.guided), _pair(known, cond.guided))  # (B', N, W)
                 h = backbone(x, cond.text, cond.mask, text_kvs=text_kvs, outputs=_pair(pos, cond.guided))  # (B', K, W)
             z = h.reshape(-1, h.shape[-1])  # (B'*count, W), image-major
             new, _ = sample_from_head(sampler, z, scale, cfg, cond.guided, rng, head_steps)
