@@ -23,6 +23,7 @@ from fluid.checkpoint import CheckpointError  # noqa: E402
 from fluid.commands import (
     bench,
     demo,
+    distill_head,
     embed_captions,
     export,
     prepare,
@@ -45,6 +46,7 @@ COMMANDS = (
     train,
     sample,
     train_tokenizer,
+    distill_head,
     export,
     embed_captions,
     evaluate,

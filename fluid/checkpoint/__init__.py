@@ -6,6 +6,10 @@ A checkpoint is a folder holding
 * ``model.safetensors``   raw weights (unwrapped: no DDP/compile prefixes),
 * ``ema.safetensors``     EMA weights (used for sampling and evaluation),
 * ``meta.json``           step, identities of the tokenizer and text encoder, counts,
+* ``head-distilled.safetensors`` / ``head-distilled.json``  optional: a few-step head
+                          distilled from the EMA head (``fluid distill-head``), its step
+                          count and output meaning, and the SHA-256 of the teacher's weights
+                          (a student is never paired with other weights than its teacher's),
 * ``training_state.pt``   step (the data position and the random state follow from it),
                           optimizer, scheduler, log, for ``--resume`` (tensors and plain
                           data only: read with ``weights_only=True``).
@@ -19,6 +23,9 @@ A run folder holds ``step-XXXXXXX`` checkpoints, a ``latest`` link to the newest
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from fluid.config import ConfigError, FluidConfig
-from fluid.files import save_safetensors
+from fluid.files import atomic_write, save_safetensors
 
 REQUIRED = ("config.json", "model.safetensors", "ema.safetensors")
 INDEX, GENERATOR = "model_index.json", "generator"  # a pipeline folder: its index and its generator's subfolder
@@ -234,10 +241,9 @@ def export(src: str | Path, dst: str | Path, dtype: str = "fp16") -> Path:
     state = read_weights(src, ema=True)
     dst.mkdir(parents=True, exist_ok=True)
     cfg.save(dst / "config.json")
-    save_safetensors(
-        {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
-        dst / "ema.safetensors",
-    )
+    written = {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
+    save_safetensors(written, dst / "ema.safetensors")
+    copy_distilled_head(src, dst, written)  # a distilled head goes with the weights it was made for
     meta = {**read_meta(src), "inference_only": True, "dtype": dtype}
     (dst / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return dst
@@ -248,3 +254,99 @@ def load_training_state(folder: str | Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path.parent} has no training_state.pt: it cannot be resumed")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# -- a distilled few-step head (fluid distill-head) -------------------------------------------
+
+DISTILLED_WEIGHTS, DISTILLED_INFO = "head-distilled.safetensors", "head-distilled.json"
+
+
+@dataclasses.dataclass
+class DistilledHead:
+    head: nn.Module
+    """A :class:`~fluid.model.heads.DiffusionHead` with the student's weights."""
+    steps: int
+    """DDIM steps it samples in (the respaced grid of ``GaussianDiffusion.respace(steps)``)."""
+    prediction: str
+    """What its output means: ``v`` or ``eps``."""
+    info: dict
+    """Everything ``head-distilled.json`` holds."""
+
+
+def head_digest(head: nn.Module | dict) -> str:
+    """SHA-256 over a head's weights (a module, or its state dict; names, shapes, float32
+    bytes): the teacher's identity. The same for a head in fp32 and for its fp16 copy loaded
+    back into fp32, since the fp16 values are what both hold."""
+    state = head.state_dict() if isinstance(head, nn.Module) else head
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_distilled_head(folder: str | Path, student: nn.Module | dict, teacher: nn.Module | dict, info: dict) -> Path:
+    """Write the two files into the checkpoint folder ``folder``; ``info`` must hold ``steps``
+    and ``prediction``. The JSON is written last, so a folder with it has the weights too."""
+    folder = Path(folder)
+    for key in ("steps", "prediction"):
+        if key not in info:
+            raise ValueError(f"the distilled head's info needs {key!r}")
+    state = student.state_dict() if isinstance(student, nn.Module) else student
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    atomic_write(folder / DISTILLED_WEIGHTS, lambda tmp: save_safetensors(state, tmp))
+    record = {**info, "teacher_sha256": head_digest(teacher)}
+    atomic_write(folder / DISTILLED_INFO, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    return folder / DISTILLED_INFO
+
+
+def _read_distilled(folder: Path) -> tuple[dict, dict] | None:
+    """(info, student weights) of a checkpoint folder's distilled head, or None."""
+    if not (folder / DISTILLED_INFO).exists():
+        return None
+    try:
+        return json.loads((folder / DISTILLED_INFO).read_text()), load_file(str(folder / DISTILLED_WEIGHTS))
+    except (json.JSONDecodeError, OSError, SafetensorError) as e:
+        raise CheckpointError(f"{folder}: the distilled head cannot be read ({e})") from None
+
+
+def load_distilled_head(folder: str | Path, head: nn.Module) -> DistilledHead | None:
+    """The distilled head saved in checkpoint folder ``folder``, built as a copy of the
+    generator's ``head`` (its teacher, already loaded) with the student's weights; None when
+    the folder has none. :class:`CheckpointError` when the files are broken or were distilled
+    from other weights."""
+    folder = Path(folder)
+    found = _read_distilled(folder)
+    if found is None:
+        return None
+    info, state = found
+    if info.get("teacher_sha256") != head_digest(head):
+        raise CheckpointError(
+            f"{folder / DISTILLED_INFO} was distilled from other head weights than this checkpoint's; "
+            "distil it again (fluid distill-head)"
+        )
+    steps, prediction = info.get("steps"), info.get("prediction")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2 or prediction not in ("v", "eps"):
+        raise CheckpointError(f"{folder / DISTILLED_INFO}: steps must be an integer >= 2 and prediction v or eps")
+    student = copy.deepcopy(head)
+    try:
+        student.load_state_dict(state)  # copies into the teacher's dtypes and device
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{folder / DISTILLED_WEIGHTS} does not fit the generator's head ({e})") from None
+    return DistilledHead(student.eval().requires_grad_(False), steps, prediction, info)
+
+
+def copy_distilled_head(src: str | Path, dst: str | Path, weights: dict) -> bool:
+    """Copy checkpoint ``src``'s distilled head into ``dst``, whose generator weights
+    (``weights``, a state dict with ``head.*`` names, in the dtype written) may be a rounded
+    copy of ``src``'s (an fp16 export): the head is stamped with their digest. False when
+    ``src`` has none."""
+    found = _read_distilled(Path(src))
+    if found is None:
+        return False
+    info, state = found
+    teacher = {k[len("head.") :]: v for k, v in weights.items() if k.startswith("head.")}
+    info.pop("teacher_sha256", None)
+    save_distilled_head(dst, state, teacher, info)
+    return True

@@ -85,6 +85,13 @@ class Checkpoint:
         tok = self.config.tokenizer
         return load_tokenizer(self.tokenizer_path, kind=tok.kind, patch_size=tok.patch_size)
 
+    def distilled_head(self, model):
+        """The few-step head ``fluid distill-head`` saved here for ``model`` (this checkpoint's
+        generator, loaded), or None (:mod:`fluid.checkpoint`)."""
+        from fluid.checkpoint import load_distilled_head
+
+        return load_distilled_head(self.folder, model.head) if model.continuous else None
+
     def text_encoder(self, device: str = "cpu"):
         from fluid.text.encoders import build_text_encoder
 

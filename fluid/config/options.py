@@ -44,6 +44,7 @@ class HeadSampler(str, enum.Enum):
     DDPM = "ddpm"  # ancestral, with the learned variance; temperature scales every step's noise
     DDIM = "ddim"  # deterministic (eta 0), first order; temperature scales the initial noise
     DPM_SOLVER = "dpm++2m"  # deterministic DPM-Solver++(2M), second order; temperature as DDIM
+    DISTILLED = "distilled"  # DDIM with the checkpoint's distilled few-step head, at its own steps
 
 
 class LRSchedule(str, enum.Enum):
@@ -335,7 +336,9 @@ class SampleConfig:
     head_sampler: HeadSampler = HeadSampler.DDPM
     """Diffusion head: ``ddpm`` (ancestral, ``model.head_sample_steps`` ~100 steps) or a
     deterministic ODE sampler that needs few steps, ``ddim`` or ``dpm++2m`` (set the head
-    steps to 10-25); the ODE samplers apply the temperature to the initial noise only."""
+    steps to 10-25); the ODE samplers apply the temperature to the initial noise only.
+    ``distilled``: DDIM with the few-step head that ``fluid distill-head`` saved beside the
+    checkpoint's weights, at the steps it was distilled for."""
     head_steps: int | None = None
     """Diffusion head: sampling steps. None: the model's ``head_sample_steps`` (~100 for
     ``ddpm``). Checked where the model is known (the pipeline): an integer in [1,

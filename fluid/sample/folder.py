@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from safetensors.torch import save_file
 
 from fluid import checkpoint as ckpt
-from fluid.checkpoint import EXPORT_DTYPES, GENERATOR, INDEX, CheckpointError, is_pipeline_folder
+from fluid.checkpoint import EXPORT_DTYPES, GENERATOR, INDEX, CheckpointError, is_pipeline_folder, save_distilled_head
 from fluid.checkpoint.folder import CLASS_NAME, TOKENIZER, bundled_tokenizer
 
 if TYPE_CHECKING:
@@ -210,10 +210,12 @@ def save_pipeline(
     gen.mkdir(parents=True)
     pipe.cfg.save(gen / "config.json")
     state = {k: v.detach().cpu().contiguous() for k, v in ckpt.unwrap(pipe.model).state_dict().items()}
-    save_file(
-        {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()},
-        str(gen / "ema.safetensors"),
-    )
+    written = {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(written, str(gen / "ema.safetensors"))
+    if getattr(pipe, "distilled", None) is not None:  # with the weights it was made for
+        info = {k: v for k, v in pipe.distilled.info.items() if k != "teacher_sha256"}
+        teacher = {k[len("head.") :]: v for k, v in written.items() if k.startswith("head.")}
+        save_distilled_head(gen, pipe.distilled.head, teacher, info)
     meta = {
         **meta,
         "variant": pipe.cfg.model.variant,

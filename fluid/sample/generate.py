@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fluid.config import CFGSchedule, HeadSampler, SampleConfig
+from fluid.checkpoint import DistilledHead
+from fluid.config import CFGSchedule, ConfigError, HeadSampler, SampleConfig
+from fluid.diffusion.gaussian import GaussianDiffusion
 from fluid.model.generator import Generator
 from fluid.model.heads import PackedDenoise
 from fluid.model.masking import tokens_per_step
@@ -77,18 +79,31 @@ class Sampler:
     into the same model in place is followed (the packed head re-packs when they change).
     """
 
-    def __init__(self, model: Generator):
-        self.model = model
+    def __init__(self, model: Generator, distilled: DistilledHead | None = None):
+        self.model, self.distilled = model, distilled
         self._respaced: dict = {}
         self._compiled: dict[str, Callable] = {}
-        self._packed: PackedDenoise | None = None
+        self._packed: dict[int, PackedDenoise] = {}
 
-    def diffusion(self, steps: int):
-        """The head's sampling process with ``steps`` respaced steps, on the model's device (a
-        model moved after a first batch gets copies made on its new device)."""
-        key = (steps, self.model.pos.device)
+    def head(self, cfg: SampleConfig) -> torch.nn.Module:
+        """The diffusion head ``cfg`` samples with: the model's, or its distilled one."""
+        if cfg.head_sampler != HeadSampler.DISTILLED:
+            return self.model.head
+        if self.distilled is None:
+            raise ConfigError("head_sampler 'distilled' needs a checkpoint with a distilled head (fluid distill-head)")
+        return self.distilled.head.to(self.model.pos.device)
+
+    def diffusion(self, steps: int, prediction: str | None = None):
+        """The head's sampling process with ``steps`` respaced steps (its output read as
+        ``prediction``, default the model's), on the model's device (a model moved after a first
+        batch gets copies made on its new device)."""
+        prediction = prediction or self.model.diffusion.prediction
+        key = (steps, prediction, self.model.pos.device)
         if key not in self._respaced:
-            self._respaced[key] = self.model.diffusion.respace(steps)
+            base = self.model.diffusion
+            if prediction != base.prediction:
+                base = GaussianDiffusion(base.betas.cpu().numpy(), base.learn_sigma, prediction=prediction)
+            self._respaced[key] = base.respace(steps).to(self.model.pos.device)
         return self._respaced[key]
 
     def compiled(self, name: str, fn: Callable) -> Callable:
@@ -102,15 +117,16 @@ class Sampler:
         return self.compiled("backbone", self.model.backbone) if cfg.compile else self.model.backbone
 
     def denoise(self, cfg: SampleConfig) -> Callable:
-        """The head's denoiser as ``cfg`` asks for it: compiled, packed (where oneDNN has the
-        kernels) or the module's own."""
+        """The head's denoiser (:meth:`head`) as ``cfg`` asks for it: compiled, packed (where
+        oneDNN has the kernels) or the module's own."""
+        head = self.head(cfg)
         if cfg.compile:
-            return self.compiled("head", self.model.head.denoise)
+            return self.compiled("head" if head is self.model.head else "distilled-head", head.denoise)
         if cfg.packed_head and PackedDenoise.available():
-            if self._packed is None:
-                self._packed = PackedDenoise(self.model.head)
-            return self._packed
-        return self.model.head.denoise
+            if id(head) not in self._packed:
+                self._packed[id(head)] = PackedDenoise(head)
+            return self._packed[id(head)]
+        return head.denoise
 
     @torch.no_grad()
     def generate(
@@ -164,12 +180,15 @@ def sample_from_head(
         return ids, logp
     c = model.cfg.token_dim
     m = z.shape[0] // 2 if guided else z.shape[0]
-    diffusion = sampler.diffusion(head_steps or cfg.head_steps or model.cfg.head_sample_steps)
-    denoise = sampler.denoise(cfg)
+    head, denoise = sampler.head(cfg), sampler.denoise(cfg)
+    if cfg.head_sampler == HeadSampler.DISTILLED:  # its own steps and output meaning
+        diffusion = sampler.diffusion(sampler.distilled.steps, sampler.distilled.prediction)
+    else:
+        diffusion = sampler.diffusion(head_steps or cfg.head_steps or model.cfg.head_sample_steps)
     # The token condition is the same at every diffusion step, and the time condition the
     # same for every token: compute each once, not once per step and token.
-    cz = model.head.cond_proj(z)  # (M or 2M, W)
-    ct = model.head.time_condition(diffusion.timestep_map.to(z.device))  # (S, W)
+    cz = head.cond_proj(z)  # (M or 2M, W)
+    ct = head.time_condition(diffusion.timestep_map.to(z.device))  # (S, W)
     steps = iter(range(diffusion.num_steps - 1, -1, -1))  # the sampler walks the steps in this order
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 from fluid.assets import generator_path
+from fluid.checkpoint import DistilledHead
 from fluid.checkpoint.folder import Checkpoint
-from fluid.config import ConfigError, FluidConfig, Order, Precision, SampleConfig
+from fluid.config import ConfigError, FluidConfig, HeadSampler, Order, Precision, SampleConfig
 from fluid.model import Generator
 from fluid.runtime import sampling_precision
 from fluid.sample.folder import resolve_source
@@ -41,13 +42,15 @@ class FluidPipeline:
         self.model, self.tokenizer, self.text_encoder = model.eval(), tokenizer.eval(), text_encoder
         self.cfg, self.device = cfg, torch.device(device)
         self._sampler: Sampler | None = None
+        self.distilled: DistilledHead | None = None
+        """The checkpoint's distilled few-step head (``sample.head_sampler: distilled``), if any."""
 
     @property
     def sampler(self) -> Sampler:
         """The :class:`~fluid.sample.generate.Sampler` of ``self.model`` (its packed head, compiled
         functions and respaced processes are built once and kept; a new model gets a new one)."""
         if self._sampler is None or self._sampler.model is not self.model:
-            self._sampler = Sampler(self.model)
+            self._sampler = Sampler(self.model, self.distilled)
         return self._sampler
 
     @classmethod
@@ -70,7 +73,7 @@ class FluidPipeline:
         if text_encoder is None:  # not `or`: an empty CachedTextEncoder is falsy (it has __len__)
             text_encoder = checkpoint.text_encoder(device)
         pipe = cls(model.to(device), tokenizer.to(device), text_encoder, checkpoint.config, device)
-        pipe.source = checkpoint.folder
+        pipe.source, pipe.distilled = checkpoint.folder, checkpoint.distilled_head(model)
         return pipe
 
     def save_pretrained(
@@ -91,12 +94,24 @@ class FluidPipeline:
             raise TypeError(f"unknown sampling option(s): {', '.join(unknown)}")
         return dataclasses.replace(self.cfg.sample, **given)
 
-    def head_steps(self, head_steps: int | None = None) -> int | None:
+    def head_steps(
+        self, head_steps: int | None = None, head_sampler: HeadSampler | str = HeadSampler.DDPM
+    ) -> int | None:
         """The diffusion head's sampling steps, checked: ``head_steps`` (a sample config's, which
-        :meth:`sample_config` resolves), else the model's ``head_sample_steps``; None for discrete
-        tokens, which have no head."""
+        :meth:`sample_config` resolves), else the model's ``head_sample_steps``; the distilled
+        head's own steps for ``head_sampler`` ``distilled``; None for discrete tokens, which
+        have no head."""
         if not self.model.continuous:
             return None
+        if HeadSampler(head_sampler) == HeadSampler.DISTILLED:
+            if self.distilled is None:
+                raise ConfigError(
+                    "head_sampler 'distilled' needs a distilled head beside the checkpoint's weights "
+                    "(make one with fluid distill-head); this checkpoint has none"
+                )
+            if head_steps not in (None, self.distilled.steps):
+                raise ConfigError(f"the distilled head samples in {self.distilled.steps} steps, not {head_steps!r}")
+            return self.distilled.steps
         steps = self.cfg.model.head_sample_steps if head_steps is None else head_steps
         limit = self.cfg.model.diffusion_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
@@ -116,7 +131,7 @@ class FluidPipeline:
             "cfg_schedule": scfg.cfg_schedule.value,
             "temperature": scfg.temperature,
             "steps": min(scfg.steps, m.num_tokens) if random_order else m.num_tokens,  # raster: one per token
-            "head_steps": self.head_steps(scfg.head_steps),
+            "head_steps": self.head_steps(scfg.head_steps, scfg.head_sampler),
             "x0_clip": scfg.x0_clip if self.model.continuous else None,
             "confidence": scfg.confidence,
             "batch_size": scfg.batch_size,
@@ -142,7 +157,7 @@ class FluidPipeline:
         seed = check_seed(seed)
         self.settings(head_steps, **sample_overrides)  # every value checked before any work
         scfg = self.sample_config(head_steps=head_steps, **sample_overrides)
-        head_steps = self.head_steps(scfg.head_steps)
+        head_steps = self.head_steps(scfg.head_steps, scfg.head_sampler)
         out = []
         for start in range(0, len(prompts), scfg.batch_size):
             batch = list(prompts[start : start + scfg.batch_size])
